@@ -1,0 +1,47 @@
+"""grpclb: per-call gRPC load balancing inside the client process, no proxy.
+
+``grpclb.channel("dns:///svc.ns.svc.cluster.local:9000")`` returns a
+``grpc.Channel`` that resolves a Kubernetes headless service, keeps one
+connection per pod and picks a pod for every call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from grpclb.channel import Channel, ChannelOptions
+from grpclb.endpoints import ChannelStats, EndpointStats
+from grpclb.errors import ConfigError, LocalRpcError
+from grpclb.settings import SETTINGS, Settings
+
+__all__ = [
+    "SETTINGS",
+    "Channel",
+    "ChannelStats",
+    "ConfigError",
+    "EndpointStats",
+    "LocalRpcError",
+    "Settings",
+    "channel",
+]
+__version__ = "0.1.0.dev0"
+
+
+def channel(
+    target: str,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: ChannelOptions = (),
+    **settings: Any,
+) -> Channel:
+    """A balancing channel to every pod behind ``target``.
+
+    ``settings`` are the keyword forms of the settings in ``grpclb.SETTINGS``
+    (each also read from ``GRPCLB_<NAME>``); a bad value raises ConfigError
+    here, never later.
+    """
+    return Channel(
+        target, credentials=credentials, options=options, settings=Settings.load(settings)
+    )

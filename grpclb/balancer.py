@@ -1,0 +1,479 @@
+"""The balancer core: endpoint set, connections, pickers, ejection, recycling.
+
+One object shared by the sync and asyncio channels. It does no I/O itself:
+state changes happen under one lock, and the I/O they call for (open a
+connection, close one, ask an idle one to connect) is handed to the flavour's
+``Transport`` after the lock is released, as httpcore's pool does.
+
+Picks read an immutable snapshot without the lock; only the in-flight
+bookkeeping around a call takes it, for a few attribute updates.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
+from typing import Protocol
+
+import grpc
+
+from grpclb.endpoints import (
+    IDLE,
+    READY,
+    TRANSIENT_FAILURE,
+    ChannelStats,
+    Connection,
+    Endpoint,
+    EndpointStats,
+)
+from grpclb.errors import LocalRpcError
+from grpclb.hashing import HashTable, MaglevTable, RingHashTable
+from grpclb.outlier import OutlierDetector, OutlierRecord, Verdict
+from grpclb.pickers import (
+    HashPicker,
+    LeastRequestPicker,
+    Picker,
+    PickFirstPicker,
+    RandomPicker,
+    RoundRobinPicker,
+    pick_avoiding,
+)
+from grpclb.resolver import Resolution
+from grpclb.settings import Settings
+from grpclb.target import Target
+
+Clock = Callable[[], float]
+_Action = Callable[[], None]
+
+
+class Transport(Protocol):
+    """The I/O one flavour (sync or asyncio) performs for the core."""
+
+    def open(self, connection: Connection) -> None:
+        """Create ``connection.channel`` to its pod and start watching its state."""
+
+    def connect(self, connection: Connection) -> None:
+        """Ask an IDLE channel to connect (grpcio never does so on its own)."""
+
+    def close_connection(self, connection: Connection) -> None:
+        """Close the channel soon, from a context where closing cannot deadlock."""
+
+    def wake(self) -> None:
+        """Something changed: picker, deadlines or a wish to re-resolve."""
+
+
+class _NoPicker:
+    def pick(self, request_hash: int | None) -> None:
+        return None
+
+
+class Balancer:
+    """Owns the pods of one target and answers which connection serves a call."""
+
+    def __init__(
+        self,
+        target: Target,
+        settings: Settings,
+        transport: Transport,
+        *,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.target = target
+        self.settings = settings
+        self._transport = transport
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._endpoints: dict[str, Endpoint] = {}
+        self._departed: list[Endpoint] = []  # removed from DNS, still draining
+        self._snapshot: tuple[Picker[Endpoint] | _NoPicker, Sequence[Endpoint]] = (_NoPicker(), ())
+        self._table: tuple[tuple[str, ...], HashTable] | None = None
+        self._detector = OutlierDetector(settings)
+        self._next_interval = clock() + settings.ejection_interval
+        self._in_flight = 0
+        self._retries_in_flight = 0
+        self.panic = False
+        self._wake_later = False
+        self.resolve_requested = False
+        self.resolved_once = False
+        self.closed = False
+        self.counters = dict.fromkeys(
+            (
+                "calls",
+                "failures",
+                "resolutions",
+                "resolution_failures",
+                "retries",
+                "retries_refused",
+                "circuit_breaker_refusals",
+                "ejections",
+                "recycles",
+            ),
+            0,
+        )
+        self.last_resolution_error = ""
+
+    def __repr__(self) -> str:
+        states: dict[str, int] = {}
+        for stat in self.endpoint_stats():
+            states[stat.state] = states.get(stat.state, 0) + 1
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no endpoints"
+        return (
+            f"<grpclb {self.target.text!r} {self.settings.policy} [{summary}] "
+            f"in_flight={self._in_flight} calls={self.counters['calls']}>"
+        )
+
+    # --- resolution -------------------------------------------------------------
+
+    def update(self, resolution: Resolution) -> None:
+        """Apply a resolution: failures keep the last good set; answers replace it."""
+        actions: list[_Action] = []
+        with self._lock:
+            self.counters["resolutions"] += 1
+            self.last_resolution_error = resolution.error
+            self._wake_later = True  # callers waiting for a first answer learn of it
+            if resolution.failed:
+                self.counters["resolution_failures"] += 1
+            else:
+                self.resolved_once = True
+                self._apply_addresses_locked(set(resolution.addresses or ()), actions)
+        self._run(actions)
+
+    def _apply_addresses_locked(self, wanted: set[str], actions: list[_Action]) -> None:
+        for address in [a for a in self._endpoints if a not in wanted]:
+            self._remove_locked(self._endpoints.pop(address), actions)
+        for address in sorted(wanted - self._endpoints.keys()):
+            endpoint = Endpoint(address)
+            endpoint.outlier = OutlierRecord()
+            self._endpoints[address] = endpoint
+            endpoint.connection = self._open_locked(endpoint, actions)
+        self._rebuild_locked()
+
+    def _remove_locked(self, endpoint: Endpoint, actions: list[_Action]) -> None:
+        endpoint.removed = True
+        now = self._clock()
+        for connection in (endpoint.connection, endpoint.replacement):
+            if connection is not None:
+                connection.draining_since = now
+                endpoint.draining.append(connection)
+        endpoint.connection = endpoint.replacement = None
+        self._departed.append(endpoint)
+        for connection in list(endpoint.draining):
+            self._close_if_drained_locked(connection, actions)
+
+    # --- connections ------------------------------------------------------------
+
+    def _open_locked(self, endpoint: Endpoint, actions: list[_Action]) -> Connection:
+        now = self._clock()
+        age = self.settings.max_connection_age
+        expires_at = None
+        if age is not None:
+            jitter = self.settings.max_connection_age_jitter
+            expires_at = now + age * (1.0 + self._rng.uniform(-jitter, jitter))
+        connection = Connection(endpoint, None, now, expires_at)
+        endpoint.connections_opened += 1
+        actions.append(lambda: self._transport.open(connection))
+        return connection
+
+    def _recycle_locked(self, endpoint: Endpoint, actions: list[_Action]) -> None:
+        """Make before break: open a replacement; the old one serves until it is ready."""
+        if endpoint.replacement is None and not endpoint.removed:
+            endpoint.replacement = self._open_locked(endpoint, actions)
+
+    def connectivity_changed(self, connection: Connection, state: grpc.ChannelConnectivity) -> None:
+        """A channel's state changed (called from the flavour's watcher)."""
+        actions: list[_Action] = []
+        with self._lock:
+            if connection.closing or self.closed:
+                return
+            previous, connection.state = connection.state, state
+            endpoint = connection.endpoint
+            if state is READY:
+                connection.was_ready = True
+                if connection is endpoint.replacement:
+                    self._promote_locked(endpoint, actions)
+            elif previous is READY:
+                # A lost connection may mean a pod went away: ask DNS soon.
+                self._request_resolution_locked()
+            if state is IDLE and connection.draining_since is None:
+                actions.append(lambda: self._transport.connect(connection))
+            if connection is endpoint.connection and (
+                state is READY or previous is READY or state is TRANSIENT_FAILURE
+            ):
+                self._rebuild_locked()
+        self._run(actions)
+
+    def _promote_locked(self, endpoint: Endpoint, actions: list[_Action]) -> None:
+        old, endpoint.connection, endpoint.replacement = (
+            endpoint.connection,
+            endpoint.replacement,
+            None,
+        )
+        self.counters["recycles"] += 1
+        self._request_resolution_locked()  # recycling is also a chance to notice new pods
+        if old is not None:
+            old.draining_since = self._clock()
+            endpoint.draining.append(old)
+            self._close_if_drained_locked(old, actions)
+        self._rebuild_locked()
+
+    def _close_if_drained_locked(self, connection: Connection, actions: list[_Action]) -> None:
+        if connection.in_flight == 0 and not connection.closing:
+            self._close_locked(connection, actions)
+
+    def _close_locked(self, connection: Connection, actions: list[_Action]) -> None:
+        connection.closing = True
+        endpoint = connection.endpoint
+        if connection in endpoint.draining:
+            endpoint.draining.remove(connection)
+        if endpoint.removed and not endpoint.draining and endpoint in self._departed:
+            self._departed.remove(endpoint)
+        actions.append(lambda: self._transport.close_connection(connection))
+
+    def _request_resolution_locked(self) -> None:
+        self.resolve_requested = True
+        self._wake_later = True
+
+    # --- picking ----------------------------------------------------------------
+
+    def _rebuild_locked(self) -> None:
+        members = [self._endpoints[a] for a in sorted(self._endpoints)]
+        healthy = [e for e in members if not e.outlier.ejected]
+        self.panic = bool(members) and len(healthy) * 100 < self.settings.panic_threshold * len(
+            members
+        )
+        candidates = members if self.panic else healthy
+        usable = [e for e in candidates if e.state is READY]
+        if not usable:  # nothing connected yet: let calls queue on pods that may connect
+            usable = [e for e in candidates if e.state is not TRANSIENT_FAILURE] or candidates
+        self._snapshot = (self._build_picker(members, usable), usable)
+        self._wake_later = True
+
+    def _build_picker(
+        self, members: list[Endpoint], usable: list[Endpoint]
+    ) -> Picker[Endpoint] | _NoPicker:
+        s = self.settings
+        if not usable:
+            return _NoPicker()
+        if s.policy == "round_robin":
+            return RoundRobinPicker(usable, self._rng)
+        if s.policy == "least_request":
+            return LeastRequestPicker(usable, self._rng, s.choice_count)
+        if s.policy == "random":
+            return RandomPicker(usable, self._rng)
+        if s.policy == "pick_first":
+            return PickFirstPicker(usable)
+        addresses = tuple(e.address for e in members)
+        if self._table is None or self._table[0] != addresses:  # rebuilt on membership change only
+            table: HashTable = (
+                RingHashTable(addresses, s.ring_points_per_endpoint)
+                if s.policy == "ring_hash"
+                else MaglevTable(addresses, s.maglev_table_size)
+            )
+            self._table = (addresses, table)
+        in_use = set(usable)
+        return HashPicker(self._table[1], members, [e in in_use for e in members], self._rng)
+
+    def start_call(
+        self, request_hash: int | None, avoid: Collection[Endpoint] = (), *, retry: bool = False
+    ) -> Connection | None:
+        """Pick a pod and count the call on it; None when there is no pod at all."""
+        actions: list[_Action] = []
+        limit = self.settings.max_requests
+        with self._lock:
+            if limit is not None and self._in_flight >= limit:
+                self.counters["circuit_breaker_refusals"] += 1
+                raise LocalRpcError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"grpclb: {self._in_flight} calls in flight to {self.target.text} reached "
+                    f"the circuit breaker limit max_requests={limit}",
+                )
+        for _ in range(4):  # a racing removal can retire the picked pod; pick again
+            picker, usable = self._snapshot
+            if avoid:
+                endpoint = pick_avoiding(picker, usable, request_hash, avoid, self._rng)
+            else:
+                endpoint = picker.pick(request_hash)
+            if endpoint is None:
+                return None
+            with self._lock:
+                connection = endpoint.connection
+                if connection is None or endpoint.removed:
+                    continue
+                connection.in_flight += 1
+                connection.requests += 1
+                endpoint.in_flight += 1
+                endpoint.calls += 1
+                self._in_flight += 1
+                self.counters["calls"] += 1
+                if retry:
+                    self._retries_in_flight += 1
+                    self.counters["retries"] += 1
+                cap = self.settings.max_requests_per_connection
+                if cap is not None and connection.requests >= cap:
+                    self._recycle_locked(endpoint, actions)
+            self._run(actions)
+            return connection
+        return None
+
+    def finish_call(
+        self, connection: Connection, code: grpc.StatusCode | None, *, retry: bool = False
+    ) -> None:
+        """Release a call's counts and learn from its outcome (None: no status, e.g. cancelled)."""
+        actions: list[_Action] = []
+        with self._lock:
+            endpoint = connection.endpoint
+            connection.in_flight -= 1
+            endpoint.in_flight -= 1
+            self._in_flight -= 1
+            if retry:
+                self._retries_in_flight -= 1
+            if code is not None:
+                failed = code in self.settings.failure_codes
+                if failed:
+                    endpoint.failures += 1
+                    self.counters["failures"] += 1
+                if not endpoint.removed:
+                    records = [e.outlier for e in self._endpoints.values()]
+                    verdict = self._detector.record(
+                        endpoint.outlier, failed, self._clock(), records
+                    )
+                    self._apply_verdict_locked(verdict)
+            if connection.draining_since is not None:
+                self._close_if_drained_locked(connection, actions)
+        self._run(actions)
+
+    def retry_allowed(self) -> bool:
+        """Envoy's retry budget: retries in flight stay under a share of calls in flight."""
+        s = self.settings
+        with self._lock:
+            allowed = max(
+                s.retry_budget_min_concurrency, s.retry_budget_percent / 100.0 * self._in_flight
+            )
+            if self._retries_in_flight < allowed:
+                return True
+            self.counters["retries_refused"] += 1
+            return False
+
+    def _apply_verdict_locked(self, verdict: Verdict) -> None:
+        if verdict:
+            self.counters["ejections"] += len(verdict.ejected)
+            self._rebuild_locked()
+
+    @property
+    def has_endpoints(self) -> bool:
+        return bool(self._snapshot[1])
+
+    # --- time ---------------------------------------------------------------------
+
+    def maintain(self) -> float:
+        """Run what is due (outlier interval, connection ages, drain grace); return when next."""
+        actions: list[_Action] = []
+        now = self._clock()
+        with self._lock:
+            due = [self._next_interval]
+            if now >= self._next_interval:
+                records = [e.outlier for e in self._endpoints.values()]
+                self._apply_verdict_locked(self._detector.on_interval(records, now))
+                self._next_interval = now + self.settings.ejection_interval
+                due = [self._next_interval]
+            for endpoint in self._endpoints.values():
+                active = endpoint.connection
+                if active is not None and active.expires_at is not None:
+                    if now >= active.expires_at:
+                        self._recycle_locked(endpoint, actions)
+                    else:
+                        due.append(active.expires_at)
+            grace = self.settings.max_connection_age_grace
+            for endpoint in [*self._endpoints.values(), *self._departed]:
+                for connection in list(endpoint.draining):
+                    if grace is not None and connection.draining_since is not None:
+                        if now >= connection.draining_since + grace:
+                            self._close_locked(connection, actions)
+                        else:
+                            due.append(connection.draining_since + grace)
+        self._run(actions)
+        return min(due)
+
+    def _run(self, actions: list[_Action]) -> None:
+        for action in actions:
+            action()
+        if self._wake_later:
+            self._wake_later = False
+            self._transport.wake()
+
+    # --- views ----------------------------------------------------------------------
+
+    def aggregate_state(self) -> grpc.ChannelConnectivity:
+        """The channel's state as grpcio would report it: the best of its pods'."""
+        states = {e.state for e in self._endpoints.values()}
+        for state in (READY, grpc.ChannelConnectivity.CONNECTING, TRANSIENT_FAILURE):
+            if state in states:
+                return state
+        return IDLE
+
+    def endpoint_stats(self) -> tuple[EndpointStats, ...]:
+        now = self._clock()
+        with self._lock:
+            rows = []
+            for endpoint in [
+                *(self._endpoints[a] for a in sorted(self._endpoints)),
+                *self._departed,
+            ]:
+                active = endpoint.connection
+                if endpoint.removed:
+                    state = "draining"
+                elif endpoint.outlier.ejected:
+                    state = "ejected"
+                else:
+                    state = endpoint.state.name.lower()
+                rows.append(
+                    EndpointStats(
+                        address=endpoint.address,
+                        state=state,
+                        in_flight=endpoint.in_flight,
+                        calls=endpoint.calls,
+                        failures=endpoint.failures,
+                        ejections=endpoint.outlier.ejections,
+                        connection_age=None if active is None else now - active.opened_at,
+                        connection_requests=0 if active is None else active.requests,
+                        connections_opened=endpoint.connections_opened,
+                    )
+                )
+            return tuple(rows)
+
+    def stats(self) -> ChannelStats:
+        endpoints = self.endpoint_stats()
+        c = self.counters
+        return ChannelStats(
+            target=self.target.text,
+            policy=self.settings.policy,
+            endpoints=endpoints,
+            in_flight=self._in_flight,
+            calls=c["calls"],
+            failures=c["failures"],
+            panic=self.panic,
+            resolutions=c["resolutions"],
+            resolution_failures=c["resolution_failures"],
+            last_resolution_error=self.last_resolution_error,
+            retries=c["retries"],
+            retries_refused=c["retries_refused"],
+            circuit_breaker_refusals=c["circuit_breaker_refusals"],
+        )
+
+    def shutdown(self) -> list[Connection]:
+        """Forget every pod; return every connection for the flavour to close."""
+        with self._lock:
+            self.closed = True
+            connections = [
+                c for e in [*self._endpoints.values(), *self._departed] for c in e.connections()
+            ]
+            for connection in connections:
+                connection.closing = True
+            self._endpoints.clear()
+            self._departed.clear()
+            self._snapshot = (_NoPicker(), ())
+            return connections

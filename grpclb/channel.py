@@ -1,0 +1,359 @@
+"""The sync channel: a ``grpc.Channel`` that balances each call across pods.
+
+Around the shared balancer core this module adds only what is sync-specific:
+per-pod ``grpc.Channel`` objects and their connectivity subscriptions, and one
+background thread per channel that resolves DNS on its schedule, closes
+drained connections and runs the balancer's timers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from grpclb import calls
+from grpclb.balancer import Balancer, Clock
+from grpclb.endpoints import Connection, Endpoint
+from grpclb.errors import LocalRpcError
+from grpclb.hashing import hash_key
+from grpclb.resolver import Resolver, next_refresh_delay
+from grpclb.retry import RetryPolicy
+from grpclb.settings import Settings
+from grpclb.target import Target, parse_target
+
+log = logging.getLogger("grpclb")
+ChannelOptions = Sequence[tuple[str, Any]]
+
+
+def pod_channel_options(
+    target: Target, options: ChannelOptions, secure: bool
+) -> list[tuple[str, Any]]:
+    """Options for one pod's channel: its own TCP connection, the service's name.
+
+    The call authority and the TLS name stay the service's, so a certificate
+    for the service verifies while we dial a pod's IP; verification is never
+    switched off.
+    """
+    merged = list(options)
+    names = {name for name, _ in merged}
+    merged.append(("grpc.use_local_subchannel_pool", 1))
+    if not target.is_static and "grpc.default_authority" not in names:
+        merged.append(("grpc.default_authority", target.authority))
+    if secure and not target.is_static and "grpc.ssl_target_name_override" not in names:
+        merged.append(("grpc.ssl_target_name_override", target.host))
+    return merged
+
+
+def dial_address(address: str) -> str:
+    """A grpcio target for one pod that grpcio will not resolve again."""
+    return f"ipv6:{address}" if address.startswith("[") else f"ipv4:{address}"
+
+
+def request_hash(metadata: calls.Metadata, key: str) -> int | None:
+    """The hash of the call's hash-key value, or None when the call has no such key."""
+    if metadata:
+        for name, value in metadata:
+            if name == key:
+                return hash_key(value)
+    return None
+
+
+def no_endpoints_error(balancer: Balancer) -> LocalRpcError:
+    why = balancer.last_resolution_error or "no endpoints"
+    return LocalRpcError(
+        grpc.StatusCode.UNAVAILABLE,
+        f"grpclb: no endpoints found for {balancer.target.text}: {why}",
+    )
+
+
+class Channel(grpc.Channel):  # type: ignore[misc]
+    """A drop-in ``grpc.Channel`` over every pod of a headless service."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: ChannelOptions = (),
+        settings: Settings | None = None,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._target = parse_target(target)
+        self._settings = settings or Settings.load()
+        self._credentials = credentials
+        self._options = pod_channel_options(self._target, options, credentials is not None)
+        self._clock = clock
+        self._retry = RetryPolicy(self._settings)
+        self._hash_key = self._settings.hash_key
+        self._changed = threading.Condition()
+        self._version = 0
+        self._dirty = False
+        self._to_close: list[Connection] = []
+        self._subscribers: dict[Callable[[grpc.ChannelConnectivity], None], Any] = {}
+        self._multicallable_lock = threading.Lock()
+        self._resolver = Resolver(self._target, self._settings.dns_timeout)
+        self._balancer = Balancer(self._target, self._settings, self, clock=clock, rng=rng)
+        self._thread = threading.Thread(
+            target=self._maintain, name=f"grpclb {self._target.text}", daemon=True
+        )
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return repr(self._balancer).replace("<grpclb", "<grpclb.Channel", 1)
+
+    # --- grpc.Channel -----------------------------------------------------------
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        return calls.UnaryUnary(
+            self, method, request_serializer, response_deserializer, _registered_method
+        )
+
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        return calls.UnaryStream(
+            self, method, request_serializer, response_deserializer, _registered_method
+        )
+
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        return calls.StreamUnary(
+            self, method, request_serializer, response_deserializer, _registered_method
+        )
+
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        return calls.StreamStream(
+            self, method, request_serializer, response_deserializer, _registered_method
+        )
+
+    def subscribe(
+        self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool = False
+    ) -> None:
+        """Connectivity of the whole channel: READY while any pod is."""
+        with self._changed:
+            self._subscribers[callback] = None  # None: the current state is still owed
+        self.wake()
+
+    def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
+        with self._changed:
+            self._subscribers.pop(callback, None)
+
+    def close(self) -> None:
+        """Close every pod's connection; calls still in flight are cancelled, as grpcio does."""
+        if self._balancer.closed:
+            return
+        connections = self._balancer.shutdown()
+        self.wake()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=self._settings.dns_timeout + 5.0)
+        for connection in [*connections, *self._take_to_close()]:
+            self._close_now(connection)
+
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        balancer = getattr(self, "_balancer", None)
+        if balancer is not None and not balancer.closed:
+            balancer.closed = True  # stops the thread; pod channels close when collected
+            self.wake()
+
+    # --- grpclb ------------------------------------------------------------------
+
+    def stats(self) -> Any:
+        """A snapshot of every pod and of the channel (see ``ChannelStats``)."""
+        return self._balancer.stats()
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    # --- the call path's helpers (used by grpclb.calls) ----------------------------
+
+    def _begin(
+        self,
+        metadata: calls.Metadata,
+        deadline: float | None,
+        wait_for_ready: bool,
+        tried: Sequence[Endpoint],
+    ) -> Connection:
+        """A counted connection for one attempt, waiting for pods when the call may wait."""
+        key = self._hash_key
+        digest = request_hash(metadata, key) if key is not None else None
+        balancer = self._balancer
+        while True:
+            version = self._version
+            connection = balancer.start_call(digest, tried, retry=bool(tried))
+            if connection is not None:
+                return connection
+            if balancer.closed:
+                raise ValueError("Cannot invoke RPC on closed channel!")
+            first_answer_pending = balancer.counters["resolutions"] == 0
+            if not (first_answer_pending or wait_for_ready):
+                raise no_endpoints_error(balancer)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise LocalRpcError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"grpclb: deadline exceeded while waiting for endpoints of "
+                    f"{self._target.text} ({balancer.last_resolution_error or 'none yet'})",
+                )
+            with self._changed:
+                if self._version == version:
+                    self._changed.wait(timeout=1.0 if remaining is None else min(remaining, 1.0))
+
+    def _retry_delay(
+        self, code: grpc.StatusCode | None, retries_done: int, deadline: float | None
+    ) -> float | None:
+        delay = self._retry.delay_before_retry(code, retries_done, time.monotonic(), deadline)
+        if delay is not None and not self._balancer.retry_allowed():
+            return None  # over budget: the caller sees the original error
+        return delay
+
+    def _multicallable(self, connection: Connection, key: tuple[Any, ...]) -> Any:
+        """Create a pod's multicallable once; grpcio's registration is not thread-safe."""
+        with self._multicallable_lock:
+            found = connection.multicallables.get(key)
+            if found is None:
+                kind, method, serializer, deserializer, registered = key
+                factory = getattr(connection.channel, kind)
+                found = factory(method, serializer, deserializer, _registered_method=registered)
+                connection.multicallables[key] = found
+            return found
+
+    # --- Transport: the I/O the balancer asks for ------------------------------------
+
+    def open(self, connection: Connection) -> None:
+        address = dial_address(connection.endpoint.address)
+        if self._credentials is None:
+            channel = grpc.insecure_channel(address, options=self._options)
+        else:
+            channel = grpc.secure_channel(address, self._credentials, options=self._options)
+        connection.channel = channel
+        balancer = self._balancer
+
+        def watch(state: grpc.ChannelConnectivity) -> None:
+            try:
+                balancer.connectivity_changed(connection, state)
+            except Exception:  # never let an exception reach grpcio's polling thread
+                log.exception("grpclb: handling a connectivity change failed")
+
+        connection.watcher = watch
+        channel.subscribe(watch, try_to_connect=True)
+
+    def connect(self, connection: Connection) -> None:
+        channel = connection.channel
+        if channel is not None:
+            # subscribe(try_to_connect=True) is grpcio's public way to leave IDLE.
+            channel.subscribe(_ignore_state, try_to_connect=True)
+            channel.unsubscribe(_ignore_state)
+
+    def close_connection(self, connection: Connection) -> None:
+        with self._changed:
+            self._to_close.append(connection)
+        self.wake()
+
+    def wake(self) -> None:
+        with self._changed:
+            self._version += 1
+            self._dirty = True
+            self._changed.notify_all()
+
+    # --- the background thread ---------------------------------------------------------
+
+    def _maintain(self) -> None:
+        balancer, settings = self._balancer, self._settings
+        next_resolve, last_resolve = 0.0, -math.inf
+        while not balancer.closed:
+            try:
+                with self._changed:
+                    self._dirty = False
+                now = self._clock()
+                resolve_at = next_resolve
+                if balancer.resolve_requested:
+                    resolve_at = min(resolve_at, last_resolve + settings.dns_min_refresh_interval)
+                if now >= resolve_at:
+                    balancer.resolve_requested = False
+                    last_resolve = now
+                    resolution = self._resolver.resolve()
+                    next_resolve = self._clock() + next_refresh_delay(
+                        resolution,
+                        settings.dns_refresh_interval,
+                        settings.dns_min_refresh_interval,
+                        settings.dns_respect_ttl,
+                    )
+                    balancer.update(resolution)
+                for connection in self._take_to_close():
+                    self._close_now(connection)
+                due = min(balancer.maintain(), next_resolve)
+                if balancer.resolve_requested:
+                    due = min(due, last_resolve + settings.dns_min_refresh_interval)
+                self._deliver_connectivity()
+            except Exception:
+                log.exception("grpclb: background maintenance failed; retrying")
+                due = self._clock() + 1.0
+            with self._changed:
+                if not self._dirty and not balancer.closed:
+                    self._changed.wait(timeout=min(max(due - self._clock(), 0.0), 1.0))
+
+    def _take_to_close(self) -> list[Connection]:
+        with self._changed:
+            taken, self._to_close = self._to_close, []
+        return taken
+
+    @staticmethod
+    def _close_now(connection: Connection) -> None:
+        channel = connection.channel
+        if channel is None:
+            return
+        if connection.watcher is not None:
+            channel.unsubscribe(connection.watcher)  # unsubscribe first: see GRPCIO_NOTES
+        channel.close()
+
+    def _deliver_connectivity(self) -> None:
+        state = self._balancer.aggregate_state()
+        with self._changed:
+            due = [cb for cb, last in self._subscribers.items() if last is not state]
+            for callback in due:
+                self._subscribers[callback] = state
+        for callback in due:
+            try:
+                callback(state)
+            except Exception:
+                log.exception("grpclb: a connectivity subscriber raised")
+
+
+def _ignore_state(state: grpc.ChannelConnectivity) -> None:
+    """A no-op subscriber whose only purpose is try_to_connect."""

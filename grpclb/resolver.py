@@ -1,0 +1,171 @@
+"""DNS resolution of a headless service's name into pod addresses.
+
+A headless Service answers its name with one A/AAAA record per ready pod.
+Three outcomes must be told apart, because they call for opposite actions:
+
+- records: the new pod set;
+- a confirmed empty answer (NXDOMAIN, or no A and no AAAA records): the
+  service has no pods now, so the endpoint set empties;
+- a failure (timeout, SERVFAIL, unreachable server): say nothing about the
+  pods, so the last good set is kept.
+
+The query logic is shared; only the two ``resolve`` drivers (blocking and
+asyncio) differ.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dns.asyncresolver
+import dns.exception
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+
+from grpclb.target import Target, format_address
+
+_FAMILIES = (dns.rdatatype.A, dns.rdatatype.AAAA)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What one resolution said about the pod set."""
+
+    addresses: tuple[str, ...] | None
+    """The pods, sorted; () when DNS confirmed there are none; None on failure."""
+    ttl: float | None = None
+    """The smallest TTL of the answer's records, when there were records."""
+    error: str = ""
+    """Why the resolution failed, or why the set is empty."""
+
+    @property
+    def failed(self) -> bool:
+        return self.addresses is None
+
+
+class _Empty:
+    """A family that DNS confirmed has no records."""
+
+
+_EMPTY = _Empty()
+_Outcome = dns.resolver.Answer | _Empty | Exception
+
+
+def _configure(resolver: dns.resolver.Resolver, target: Target, timeout: float) -> bool:
+    """Point the resolver at the target's server; return whether search domains apply."""
+    resolver.lifetime = timeout
+    resolver.timeout = timeout
+    resolver.cache = None  # TTLs are honoured by when we ask, not by a cache
+    if target.dns_server is not None:
+        ip, port = target.dns_server
+        resolver.nameservers = [dns.nameserver.Do53Nameserver(ip, port)]
+        resolver.search = []
+        return False
+    # Short Kubernetes names ("svc.ns") need the pod's search domains.
+    return True
+
+
+def _new_resolver(cls: Any, target: Target) -> Any:
+    try:
+        return cls(configure=target.dns_server is None)
+    except dns.resolver.NoResolverConfiguration:
+        return cls(configure=False)
+
+
+def _interpret(target: Target, outcomes: Sequence[_Outcome]) -> Resolution:
+    addresses: set[str] = set()
+    ttls: list[float] = []
+    errors: list[str] = []
+    for family, outcome in zip(_FAMILIES, outcomes, strict=True):
+        if isinstance(outcome, dns.resolver.Answer):
+            if outcome.rrset is not None:
+                ttls.append(outcome.rrset.ttl)
+                addresses.update(format_address(r.address, target.port) for r in outcome.rrset)
+        elif isinstance(outcome, Exception):
+            errors.append(f"{dns.rdatatype.to_text(family)}: {_describe(outcome)}")
+    if addresses:
+        # One family answering is enough: many servers fail AAAA for v4-only names.
+        return Resolution(tuple(sorted(addresses)), ttl=min(ttls) if ttls else None)
+    if errors:
+        return Resolution(None, error=f"DNS lookup of {target.host!r} failed ({'; '.join(errors)})")
+    return Resolution((), error=f"DNS has no A or AAAA records for {target.host!r}")
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, dns.exception.Timeout):
+        return "timed out"
+    if isinstance(exc, dns.resolver.NoNameservers):
+        return "no DNS server answered"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _classify(exc: Exception) -> _Outcome:
+    if isinstance(exc, dns.resolver.NXDOMAIN | dns.resolver.NoAnswer):
+        return _EMPTY
+    return exc
+
+
+class Resolver:
+    """Blocking resolution of one target."""
+
+    def __init__(self, target: Target, timeout: float) -> None:
+        self.target = target
+        self._resolver = _new_resolver(dns.resolver.Resolver, target)
+        self._search = _configure(self._resolver, target, timeout)
+
+    def resolve(self) -> Resolution:
+        if self.target.is_static:
+            return Resolution(self.target.static_addresses)
+        outcomes: list[_Outcome] = []
+        for family in _FAMILIES:
+            try:
+                outcomes.append(
+                    self._resolver.resolve(self.target.host, family, search=self._search)
+                )
+            except dns.exception.DNSException as exc:
+                outcomes.append(_classify(exc))
+                if isinstance(exc, dns.resolver.NXDOMAIN | dns.exception.Timeout):
+                    break  # the name does not exist, or the server is silent: AAAA won't help
+        outcomes += [_EMPTY] * (len(_FAMILIES) - len(outcomes))
+        return _interpret(self.target, outcomes)
+
+
+class AsyncResolver:
+    """asyncio resolution of one target: the same questions, asked without blocking."""
+
+    def __init__(self, target: Target, timeout: float) -> None:
+        self.target = target
+        self._resolver = _new_resolver(dns.asyncresolver.Resolver, target)
+        self._search = _configure(self._resolver, target, timeout)
+
+    async def resolve(self) -> Resolution:
+        if self.target.is_static:
+            return Resolution(self.target.static_addresses)
+        resolver = self._resolver
+        assert isinstance(resolver, dns.asyncresolver.Resolver)
+        outcomes: list[_Outcome] = []
+        for family in _FAMILIES:
+            try:
+                outcomes.append(
+                    await resolver.resolve(self.target.host, family, search=self._search)
+                )
+            except dns.exception.DNSException as exc:
+                outcomes.append(_classify(exc))
+                if isinstance(exc, dns.resolver.NXDOMAIN | dns.exception.Timeout):
+                    break
+        outcomes += [_EMPTY] * (len(_FAMILIES) - len(outcomes))
+        return _interpret(self.target, outcomes)
+
+
+def next_refresh_delay(
+    resolution: Resolution, interval: float, minimum: float, respect_ttl: bool
+) -> float:
+    """Seconds until the next resolution: the interval, or sooner when the TTL runs out."""
+    delay = interval
+    if respect_ttl and resolution.ttl is not None and not math.isnan(resolution.ttl):
+        delay = min(delay, resolution.ttl)
+    return max(delay, minimum)

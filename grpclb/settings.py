@@ -1,0 +1,535 @@
+"""Settings: one frozen value, validated once, from keywords, environment, defaults.
+
+Every setting is declared once in ``SETTINGS`` with its parser, default and the
+reference its default comes from; the docs' configuration table is generated
+from the same list, so code and docs cannot drift. Precedence is keyword
+argument, then the ``GRPCLB_<NAME>`` environment variable, then the default.
+A bad value is a ``ConfigError`` naming where it came from; never a fallback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from grpclb.errors import ConfigError
+from grpclb.hashing import is_prime
+
+POLICIES = ("round_robin", "least_request", "random", "pick_first", "ring_hash", "maglev")
+HASH_POLICIES = ("ring_hash", "maglev")
+ENV_PREFIX = "GRPCLB_"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|s|m|h)")
+_UNIT_SECONDS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_OFF_WORDS = ("off", "none", "disabled", "")
+
+
+class _Invalid(Exception):
+    """A parser's complaint, turned into a ConfigError that names the source."""
+
+
+# --- value parsers: raw (keyword value or environment string) -> typed value ---
+
+
+def parse_duration(raw: object) -> float:
+    """Seconds from a number or a Go-style string such as "250ms", "5s", "1m30s"."""
+    if isinstance(raw, bool):
+        raise _Invalid("expected a duration such as 5, 0.25, '250ms', '5s' or '1m'")
+    if isinstance(raw, int | float):
+        seconds = float(raw)
+    else:
+        text = str(raw).strip().lower()
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = _DURATION_PART.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise _Invalid(
+                    "expected a duration such as 5, 0.25, '250ms', '5s' or '1m'"
+                ) from None
+            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if seconds != seconds or seconds < 0 or seconds == float("inf"):
+        raise _Invalid("a duration must be a finite number of seconds >= 0")
+    return seconds
+
+
+def _is_off(raw: object) -> bool:
+    return raw is None or (isinstance(raw, str) and raw.strip().lower() in _OFF_WORDS)
+
+
+def _duration(minimum: float = 0.0, optional: bool = False) -> Callable[[object], float | None]:
+    def parse(raw: object) -> float | None:
+        if optional and (_is_off(raw) or raw == 0):
+            return None
+        seconds = parse_duration(raw)
+        if seconds < minimum or (seconds == 0 and not optional):
+            raise _Invalid(f"must be at least {minimum:g}s" if minimum else "must be > 0")
+        return seconds
+
+    return parse
+
+
+def _integer(
+    minimum: int, maximum: int | None = None, optional: bool = False
+) -> Callable[..., Any]:
+    def parse(raw: object) -> int | None:
+        if optional and (_is_off(raw) or raw == 0):
+            return None
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise _Invalid("expected a whole number")
+        try:
+            value: int = int(raw)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            raise _Invalid("expected a whole number") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and at most {maximum}" if maximum is not None else ""
+            raise _Invalid(f"must be at least {minimum}{upper}")
+        return value
+
+    return parse
+
+
+def _number(minimum: float, maximum: float) -> Callable[[object], float]:
+    def parse(raw: object) -> float:
+        if isinstance(raw, bool):
+            raise _Invalid("expected a number")
+        try:
+            value = float(raw)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise _Invalid("expected a number") from None
+        if not minimum <= value <= maximum:
+            raise _Invalid(f"must be between {minimum:g} and {maximum:g}")
+        return value
+
+    return parse
+
+
+def _boolean(raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise _Invalid("expected true or false (1/0, yes/no, on/off)")
+
+
+def _choice(*allowed: str) -> Callable[[object], str]:
+    def parse(raw: object) -> str:
+        value = str(raw).strip().lower()
+        if value not in allowed:
+            raise _Invalid(f"allowed values are: {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _metadata_key(raw: object) -> str | None:
+    if _is_off(raw):
+        return None
+    key = str(raw).strip().lower()  # gRPC metadata keys are lower-case on the wire
+    if not re.fullmatch(r"[0-9a-z_.\-]+", key) or key.endswith("-bin"):
+        raise _Invalid("expected an ASCII metadata key such as 'x-user-id' (not a -bin key)")
+    return key
+
+
+def _status_codes(raw: object) -> frozenset[grpc.StatusCode]:
+    names = raw.split(",") if isinstance(raw, str) else list(raw)  # type: ignore[call-overload]
+    codes = set()
+    for name in names:
+        if isinstance(name, grpc.StatusCode):
+            codes.add(name)
+            continue
+        text = str(name).strip().upper()
+        if not text:
+            continue
+        try:
+            codes.add(grpc.StatusCode[text])
+        except KeyError:
+            allowed = ", ".join(c.name for c in grpc.StatusCode)
+            raise _Invalid(f"unknown status code {text!r}; allowed values are: {allowed}") from None
+    if grpc.StatusCode.OK in codes:
+        raise _Invalid("OK cannot be a failure or retry code")
+    return frozenset(codes)
+
+
+# --- the table ---
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: how to read it, its default and where that default comes from."""
+
+    name: str
+    parse: Callable[[object], Any]
+    default: Any
+    help: str
+    reference: str = ""
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+_C = grpc.StatusCode
+SETTINGS: tuple[Setting, ...] = (
+    # balancing
+    Setting(
+        "policy",
+        _choice(*POLICIES),
+        "least_request",
+        "How each call chooses a pod.",
+        "Istio's default LEAST_REQUEST",
+    ),
+    Setting(
+        "hash_key",
+        _metadata_key,
+        None,
+        "Metadata key whose value selects the pod for ring_hash and maglev; "
+        "calls without it are spread randomly.",
+        "Envoy hash_policy header",
+    ),
+    Setting(
+        "choice_count",
+        _integer(2),
+        2,
+        "Distinct random candidates least_request compares.",
+        "Envoy choice_count, gRFC A48",
+    ),
+    Setting(
+        "ring_points_per_endpoint",
+        _integer(1, 100_000),
+        1024,
+        "Ring points per pod for ring_hash; fixed per pod so a joining pod moves "
+        "only the keys it takes.",
+        "differs from Envoy's fixed total ring size",
+    ),
+    Setting(
+        "maglev_table_size",
+        _integer(3),
+        65537,
+        "Maglev lookup table size; a prime larger than the pod count.",
+        "Envoy table_size",
+    ),
+    # DNS
+    Setting(
+        "dns_refresh_interval",
+        _duration(),
+        5.0,
+        "Seconds between DNS resolutions.",
+        "Envoy STRICT_DNS dns_refresh_rate",
+    ),
+    Setting(
+        "dns_min_refresh_interval",
+        _duration(),
+        1.0,
+        "Least time between two resolutions, also for re-resolutions a failed connection asks for.",
+        "Envoy dns_min_refresh_rate is 5s",
+    ),
+    Setting(
+        "dns_respect_ttl",
+        _boolean,
+        True,
+        "Resolve again when the answer's TTL runs out, if that is sooner than "
+        "dns_refresh_interval.",
+        "Envoy respect_dns_ttl (default false)",
+    ),
+    Setting(
+        "dns_timeout",
+        _duration(),
+        2.0,
+        "Deadline of one resolution; on timeout the last good answer is kept.",
+        "",
+    ),
+    # connection recycling
+    Setting(
+        "max_connection_age",
+        _duration(optional=True),
+        None,
+        "Replace a pod's connection after this age (make before break).",
+        "gRPC server MAX_CONNECTION_AGE",
+    ),
+    Setting(
+        "max_connection_age_jitter",
+        _number(0.0, 1.0),
+        0.1,
+        "Each connection's age limit is scaled by 1 ± this fraction.",
+        "gRPC's ±10%",
+    ),
+    Setting(
+        "max_connection_age_grace",
+        _duration(optional=True),
+        None,
+        "How long a replaced connection may finish its calls before they are "
+        "cancelled; off waits for them.",
+        "gRPC MAX_CONNECTION_AGE_GRACE",
+    ),
+    Setting(
+        "max_requests_per_connection",
+        _integer(0, optional=True),
+        None,
+        "Replace a pod's connection after this many calls.",
+        "Istio maxRequestsPerConnection",
+    ),
+    # outlier detection
+    Setting(
+        "failure_codes",
+        _status_codes,
+        frozenset({_C.UNAVAILABLE, _C.DEADLINE_EXCEEDED, _C.INTERNAL, _C.UNKNOWN, _C.DATA_LOSS}),
+        "Status codes that count as a pod failure (comma-separated names).",
+        "Envoy's gateway errors, in gRPC terms",
+    ),
+    Setting(
+        "consecutive_failures",
+        _integer(0),
+        5,
+        "Failures in a row that eject a pod at once; 0 disables.",
+        "Istio consecutive5xxErrors",
+    ),
+    Setting(
+        "ejection_interval",
+        _duration(),
+        10.0,
+        "Period of the success-rate and failure-percentage analysis.",
+        "Envoy interval",
+    ),
+    Setting(
+        "success_rate_ejection",
+        _boolean,
+        True,
+        "Eject pods whose success rate is far below the others'.",
+        "Envoy enforcing_success_rate 100",
+    ),
+    Setting(
+        "success_rate_stdev_factor",
+        _number(0.0, 100.0),
+        1.9,
+        "Eject below mean - factor x stdev of success rates.",
+        "Envoy 1900/1000",
+    ),
+    Setting(
+        "success_rate_minimum_hosts",
+        _integer(1),
+        5,
+        "Pods with enough volume needed for success-rate analysis.",
+        "Envoy",
+    ),
+    Setting(
+        "success_rate_request_volume",
+        _integer(1),
+        100,
+        "Calls in an interval for a pod to count in success-rate analysis.",
+        "Envoy",
+    ),
+    Setting(
+        "failure_percentage_ejection",
+        _boolean,
+        False,
+        "Eject pods whose failure percentage exceeds the threshold.",
+        "Envoy enforcing_failure_percentage 0",
+    ),
+    Setting(
+        "failure_percentage_threshold",
+        _number(0.0, 100.0),
+        85.0,
+        "Failure percentage at or above which a pod is ejected.",
+        "Envoy",
+    ),
+    Setting(
+        "failure_percentage_minimum_hosts",
+        _integer(1),
+        5,
+        "Pods needed for failure-percentage analysis.",
+        "Envoy",
+    ),
+    Setting(
+        "failure_percentage_request_volume",
+        _integer(1),
+        50,
+        "Calls in an interval for a pod to count in failure-percentage analysis.",
+        "Envoy",
+    ),
+    Setting(
+        "base_ejection_time",
+        _duration(),
+        30.0,
+        "Ejection time, multiplied by the pod's ejection count.",
+        "Envoy, Istio",
+    ),
+    Setting("max_ejection_time", _duration(), 300.0, "Cap on one ejection's time.", "Envoy"),
+    Setting(
+        "max_ejection_percent",
+        _number(0.0, 100.0),
+        10.0,
+        "Most pods ejected at once, in percent; one pod may always be ejected.",
+        "Envoy max_ejection_percent",
+    ),
+    Setting(
+        "panic_threshold",
+        _number(0.0, 100.0),
+        50.0,
+        "Below this percentage of usable pods, balance over all pods.",
+        "Envoy healthy_panic_threshold",
+    ),
+    # retries and circuit breaking
+    Setting(
+        "retries",
+        _integer(0, 10),
+        2,
+        "Retries of a failed call on another pod; 0 disables.",
+        "Istio default retry policy",
+    ),
+    Setting(
+        "retry_codes",
+        _status_codes,
+        frozenset({_C.UNAVAILABLE}),
+        "Status codes that are retried (comma-separated names).",
+        "Envoy retry_on unavailable",
+    ),
+    Setting(
+        "retry_backoff_base",
+        _duration(),
+        0.025,
+        "Base of the exponential, jittered backoff between attempts.",
+        "Envoy 25ms",
+    ),
+    Setting(
+        "retry_backoff_max",
+        _duration(),
+        0.25,
+        "Cap of the backoff between attempts.",
+        "Envoy 10 x base",
+    ),
+    Setting(
+        "retry_budget_percent",
+        _number(0.0, 100.0),
+        20.0,
+        "Retries in flight as a percentage of calls in flight.",
+        "Envoy retry_budget",
+    ),
+    Setting(
+        "retry_budget_min_concurrency",
+        _integer(0),
+        10,
+        "Retries in flight always allowed, whatever the budget.",
+        "Envoy's is 3",
+    ),
+    Setting(
+        "max_requests",
+        _integer(0, optional=True),
+        None,
+        "Most calls in flight across the channel; more fail at once.",
+        "Envoy circuit breaker max_requests",
+    ),
+)
+SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one channel."""
+
+    policy: str = "least_request"
+    hash_key: str | None = None
+    choice_count: int = 2
+    ring_points_per_endpoint: int = 1024
+    maglev_table_size: int = 65537
+    dns_refresh_interval: float = 5.0
+    dns_min_refresh_interval: float = 1.0
+    dns_respect_ttl: bool = True
+    dns_timeout: float = 2.0
+    max_connection_age: float | None = None
+    max_connection_age_jitter: float = 0.1
+    max_connection_age_grace: float | None = None
+    max_requests_per_connection: int | None = None
+    failure_codes: frozenset[grpc.StatusCode] = SETTINGS_BY_NAME["failure_codes"].default
+    consecutive_failures: int = 5
+    ejection_interval: float = 10.0
+    success_rate_ejection: bool = True
+    success_rate_stdev_factor: float = 1.9
+    success_rate_minimum_hosts: int = 5
+    success_rate_request_volume: int = 100
+    failure_percentage_ejection: bool = False
+    failure_percentage_threshold: float = 85.0
+    failure_percentage_minimum_hosts: int = 5
+    failure_percentage_request_volume: int = 50
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0
+    max_ejection_percent: float = 10.0
+    panic_threshold: float = 50.0
+    retries: int = 2
+    retry_codes: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE})
+    retry_backoff_base: float = 0.025
+    retry_backoff_max: float = 0.25
+    retry_budget_percent: float = 20.0
+    retry_budget_min_concurrency: int = 10
+    max_requests: int | None = None
+
+    @classmethod
+    def load(
+        cls, overrides: Mapping[str, object] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Keyword overrides, then ``GRPCLB_*`` variables, then defaults; validated."""
+        overrides = dict(overrides or {})
+        environ = os.environ if environ is None else environ
+        unknown = sorted(set(overrides) - SETTINGS_BY_NAME.keys())
+        if unknown:
+            raise ConfigError(
+                f"unknown setting {unknown[0]!r}; known settings are: {', '.join(SETTINGS_BY_NAME)}"
+            )
+        values: dict[str, Any] = {}
+        origin: dict[str, str] = {}
+        for setting in SETTINGS:
+            if setting.name in overrides:
+                raw, where = overrides[setting.name], f"keyword {setting.name}"
+            elif setting.env in environ:
+                raw, where = environ[setting.env], f"environment variable {setting.env}"
+            else:
+                values[setting.name] = setting.default
+                continue
+            try:
+                values[setting.name] = setting.parse(raw)
+            except _Invalid as exc:
+                raise ConfigError(f"{where}={raw!r} is invalid: {exc}") from None
+            origin[setting.name] = where
+        settings = cls(**values)
+        settings._check_combinations(origin)
+        return settings
+
+    def _check_combinations(self, origin: Mapping[str, str]) -> None:
+        def where(name: str) -> str:
+            return origin.get(name, f"{name} (default)")
+
+        if self.policy in HASH_POLICIES and self.hash_key is None:
+            raise ConfigError(
+                f"{where('policy')}={self.policy!r} needs hash_key (or {ENV_PREFIX}HASH_KEY): "
+                "the metadata key whose value selects the pod"
+            )
+        if not is_prime(self.maglev_table_size):
+            raise ConfigError(
+                f"{where('maglev_table_size')}={self.maglev_table_size} is invalid: "
+                "must be a prime number (the Maglev paper's table size, e.g. 65537)"
+            )
+        if self.max_ejection_time < self.base_ejection_time:
+            raise ConfigError(
+                f"{where('max_ejection_time')}={self.max_ejection_time:g}s is invalid: "
+                f"must be at least base_ejection_time ({self.base_ejection_time:g}s)"
+            )
+        if self.retry_backoff_max < self.retry_backoff_base:
+            raise ConfigError(
+                f"{where('retry_backoff_max')}={self.retry_backoff_max:g}s is invalid: "
+                f"must be at least retry_backoff_base ({self.retry_backoff_base:g}s)"
+            )
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with some settings changed, validated like the original."""
+        merged = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        merged.update(changes)
+        return Settings.load(merged, environ={})
