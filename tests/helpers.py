@@ -1,0 +1,52 @@
+"""Small helpers shared by the integration tests: bounded waits, no bare sleeps."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import grpc
+
+from grpclb.testing import echo_pb2, echo_pb2_grpc
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "") -> T:
+    """Poll ``predicate`` until it is truthy, at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.01)
+
+
+def ready_count(channel: Any) -> int:
+    return sum(1 for e in channel.stats().endpoints if e.state == "ready")
+
+
+def wait_ready(channel: Any, count: int, timeout: float = 10.0) -> None:
+    wait_until(lambda: ready_count(channel) == count, timeout, f"{count} ready pods")
+
+
+def stub(channel: grpc.Channel) -> echo_pb2_grpc.EchoStub:
+    return echo_pb2_grpc.EchoStub(channel)
+
+
+def spread(
+    channel: grpc.Channel, calls: int, keys: Iterable[str] | None = None, key: str = "x-user"
+) -> Counter[str]:
+    """Send ``calls`` unary calls; count replies per serving pod."""
+    echo = stub(channel)
+    counts: Counter[str] = Counter()
+    key_list = list(keys) if keys is not None else None
+    for i in range(calls):
+        metadata = ((key, key_list[i % len(key_list)]),) if key_list else None
+        reply = echo.Unary(echo_pb2.EchoRequest(message=str(i)), timeout=5, metadata=metadata)
+        counts[reply.pod] += 1
+    return counts
