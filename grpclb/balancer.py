@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -51,8 +51,11 @@ _Action = Callable[[], None]
 class Transport(Protocol):
     """The I/O one flavour (sync or asyncio) performs for the core."""
 
-    def open(self, connection: Connection) -> None:
-        """Create ``connection.channel`` to its pod and start watching its state."""
+    def dial(self, connection: Connection) -> Any:
+        """A new channel object to the connection's pod; no I/O, no threads yet."""
+
+    def watch(self, connection: Connection) -> None:
+        """Start watching (and so connecting) the connection's channel."""
 
     def connect(self, connection: Connection) -> None:
         """Ask an IDLE channel to connect (grpcio never does so on its own)."""
@@ -143,6 +146,8 @@ class Balancer:
         self._run(actions)
 
     def _apply_addresses_locked(self, wanted: set[str], actions: list[_Action]) -> None:
+        if wanted == self._endpoints.keys():
+            return  # an unchanged answer keeps the picker, and round robin's rotation
         for address in [a for a in self._endpoints if a not in wanted]:
             self._remove_locked(self._endpoints.pop(address), actions)
         for address in sorted(wanted - self._endpoints.keys()):
@@ -174,8 +179,10 @@ class Balancer:
             jitter = self.settings.max_connection_age_jitter
             expires_at = now + age * (1.0 + self._rng.uniform(-jitter, jitter))
         connection = Connection(endpoint, None, now, expires_at)
+        # Pickable as soon as the lock is released, so the channel must exist by then.
+        connection.channel = self._transport.dial(connection)
         endpoint.connections_opened += 1
-        actions.append(lambda: self._transport.open(connection))
+        actions.append(lambda: self._transport.watch(connection))
         return connection
 
     def _recycle_locked(self, endpoint: Endpoint, actions: list[_Action]) -> None:
@@ -278,19 +285,11 @@ class Balancer:
         return HashPicker(self._table[1], members, [e in in_use for e in members], self._rng)
 
     def start_call(
-        self, request_hash: int | None, avoid: Collection[Endpoint] = (), *, retry: bool = False
+        self, request_hash: int | None, avoid: Collection[Endpoint] = ()
     ) -> Connection | None:
         """Pick a pod and count the call on it; None when there is no pod at all."""
         actions: list[_Action] = []
         limit = self.settings.max_requests
-        with self._lock:
-            if limit is not None and self._in_flight >= limit:
-                self.counters["circuit_breaker_refusals"] += 1
-                raise LocalRpcError(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"grpclb: {self._in_flight} calls in flight to {self.target.text} reached "
-                    f"the circuit breaker limit max_requests={limit}",
-                )
         for _ in range(4):  # a racing removal can retire the picked pod; pick again
             picker, usable = self._snapshot
             if avoid:
@@ -303,15 +302,19 @@ class Balancer:
                 connection = endpoint.connection
                 if connection is None or endpoint.removed:
                     continue
+                if limit is not None and self._in_flight >= limit:
+                    self.counters["circuit_breaker_refusals"] += 1
+                    raise LocalRpcError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"grpclb: {self._in_flight} calls in flight to {self.target.text} reached "
+                        f"the circuit breaker limit max_requests={limit}",
+                    )
                 connection.in_flight += 1
                 connection.requests += 1
                 endpoint.in_flight += 1
                 endpoint.calls += 1
                 self._in_flight += 1
                 self.counters["calls"] += 1
-                if retry:
-                    self._retries_in_flight += 1
-                    self.counters["retries"] += 1
                 cap = self.settings.max_requests_per_connection
                 if cap is not None and connection.requests >= cap:
                     self._recycle_locked(endpoint, actions)
@@ -346,17 +349,29 @@ class Balancer:
                 self._close_if_drained_locked(connection, actions)
         self._run(actions)
 
-    def retry_allowed(self) -> bool:
-        """Envoy's retry budget: retries in flight stay under a share of calls in flight."""
+    def reserve_retry(self) -> bool:
+        """Envoy's retry budget: retries in flight stay under a share of calls in flight.
+
+        A granted retry counts from now (its backoff included) until
+        ``finish_call(..., retry=True)`` or ``cancel_retry()``, so retries
+        decided at the same moment cannot all pass the same check.
+        """
         s = self.settings
         with self._lock:
             allowed = max(
                 s.retry_budget_min_concurrency, s.retry_budget_percent / 100.0 * self._in_flight
             )
             if self._retries_in_flight < allowed:
+                self._retries_in_flight += 1
+                self.counters["retries"] += 1
                 return True
             self.counters["retries_refused"] += 1
             return False
+
+    def cancel_retry(self) -> None:
+        """A granted retry that never started (no pod, deadline, cancelled)."""
+        with self._lock:
+            self._retries_in_flight -= 1
 
     def _apply_verdict_locked(self, verdict: Verdict) -> None:
         if verdict:

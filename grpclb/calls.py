@@ -19,6 +19,7 @@ import grpc
 
 from grpclb.endpoints import Connection, Endpoint
 from grpclb.errors import LocalRpcError
+from grpclb.replay import RetryingFuture, RetryingStream
 
 if TYPE_CHECKING:
     from grpclb.channel import Channel
@@ -73,35 +74,47 @@ class _MultiCallable:
     ) -> Connection:
         return self._channel._begin(metadata, deadline, bool(wait_for_ready), tried)
 
-    def _streaming(
-        self, request: Any, timeout: float | None, metadata: Metadata, *rest: Any
+    def _nonblocking(
+        self,
+        future: bool,
+        replayable: bool,
+        request: Any,
+        timeout: float | None,
+        metadata: Metadata,
+        *rest: Any,
     ) -> Any:
+        """A future or a response stream; on a failure before any pod, the error itself."""
+        channel = self._channel
         deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            connection = self._start(metadata, deadline, rest[1] if len(rest) > 1 else None)
-        except LocalRpcError as error:
-            return error  # iterating it raises it, as a failed grpcio stream would
-        try:
-            call = self._on(connection)(request, _remaining(deadline), metadata, *rest)
-        except BaseException:
-            self._channel._balancer.finish_call(connection, None)
-            raise
-        call.add_done_callback(partial(release_when_done, self._channel, connection, False))
-        return call
+        wait_for_ready = rest[1] if len(rest) > 1 else None
 
-    def _future(self, request: Any, timeout: float | None, metadata: Metadata, *rest: Any) -> Any:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        def start(tried: Sequence[Endpoint]) -> tuple[Any, Connection]:
+            retry = bool(tried)
+            connection = self._start(metadata, deadline, wait_for_ready, tried)
+            multicallable = self._on(connection)
+            try:
+                call = (multicallable.future if future else multicallable)(
+                    request, _remaining(deadline), metadata, *rest
+                )
+            except BaseException:
+                channel._balancer.finish_call(connection, None, retry=retry)
+                raise
+            call.add_done_callback(partial(release_when_done, channel, connection, retry))
+            return call, connection
+
         try:
-            connection = self._start(metadata, deadline, rest[1] if len(rest) > 1 else None)
+            if replayable and channel.settings.retries:
+
+                def delay(code: grpc.StatusCode | None, retries_done: int) -> float | None:
+                    return channel._retry_delay(code, retries_done, deadline)
+
+                if future:
+                    return RetryingFuture(start, delay, channel._balancer.cancel_retry)
+                return RetryingStream(start, delay)
+            return start(())[0]
         except LocalRpcError as error:
-            return error  # a completed future holding the error, as grpcio's future() does
-        try:
-            future = self._on(connection).future(request, _remaining(deadline), metadata, *rest)
-        except BaseException:
-            self._channel._balancer.finish_call(connection, None)
-            raise
-        future.add_done_callback(partial(release_when_done, self._channel, connection, False))
-        return future
+            # grpcio's future() and streams never raise: the error is a finished call.
+            return error
 
     def _blocking(
         self,
@@ -187,7 +200,9 @@ class UnaryUnary(_MultiCallable, grpc.UnaryUnaryMultiCallable):  # type: ignore[
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        return self._future(request, timeout, metadata, credentials, wait_for_ready, compression)
+        return self._nonblocking(
+            True, True, request, timeout, metadata, credentials, wait_for_ready, compression
+        )
 
 
 class UnaryStream(_MultiCallable, grpc.UnaryStreamMultiCallable):  # type: ignore[misc]
@@ -202,7 +217,9 @@ class UnaryStream(_MultiCallable, grpc.UnaryStreamMultiCallable):  # type: ignor
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        return self._streaming(request, timeout, metadata, credentials, wait_for_ready, compression)
+        return self._nonblocking(
+            False, True, request, timeout, metadata, credentials, wait_for_ready, compression
+        )
 
 
 class StreamUnary(_MultiCallable, grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
@@ -257,8 +274,15 @@ class StreamUnary(_MultiCallable, grpc.StreamUnaryMultiCallable):  # type: ignor
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        return self._future(
-            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+        return self._nonblocking(
+            True,
+            False,
+            request_iterator,
+            timeout,
+            metadata,
+            credentials,
+            wait_for_ready,
+            compression,
         )
 
 
@@ -274,6 +298,13 @@ class StreamStream(_MultiCallable, grpc.StreamStreamMultiCallable):  # type: ign
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        return self._streaming(
-            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+        return self._nonblocking(
+            False,
+            False,
+            request_iterator,
+            timeout,
+            metadata,
+            credentials,
+            wait_for_ready,
+            compression,
         )

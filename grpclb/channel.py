@@ -213,9 +213,24 @@ class Channel(grpc.Channel):  # type: ignore[misc]
         key = self._hash_key
         digest = request_hash(metadata, key) if key is not None else None
         balancer = self._balancer
+        try:
+            return self._wait_for_connection(digest, deadline, wait_for_ready, tried)
+        except BaseException:
+            if tried:
+                balancer.cancel_retry()  # the retry reserved in _retry_delay never started
+            raise
+
+    def _wait_for_connection(
+        self,
+        digest: int | None,
+        deadline: float | None,
+        wait_for_ready: bool,
+        tried: Sequence[Endpoint],
+    ) -> Connection:
+        balancer = self._balancer
         while True:
             version = self._version
-            connection = balancer.start_call(digest, tried, retry=bool(tried))
+            connection = balancer.start_call(digest, tried)
             if connection is not None:
                 return connection
             if balancer.closed:
@@ -238,7 +253,7 @@ class Channel(grpc.Channel):  # type: ignore[misc]
         self, code: grpc.StatusCode | None, retries_done: int, deadline: float | None
     ) -> float | None:
         delay = self._retry.delay_before_retry(code, retries_done, time.monotonic(), deadline)
-        if delay is not None and not self._balancer.retry_allowed():
+        if delay is not None and not self._balancer.reserve_retry():
             return None  # over budget: the caller sees the original error
         return delay
 
@@ -255,30 +270,40 @@ class Channel(grpc.Channel):  # type: ignore[misc]
 
     # --- Transport: the I/O the balancer asks for ------------------------------------
 
-    def open(self, connection: Connection) -> None:
+    def dial(self, connection: Connection) -> grpc.Channel:
         address = dial_address(connection.endpoint.address)
         if self._credentials is None:
-            channel = grpc.insecure_channel(address, options=self._options)
-        else:
-            channel = grpc.secure_channel(address, self._credentials, options=self._options)
-        connection.channel = channel
+            return grpc.insecure_channel(address, options=self._options)
+        return grpc.secure_channel(address, self._credentials, options=self._options)
+
+    def watch(self, connection: Connection) -> None:
         balancer = self._balancer
+        delivered = threading.Event()
 
         def watch(state: grpc.ChannelConnectivity) -> None:
             try:
+                delivered.set()
                 balancer.connectivity_changed(connection, state)
             except Exception:  # never let an exception reach grpcio's polling thread
                 log.exception("grpclb: handling a connectivity change failed")
 
+        watch.delivered = delivered  # type: ignore[attr-defined]
         connection.watcher = watch
-        channel.subscribe(watch, try_to_connect=True)
+        connection.channel.subscribe(watch, try_to_connect=True)
 
     def connect(self, connection: Connection) -> None:
-        channel = connection.channel
-        if channel is not None:
-            # subscribe(try_to_connect=True) is grpcio's public way to leave IDLE.
-            channel.subscribe(_ignore_state, try_to_connect=True)
-            channel.unsubscribe(_ignore_state)
+        # grpcio's subscribe(try_to_connect=True) leaves a flag that its polling thread
+        # acts on later, possibly after the channel closed (a ValueError in that thread);
+        # asking the core channel directly has no such after-effect.
+        core = getattr(connection.channel, "_channel", None)
+        try:
+            if core is not None:
+                core.check_connectivity_state(True)
+            else:  # pragma: no cover - other grpcio internals
+                connection.channel.subscribe(_ignore_state, try_to_connect=True)
+                connection.channel.unsubscribe(_ignore_state)
+        except ValueError:
+            pass  # closed meanwhile: nothing to connect
 
     def close_connection(self, connection: Connection) -> None:
         with self._changed:
@@ -338,8 +363,12 @@ class Channel(grpc.Channel):  # type: ignore[misc]
         channel = connection.channel
         if channel is None:
             return
-        if connection.watcher is not None:
-            channel.unsubscribe(connection.watcher)  # unsubscribe first: see GRPCIO_NOTES
+        watcher = connection.watcher
+        if watcher is not None:
+            # grpcio's polling thread fails if the channel closes before its first check
+            # (GRPCIO_NOTES); its first delivery proves that check is done.
+            watcher.delivered.wait(timeout=2.0)
+            channel.unsubscribe(watcher)
         channel.close()
 
     def _deliver_connectivity(self) -> None:

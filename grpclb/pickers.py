@@ -6,8 +6,8 @@ its fields never change after ``__init__``. A pick never blocks and never does
 I/O. State that must outlive one picker, such as each endpoint's in-flight
 count, lives on the endpoint objects the balancer owns; pickers only read it.
 
-Random choices use ``int(rng.random() * n)``: it is several times cheaper than
-``rng.randrange(n)`` and always below ``n`` for ``n < 2**53``; its bias (about
+Random choices use ``int(rng.random() * n)``: it costs less than half of
+``rng.randrange(n)`` and is always below ``n`` for ``n < 2**53``; its bias (about
 n / 2**53) is far below anything a load balancer could notice.
 """
 
@@ -38,7 +38,7 @@ class PickableEndpoint(Protocol):
 
     @property
     def address(self) -> str:
-        """ "ip:port" of the pod."""
+        """The pod's "ip:port"."""
         ...
 
     @property
@@ -76,7 +76,7 @@ class RoundRobinPicker(Generic[E]):
         self._endpoints = tuple(endpoints)
         self._n = len(self._endpoints)
         # next() on itertools.count is a single C call, atomic under the GIL: concurrent
-        # pickers never share or skip a ticket, with no lock on the hot path.
+        # picks never share or skip a ticket, and the hot path takes no lock.
         self._counter = itertools.count(rng.randrange(self._n) if self._n else 0)
 
     def pick(self, request_hash: int | None) -> E | None:
@@ -134,12 +134,13 @@ class LeastRequestPicker(Generic[E]):
     pod (its in-flight count never drops) loses every comparison it is part of.
     """
 
-    __slots__ = ("_choices", "_endpoints", "_n", "_random")
+    __slots__ = ("_choice_count", "_choices", "_endpoints", "_n", "_random")
 
     def __init__(self, endpoints: Sequence[E], rng: random.Random, choice_count: int = 2) -> None:
         # "If set to < 2, the config will be rejected" - grpc-go leastrequest (A48)
         if choice_count < 2:
             raise ValueError(f"least_request choice_count must be >= 2, got {choice_count}")
+        self._choice_count = choice_count
         self._endpoints = tuple(endpoints)
         self._n = len(self._endpoints)
         # Sampling as many as there are endpoints considers them all, in random order.
@@ -201,7 +202,7 @@ class LeastRequestPicker(Generic[E]):
         return best
 
     def __repr__(self) -> str:
-        return f"<LeastRequestPicker [{self._n} endpoints, choice_count={self._choices}]>"
+        return f"<LeastRequestPicker [{self._n} endpoints, choice_count={self._choice_count}]>"
 
 
 class HashPicker(Generic[E]):
@@ -247,8 +248,8 @@ class HashPicker(Generic[E]):
                     return self._endpoints[index]
                 if step >= self._max_steps:
                     break
-        # No hash key (or a table whose walk missed every usable endpoint): spread
-        # uniformly, as Envoy does for requests without a hash.
+        # No hash key (or a table whose walk missed every usable endpoint): spread the
+        # call at random, as Envoy and gRPC's ring_hash do for calls without a hash.
         return candidates[int(self._random() * len(candidates))]
 
     def __repr__(self) -> str:

@@ -65,10 +65,12 @@ def _is_off(raw: object) -> bool:
 
 def _duration(minimum: float = 0.0, optional: bool = False) -> Callable[[object], float | None]:
     def parse(raw: object) -> float | None:
-        if optional and (_is_off(raw) or raw == 0):
+        if optional and _is_off(raw):
             return None
         seconds = parse_duration(raw)
-        if seconds < minimum or (seconds == 0 and not optional):
+        if optional and seconds == 0:
+            return None  # 0 means off, whether typed as 0, "0" or "0s"
+        if seconds < minimum or seconds == 0:
             raise _Invalid(f"must be at least {minimum:g}s" if minimum else "must be > 0")
         return seconds
 
@@ -79,7 +81,7 @@ def _integer(
     minimum: int, maximum: int | None = None, optional: bool = False
 ) -> Callable[..., Any]:
     def parse(raw: object) -> int | None:
-        if optional and (_is_off(raw) or raw == 0):
+        if optional and _is_off(raw):
             return None
         if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
             raise _Invalid("expected a whole number")
@@ -90,6 +92,8 @@ def _integer(
         if value < minimum or (maximum is not None and value > maximum):
             upper = f" and at most {maximum}" if maximum is not None else ""
             raise _Invalid(f"must be at least {minimum}{upper}")
+        if optional and value == 0:
+            return None  # 0 means off, from a keyword or a variable alike
         return value
 
     return parse
@@ -141,7 +145,14 @@ def _metadata_key(raw: object) -> str | None:
 
 
 def _status_codes(raw: object) -> frozenset[grpc.StatusCode]:
-    names = raw.split(",") if isinstance(raw, str) else list(raw)  # type: ignore[call-overload]
+    if isinstance(raw, str):
+        names: list[object] = list(raw.split(","))
+    elif isinstance(raw, grpc.StatusCode):
+        names = [raw]
+    elif isinstance(raw, list | tuple | set | frozenset):
+        names = list(raw)
+    else:
+        raise _Invalid("expected status code names, e.g. 'UNAVAILABLE,INTERNAL', or a list")
     codes = set()
     for name in names:
         if isinstance(name, grpc.StatusCode):

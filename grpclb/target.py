@@ -33,7 +33,7 @@ class Target:
     @property
     def authority(self) -> str:
         """The ``:authority`` of calls: the service's name, not a pod's IP."""
-        return f"{self.host}:{self.port}"
+        return format_address(self.host, self.port)
 
 
 def format_address(ip: str, port: int) -> str:
@@ -98,7 +98,9 @@ def parse_target(text: str) -> Target:
             for item in text[len(scheme) :].split(","):
                 host, port = _split_host_port(text, item.strip())
                 addresses.append(format_address(_ip(text, host, version), port))
-            first_host, first_port = _split_host_port(text, text[len(scheme) :].split(",")[0])
+            first_host, first_port = _split_host_port(
+                text, text[len(scheme) :].split(",")[0].strip()
+            )
             return Target(text, first_host, first_port, static_addresses=tuple(addresses))
     dns_server = None
     if text.startswith("dns:"):

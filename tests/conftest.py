@@ -6,14 +6,7 @@ setup step that installs it, so a green run always means the DNS tests ran.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
-
-# A checkout run without `pip install -e .` still tests its own sources.
-if importlib.util.find_spec("grpclb") is None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytest
 

@@ -233,14 +233,19 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
+    name = args.name or format_address(args.host, args.port)
     tls = None
     if args.tls_key and args.tls_cert:
         with open(args.tls_key, "rb") as key, open(args.tls_cert, "rb") as chain:
             tls = (key.read(), chain.read())
+    try:
+        pod = serve(args.host, args.port, tls=tls, max_workers=args.max_workers)
+    except OSError as exc:
+        print(f"pod {name}: {exc}", file=sys.stderr, flush=True)
+        return 1
     # SIGTERM ends the pod like a closed stdin, through the finally below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    pod = serve(args.host, args.port, tls=tls, max_workers=args.max_workers)
-    grace = 0.0
+    grace, code = 0.0, 0
     try:
         ready = f"READY {format_address(pod.host, pod.port)}"
         if pod.control_port != pod.port:
@@ -249,12 +254,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = sys.stdin.readline().split()
         if len(line) == 2 and line[0] == "stop":
             grace = float(line[1])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
     finally:
         pod.stop(grace)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Skips interpreter teardown: leftover grpc threads must not delay the exit.
-    os._exit(0)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Skips interpreter teardown: leftover grpc threads must not delay the exit.
+        os._exit(code)
 
 
 if __name__ == "__main__":

@@ -13,37 +13,34 @@ import atexit
 import contextlib
 import ipaddress
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 import dns.exception
-import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+
+from grpclb.testing._pod_main import format_address
+from grpclb.testing.pods import pick_port, port_is_free
 
 # The name tests give their fleet: what a headless service "echo" in "default" resolves as.
 SERVICE_NAME = "echo.default.svc.cluster.local"
 READY_TIMEOUT_S = 10.0
 RELOAD_TIMEOUT_S = 5.0
 POLL_S = 0.005
-PORT_RANGE = (20000, 32000)
 PORT_ATTEMPTS = 20
 SETUP_HINT = "run the project's setup (scripts/setup.sh installs Debian's dnsmasq-base)"
 
 
-_running: weakref.WeakSet[DnsServer] = weakref.WeakSet()
+_running: set[DnsServer] = set()
 
 
 @atexit.register
@@ -99,7 +96,7 @@ class DnsServer:
     @property
     def authority(self) -> str:
         """``host:port`` of this server, as a DNS authority in a gRPC target."""
-        return f"[{self._host}]:{self.port}" if ":" in self._host else f"{self._host}:{self.port}"
+        return format_address(self._host, self.port)
 
     def target(self, name: str, port: int) -> str:
         """A ``dns://`` target that makes gRPC's own resolver ask this server."""
@@ -120,7 +117,12 @@ class DnsServer:
             attempts = PORT_ATTEMPTS if self._port is None else 3
             errors = []
             for _ in range(attempts):
-                port = self._port if self._port is not None else _free_port(self._host)
+                port = self._port if self._port is not None else pick_port([self._host], udp=True)
+                # dnsmasq itself would share a UDP port with another dnsmasq; refuse instead.
+                if not port_is_free(self._host, port, udp=True):
+                    errors.append(f"port {port} is in use")
+                    time.sleep(0.1)
+                    continue
                 error = self._spawn(port)
                 if error is None:
                     self._port = port
@@ -191,6 +193,8 @@ class DnsServer:
         server is stopped the records are kept for the next start.
         """
         name = name.rstrip(".").lower()
+        if not name or any(c.isspace() or c == "#" for c in name):
+            raise ValueError(f"not a DNS name: {name!r}")  # it would corrupt the hosts file
         addrs = [str(ipaddress.ip_address(a)) for a in addresses]
         with self._lock:
             if addrs:
@@ -263,9 +267,7 @@ class DnsServer:
         self.start()
         return self
 
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def __repr__(self) -> str:
@@ -289,19 +291,3 @@ def _sorted_addresses(addresses: Sequence[str]) -> list[str]:
     """Distinct addresses, IPv4 first, each family in numeric order."""
     ips = {ipaddress.ip_address(a) for a in addresses}
     return [str(ip) for ip in sorted(ips, key=lambda ip: (ip.version, int(ip)))]
-
-
-def _free_port(host: str) -> int:
-    """A random port with both UDP and TCP free on ``host`` (dnsmasq binds both)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(100):
-        port = random.randrange(*PORT_RANGE)
-        with contextlib.ExitStack() as stack:
-            try:
-                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                    sock = stack.enter_context(socket.socket(family, kind))
-                    sock.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise OSError(f"no free DNS port on {host} in {PORT_RANGE}")

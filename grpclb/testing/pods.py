@@ -24,15 +24,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 
 from grpclb.testing import echo_pb2, echo_pb2_grpc
+from grpclb.testing._pod_main import format_address, serve
 
 CONTROL_TIMEOUT_S = 5.0
 READY_TIMEOUT_S = 20.0
@@ -45,8 +45,6 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 _live: set[Pod] = set()
 _live_lock = threading.Lock()
-
-
 _P = TypeVar("_P", bound="Pod")
 
 
@@ -61,10 +59,6 @@ class PodCounts:
     peers: tuple[str, ...]
 
 
-def _format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 class Pod(abc.ABC):
     """Common handle: steering and reading a pod goes through its Control service.
 
@@ -72,51 +66,58 @@ class Pod(abc.ABC):
     shows up as) a connection of the channels under test.
     """
 
-    host: str
-    port: int
-    control_port: int
-
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port, self.control_port = host, port, port
-        self._control: Any = None
+        self._lock = threading.Lock()
         self._channel: Any = None
+        self._control: Any = None
         self._stopped = False
 
     @property
     def address(self) -> str:
-        return _format_address(self.host, self.port)
+        return format_address(self.host, self.port)
 
     @property
     def control_address(self) -> str:
-        return _format_address(self.host, self.control_port)
+        """Plaintext Control endpoint: the pod's own address, or a side port under TLS."""
+        return format_address(self.host, self.control_port)
 
-    def _stub(self) -> Any:
-        if self._control is None:
-            options = [("grpc.use_local_subchannel_pool", 1)]
-            self._channel = grpc.insecure_channel(self.control_address, options=options)
-            self._control = echo_pb2_grpc.ControlStub(self._channel)  # type: ignore[no-untyped-call]
-        return self._control
+    def _call(self, method: str, request: Any) -> Any:
+        with self._lock:
+            if self._control is None:
+                options = [("grpc.use_local_subchannel_pool", 1)]
+                self._channel = grpc.insecure_channel(self.control_address, options=options)
+                self._control = echo_pb2_grpc.ControlStub(self._channel)  # type: ignore[no-untyped-call]
+        return getattr(self._control, method)(request, timeout=CONTROL_TIMEOUT_S)
 
     def set_mode(self, mode: str, delay_ms: int = 0) -> None:
-        mode_msg = echo_pb2.Mode(mode=mode, delay_ms=delay_ms)
-        self._stub().SetMode(mode_msg, timeout=CONTROL_TIMEOUT_S)
+        self._call("SetMode", echo_pb2.Mode(mode=mode, delay_ms=delay_ms))
 
     def stats(self) -> PodCounts:
-        return _counts(self._stub().GetStats(echo_pb2.Empty(), timeout=CONTROL_TIMEOUT_S))
+        return _counts(self._call("GetStats", echo_pb2.Empty()))
 
     def reset_stats(self) -> PodCounts:
         """Resets the counters; returns them as they were, to measure one phase of a test."""
-        return _counts(self._stub().ResetStats(echo_pb2.Empty(), timeout=CONTROL_TIMEOUT_S))
+        return _counts(self._call("ResetStats", echo_pb2.Empty()))
 
     @abc.abstractmethod
     def stop(self, grace: float | None = 0) -> None:
         """Stops serving; in-flight calls get ``grace`` seconds, then are cancelled."""
 
+    def _abandon(self) -> None:
+        """Ends the pod at interpreter exit, as fast as possible."""
+        self.stop(0)
+
+    def _track(self) -> None:
+        with _live_lock:
+            _live.add(self)
+
     def _forget(self) -> None:
         """Closes the control channel and drops the pod from the exit-time cleanup."""
         self._stopped = True
-        if self._channel is not None:
-            self._channel.close()
+        with self._lock:
+            if self._channel is not None:
+                self._channel.close()
             self._channel = self._control = None
         with _live_lock:
             _live.discard(self)
@@ -133,13 +134,7 @@ class Pod(abc.ABC):
 
 
 def _counts(msg: echo_pb2.PodStats) -> PodCounts:
-    peers = tuple(msg.peers)
-    return PodCounts(msg.pod, msg.calls, msg.connections, msg.in_flight, peers)
-
-
-def _register(pod: Pod) -> None:
-    with _live_lock:
-        _live.add(pod)
+    return PodCounts(msg.pod, msg.calls, msg.connections, msg.in_flight, tuple(msg.peers))
 
 
 @atexit.register
@@ -148,10 +143,7 @@ def _stop_leftovers() -> None:
         leftovers = list(_live)
     for pod in leftovers:
         with contextlib.suppress(Exception):
-            if isinstance(pod, ProcessPod):
-                pod.kill()
-            else:
-                pod.stop(0)
+            pod._abandon()
 
 
 class ThreadPod(Pod):
@@ -160,13 +152,10 @@ class ThreadPod(Pod):
     def __init__(
         self, host: str, port: int, *, tls: tuple[bytes, bytes] | None = None, max_workers: int = 32
     ) -> None:
-        # Imported here so that `python -m grpclb.testing._pod_main` finds it unimported.
-        from grpclb.testing._pod_main import serve
-
         super().__init__(host, port)
         self._server = serve(host, port, tls=tls, max_workers=max_workers)
         self.port, self.control_port = self._server.port, self._server.control_port
-        _register(self)
+        self._track()
 
     def stop(self, grace: float | None = 0) -> None:
         if not self._stopped:
@@ -177,8 +166,8 @@ class ThreadPod(Pod):
 class ProcessPod(Pod):
     """A pod in its own Python process, so that a test can SIGKILL it.
 
-    With ``wait=False`` the constructor only spawns the process; call
-    ``wait_ready()`` later, which lets a fleet start many pods at once.
+    With ``wait=False`` the constructor only spawns the process; ``wait_ready()``
+    later lets a fleet start many pods at once.
     """
 
     def __init__(
@@ -192,30 +181,27 @@ class ProcessPod(Pod):
         ready_timeout: float = READY_TIMEOUT_S,
     ) -> None:
         super().__init__(host, port)
-        self.name = name or _format_address(host, port)
+        self.name = name or format_address(host, port)
         self._dir = tempfile.mkdtemp(prefix="grpclb-pod-")
-        self._stderr_path = os.path.join(self._dir, "stderr.log")
-        self._ready = False
-        self._stop_sent = False
+        self._stderr = os.path.join(self._dir, "stderr.log")
+        self._ready = self._stop_sent = False
         args = ["--host", host, "--port", str(port), "--name", self.name]
-        if tls is not None:
-            for flag, pem in (("--tls-key", tls[0]), ("--tls-cert", tls[1])):
-                path = os.path.join(self._dir, flag.strip("-") + ".pem")
-                with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
-                    f.write(pem)
-                args += [flag, path]
+        for flag, pem in zip(("--tls-key", "--tls-cert"), tls or (), strict=False):
+            path = os.path.join(self._dir, flag[2:] + ".pem")
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
+                f.write(pem)
+            args += [flag, path]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
-        with open(self._stderr_path, "wb") as stderr:
+        with open(self._stderr, "wb") as stderr:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "grpclb.testing._pod_main", *args],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 env=env,
-                close_fds=True,
             )
-        _register(self)
+        self._track()
         if wait:
             self.wait_ready(ready_timeout)
 
@@ -223,42 +209,41 @@ class ProcessPod(Pod):
     def pid(self) -> int:
         return int(self._proc.pid)
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the process ended; ``-9`` after ``kill()``."""
+        return self._proc.poll()
+
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
-        """Waits for the READY line; on failure kills the child and raises with its stderr."""
+        """Waits for ``READY H:P [control=H:Q]``; on failure kills the child, raises its stderr."""
         if self._ready:
             return
         assert self._proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        buf = b""
-        fd = self._proc.stdout.fileno()
-        while b"\n" not in buf:
+        fd, line, deadline = self._proc.stdout.fileno(), b"", time.monotonic() + timeout
+        while not line.endswith(b"\n"):
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
                 self._fail(f"not ready after {timeout:.1f} s")
-            chunk = os.read(fd, 4096)
+            chunk = os.read(fd, 1)  # byte by byte: nothing after the line may be swallowed
             if not chunk:
                 self._fail(f"exited with code {self._proc.wait(timeout=5)}")
-            buf += chunk
-        words = buf.decode(errors="replace").split()
-        if words[:1] != ["READY"]:
-            self._fail(f"said {buf!r} instead of READY")
-        self.port = int(words[1].rsplit(":", 1)[1])
-        self.control_port = self.port
-        for word in words[2:]:
-            if word.startswith("control="):
-                self.control_port = int(word.rsplit(":", 1)[1])
+            line += chunk
+        words = line.decode(errors="replace").split()
+        if words[:1] != ["READY"] or len(words) < 2:
+            self._fail(f"said {line!r} instead of READY")
+        ports = [int(w.rsplit(":", 1)[1]) for w in words[1:]]
+        self.port, self.control_port = ports[0], ports[-1]
         self._ready = True
 
     def _fail(self, why: str) -> NoReturn:
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGKILL)
-            self._proc.wait(timeout=5)
-        stderr = Path(self._stderr_path).read_text(errors="replace")
-        self.kill()
-        raise RuntimeError(f"pod {self.name} {why}; its stderr:\n{stderr[-4000:]}")
+        self._forget()
+        self._sigkill()
+        stderr = Path(self._stderr).read_text(errors="replace")[-4000:]
+        self._cleanup()
+        raise RuntimeError(f"pod {self.name} {why}; its stderr:\n{stderr}")
 
     def send_stop(self, grace: float | None = 0) -> None:
-        """Asks the pod to stop without waiting, so a fleet stops all pods at once."""
+        """Asks the pod to stop without waiting, so a fleet stops all its pods at once."""
         if self._stop_sent or self._proc.poll() is not None:
             return
         self._stop_sent = True
@@ -275,17 +260,21 @@ class ProcessPod(Pod):
         try:
             self._proc.wait(timeout=(grace or 0) + 5)
         except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(timeout=5)
+            self._sigkill()
         self._cleanup()
 
     def kill(self) -> None:
-        """SIGKILLs the pod: no goodbye to clients, its connections just break."""
+        """SIGKILLs the pod: no goodbye to clients, their connections just break."""
         self._forget()
+        self._sigkill()
+        self._cleanup()
+
+    _abandon = kill
+
+    def _sigkill(self) -> None:
         if self._proc.poll() is None:
             self._proc.send_signal(signal.SIGKILL)
             self._proc.wait(timeout=5)
-        self._cleanup()
 
     def _cleanup(self) -> None:
         for pipe in (self._proc.stdin, self._proc.stdout):
@@ -295,26 +284,41 @@ class ProcessPod(Pod):
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def pick_port(hosts: list[str]) -> int:
-    """Finds one TCP port free on every host (random, bounded attempts)."""
-    rng = random.Random()
+def pick_port(hosts: Sequence[str], *, udp: bool = False) -> int:
+    """A random port free for TCP (and UDP if asked) on every host; bounded tries."""
     for _ in range(PORT_ATTEMPTS):
-        port = rng.randrange(*PORT_RANGE)
-        if all(_port_free(host, port) for host in hosts):
+        port = random.randrange(*PORT_RANGE)
+        if all(port_is_free(host, port, udp=udp) for host in hosts):
             return port
-    raise OSError(f"no port in {PORT_RANGE} free on {hosts} after {PORT_ATTEMPTS} tries")
+    raise OSError(f"no port in {PORT_RANGE} free on {list(hosts)} after {PORT_ATTEMPTS} tries")
 
 
-def _port_free(host: str, port: int) -> bool:
+def port_is_free(host: str, port: int, *, udp: bool = False) -> bool:
+    """Whether a server could bind ``host:port`` (TCP, and UDP if asked) without sharing it.
+
+    TCP is probed with SO_REUSEADDR, as servers bind, so a TIME_WAIT left by an
+    earlier test is no obstacle. UDP is probed without it: two sockets that
+    both set it share a UDP port on Linux, which is how two dnsmasqs would
+    silently split one port's queries.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        # grpc sets SO_REUSEADDR too: a TIME_WAIT left by an earlier test is no obstacle.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
+    kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if udp else (socket.SOCK_STREAM,)
+    for kind in kinds:
+        with socket.socket(family, kind) as sock:
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
     return True
+
+
+def _host(index: int) -> str:
+    """The index-th loopback address; index 2 is 127.0.0.2."""
+    if not 1 <= index < 2**24 - 1:
+        raise ValueError(f"host index {index} is outside 127.0.0.0/8")
+    return str(ipaddress.IPv4Address("127.0.0.0") + index)
 
 
 class PodFleet:
@@ -333,12 +337,8 @@ class PodFleet:
         self._next = first_host
         self._pods: list[Pod] = []
         probe = [_host(first_host + i) for i in range(max(count, 1) + PROBE_MARGIN)]
-        self._port = pick_port(probe) if port is None else port
+        self.port = pick_port(probe) if port is None else port
         self.add(count)
-
-    @property
-    def port(self) -> int:
-        return self._port
 
     @property
     def pods(self) -> list[Pod]:
@@ -350,15 +350,14 @@ class PodFleet:
 
     def add(self, n: int = 1) -> list[Pod]:
         """Starts ``n`` pods on the next hosts; process pods start concurrently."""
-        hosts = [_host(self._next + i) for i in range(n)]
-        self._next += n
         new: list[Pod] = []
         try:
-            for host in hosts:
+            for _ in range(n):
+                host, self._next = _host(self._next), self._next + 1
                 if self.processes:
-                    new.append(ProcessPod(host, self._port, tls=self.tls, wait=False))
+                    new.append(ProcessPod(host, self.port, tls=self.tls, wait=False))
                 else:
-                    new.append(ThreadPod(host, self._port, tls=self.tls))
+                    new.append(ThreadPod(host, self.port, tls=self.tls))
             for pod in new:
                 if isinstance(pod, ProcessPod):
                     pod.wait_ready()
@@ -395,14 +394,12 @@ class PodFleet:
     def __enter__(self) -> PodFleet:
         return self
 
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop_all()
 
     def __repr__(self) -> str:
         kind = "process" if self.processes else "thread"
-        return f"<PodFleet port={self._port} {len(self._pods)} {kind} pods>"
+        return f"<PodFleet port={self.port} {len(self._pods)} {kind} pods>"
 
 
 def _stop_many(pods: list[Pod], grace: float | None = 0) -> None:
@@ -411,10 +408,3 @@ def _stop_many(pods: list[Pod], grace: float | None = 0) -> None:
             pod.send_stop(grace)
     for pod in pods:
         pod.stop(grace)
-
-
-def _host(index: int) -> str:
-    """The index-th loopback address; index 2 is 127.0.0.2."""
-    if not 1 <= index < 2**24 - 1:
-        raise ValueError(f"host index {index} is outside 127.0.0.0/8")
-    return str(ipaddress.IPv4Address("127.0.0.0") + index)

@@ -173,8 +173,9 @@ def test_many_threads_share_one_channel(fleet, dns_server):
         wait_ready(channel, 5)
         echo = stub(channel)
         with futures.ThreadPoolExecutor(8) as pool:
-            pods = list(pool.map(lambda i: echo.Unary(echo_pb2.EchoRequest(), timeout=5).pod,
-                                 range(1000)))
+            pods = list(
+                pool.map(lambda i: echo.Unary(echo_pb2.EchoRequest(), timeout=5).pod, range(1000))
+            )
         stats = channel.stats()
     assert Counter(pods) == {a: 200 for a in fleet.addresses}
     assert stats.in_flight == 0 and stats.calls == 1000
@@ -183,8 +184,12 @@ def test_many_threads_share_one_channel(fleet, dns_server):
 def test_added_pod_gets_calls_within_the_refresh_interval(pods, dns_server):
     fleet = pods(2)
     dns_server.set_records(SERVICE_NAME, [p.host for p in fleet])
-    with grpclb.channel(target(dns_server, fleet), policy="round_robin",
-                        dns_refresh_interval="1s", dns_respect_ttl=False) as channel:
+    with grpclb.channel(
+        target(dns_server, fleet),
+        policy="round_robin",
+        dns_refresh_interval="1s",
+        dns_respect_ttl=False,
+    ) as channel:
         wait_ready(channel, 2)
         (new,) = fleet.add(1)
         dns_server.set_records(SERVICE_NAME, [p.host for p in fleet])
@@ -202,8 +207,9 @@ def test_removing_then_killing_a_pod_under_load_fails_no_call(pods, dns_server):
     errors: list[BaseException] = []
     served: Counter[str] = Counter()
     stop = threading.Event()
-    with grpclb.channel(target(dns_server, fleet), policy="round_robin", retries=0,
-                        **FAST) as channel:
+    with grpclb.channel(
+        target(dns_server, fleet), policy="round_robin", retries=0, **FAST
+    ) as channel:
         wait_ready(channel, 3)
         echo = stub(channel)
 
@@ -212,7 +218,7 @@ def test_removing_then_killing_a_pod_under_load_fails_no_call(pods, dns_server):
             while not stop.is_set() and time.monotonic() < deadline:
                 try:
                     served[echo.Unary(echo_pb2.EchoRequest(sleep_ms=20), timeout=5).pod] += 1
-                except BaseException as exc:  # noqa: BLE001 - every failure is the finding
+                except BaseException as exc:  # every failure is the finding
                     errors.append(exc)
 
         threads = [threading.Thread(target=load) for _ in range(4)]
@@ -221,8 +227,11 @@ def test_removing_then_killing_a_pod_under_load_fails_no_call(pods, dns_server):
         try:
             wait_until(lambda: served[victim.address] > 5, 10, "load on every pod")
             dns_server.set_records(SERVICE_NAME, [p.host for p in fleet.pods[:2]])
-            wait_until(lambda: victim.address not in
-                       {e.address for e in channel.stats().endpoints}, 10, "victim drained")
+            wait_until(
+                lambda: victim.address not in {e.address for e in channel.stats().endpoints},
+                10,
+                "victim drained",
+            )
             fleet.remove(victim)  # SIGKILL-free stop; it is already out of rotation
             before = sum(served.values())
             wait_until(lambda: sum(served.values()) > before + 50, 10, "more calls")
@@ -234,15 +243,16 @@ def test_removing_then_killing_a_pod_under_load_fails_no_call(pods, dns_server):
 
 
 def test_dns_down_keeps_the_last_good_set(fleet, dns_server):
-    with grpclb.channel(target(dns_server, fleet), policy="round_robin", dns_timeout="200ms",
-                        **FAST) as channel:
+    with grpclb.channel(
+        target(dns_server, fleet), policy="round_robin", dns_timeout="200ms", **FAST
+    ) as channel:
         wait_ready(channel, 5)
         dns_server.stop()
         failures = channel.stats().resolution_failures
         wait_until(lambda: channel.stats().resolution_failures > failures + 1, 10, "DNS failing")
         counts = spread(channel, 100)
         assert set(counts.values()) == {20}
-        assert "timed out" in channel.stats().last_resolution_error or channel.stats().last_resolution_error
+        assert "timed out" in channel.stats().last_resolution_error
 
 
 def test_empty_dns_fails_fast_then_recovers(fleet, dns_server):
@@ -259,12 +269,14 @@ def test_empty_dns_fails_fast_then_recovers(fleet, dns_server):
         assert SERVICE_NAME in raised.value.details() and "no endpoints" in raised.value.details()
         # Every call style reports it as grpcio would.
         assert echo.Unary.future(echo_pb2.EchoRequest()).exception().code() is (
-            grpc.StatusCode.UNAVAILABLE)
+            grpc.StatusCode.UNAVAILABLE
+        )
         with pytest.raises(grpc.RpcError):
             list(echo.ServerStream(echo_pb2.EchoRequest(count=1)))
         # wait_for_ready waits for pods to come back, then succeeds.
         waiter = futures.ThreadPoolExecutor(1).submit(
-            echo.Unary, echo_pb2.EchoRequest(), timeout=10, wait_for_ready=True)
+            echo.Unary, echo_pb2.EchoRequest(), timeout=10, wait_for_ready=True
+        )
         time.sleep(0.3)  # give the waiter time to start waiting (nothing to await here)
         assert not waiter.done()
         dns_server.set_records(SERVICE_NAME, [p.host for p in fleet])
@@ -274,25 +286,28 @@ def test_empty_dns_fails_fast_then_recovers(fleet, dns_server):
 
 def test_wait_for_ready_gives_up_at_the_deadline(pods, dns_server):
     fleet = pods(1)
-    with grpclb.channel(dns_server.target("absent.test", fleet.port), **FAST) as channel:
-        with pytest.raises(grpc.RpcError) as raised:
-            stub(channel).Unary(echo_pb2.EchoRequest(), timeout=0.3, wait_for_ready=True)
+    absent = dns_server.target("absent.test", fleet.port)
+    with grpclb.channel(absent, **FAST) as channel, pytest.raises(grpc.RpcError) as raised:
+        stub(channel).Unary(echo_pb2.EchoRequest(), timeout=0.3, wait_for_ready=True)
     assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def test_tls_verifies_the_service_name_while_dialling_pod_ips(pods, dns_server, pki):
     good = pods(2, tls=pki.server_tls(SERVICE_NAME))
     dns_server.set_records(SERVICE_NAME, [p.host for p in good])
-    with grpclb.channel(target(dns_server, good), credentials=pki.client_credentials(),
-                        policy="round_robin") as channel:
+    with grpclb.channel(
+        target(dns_server, good), credentials=pki.client_credentials(), policy="round_robin"
+    ) as channel:
         assert len(spread(channel, 10)) == 2
 
     bad = pods(1, tls=pki.server_tls("someone-else.example"), first_host=20)
     dns_server.set_records("other.test", [p.host for p in bad])
-    with grpclb.channel(dns_server.target("other.test", bad.port),
-                        credentials=pki.client_credentials()) as channel:
-        with pytest.raises(grpc.RpcError) as raised:
-            stub(channel).Unary(echo_pb2.EchoRequest(), timeout=3)
+    other = dns_server.target("other.test", bad.port)
+    with (
+        grpclb.channel(other, credentials=pki.client_credentials()) as channel,
+        pytest.raises(grpc.RpcError) as raised,
+    ):
+        stub(channel).Unary(echo_pb2.EchoRequest(), timeout=3)
     assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
 
 

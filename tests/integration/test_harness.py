@@ -31,6 +31,7 @@ from grpclb.testing import (
     echo_pb2_grpc,
 )
 from grpclb.testing import echo_pb2 as pb
+from tests.helpers import wait_until
 
 FleetFactory = Callable[..., PodFleet]
 DEADLINE_S = 2.0  # every call in this file carries a deadline
@@ -58,13 +59,6 @@ def rpc_error(call: Callable[[], object]) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as info:
         call()
     return info.value
-
-
-def eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def requests(*messages: str) -> Iterator[pb.EchoRequest]:
@@ -139,11 +133,11 @@ def test_hang_holds_the_call_until_its_deadline(pods: FleetFactory) -> None:
     with echo_stub(pod.address) as stub:
         started = time.monotonic()
         future = stub.Unary.future(pb.EchoRequest(), timeout=0.5)
-        eventually(lambda: pod.stats().in_flight == 1)
+        wait_until(lambda: pod.stats().in_flight == 1, 3, "the call to hang")
         assert rpc_error(future.result).code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert 0.5 <= time.monotonic() - started < DEADLINE_S
     # The handler wakes with the deadline instead of pinning a worker thread.
-    eventually(lambda: pod.stats().in_flight == 0)
+    wait_until(lambda: pod.stats().in_flight == 0, 3, "the handler to wake")
 
 
 def test_stats_count_echo_calls_and_distinct_connections(pods: FleetFactory) -> None:
@@ -206,7 +200,7 @@ def test_process_pods_start_together_and_die_on_sigkill(pods: FleetFactory) -> N
     with echo_stub(victim.address) as stub:
         stub.Unary(pb.EchoRequest(), timeout=DEADLINE_S)
         victim.kill()
-        assert victim._proc.returncode == -signal.SIGKILL
+        assert victim.returncode == -signal.SIGKILL
         error = rpc_error(lambda: stub.Unary(pb.EchoRequest(), timeout=DEADLINE_S))
         assert error.code() == grpc.StatusCode.UNAVAILABLE
     with echo_stub(survivor.address) as stub:
@@ -268,6 +262,12 @@ def test_grpc_own_resolver_reaches_the_pods_through_the_target(
     with echo_stub(dns_server.target(SERVICE_NAME, fleet.port), options=(round_robin,)) as stub:
         served = {stub.Unary(pb.EchoRequest(), timeout=DEADLINE_S).pod for _ in range(30)}
     assert served == set(fleet.addresses)
+
+
+def test_a_second_dns_server_never_shares_a_port(dns_server: DnsServer) -> None:
+    """dnsmasq alone would bind a taken UDP port and split the queries with its twin."""
+    with pytest.raises(RuntimeError, match="in use"):
+        DnsServer(port=dns_server.port).start()
 
 
 def test_missing_dnsmasq_says_how_to_install_it() -> None:

@@ -1,0 +1,246 @@
+"""Retries for the non-blocking call styles: futures and response streams.
+
+A blocking call retries in a loop (see ``calls``). A future or a stream has
+returned to the caller before its outcome is known, so each needs a stand-in
+that looks like grpcio's object and starts the next attempt on another pod:
+
+- a future: when an attempt fails with a retryable code, the next one starts
+  after the backoff (on a timer thread, never inside grpcio's callback);
+- a response stream: only before its first message, since what was already
+  read cannot be replayed; the retry happens in the reader's ``next()``.
+
+Each attempt releases its own in-flight count through its own done-callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from grpclb.endpoints import Connection, Endpoint
+from grpclb.errors import LocalRpcError
+
+log = logging.getLogger("grpclb")
+
+# (endpoints tried so far) -> (the attempt's grpcio call, its connection)
+StartAttempt = Callable[[Sequence[Endpoint]], tuple[Any, Connection]]
+# (status code, retries done) -> seconds to wait before retrying, or None
+RetryDelay = Callable[[grpc.StatusCode | None, int], float | None]
+
+
+class RetryingFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
+    """A unary call's future whose attempts may move to other pods."""
+
+    def __init__(self, start: StartAttempt, delay: RetryDelay, abandon: Callable[[], None]) -> None:
+        self._start, self._delay, self._abandon = start, delay, abandon
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._tried: list[Endpoint] = []
+        self._callbacks: list[Callable[[Any], None]] = []
+        self._current: Any = None
+        self._cancelled = False
+        self._attempt()
+
+    def _attempt(self) -> None:
+        with self._lock:
+            if self._cancelled:
+                if self._tried:
+                    self._abandon()  # the retry granted before the cancel never starts
+                return
+        try:
+            call, connection = self._start(self._tried)
+        except LocalRpcError as error:
+            self._finish(error)
+            return
+        with self._lock:
+            self._current = call
+        call.add_done_callback(lambda done: self._attempt_done(done, connection))
+
+    def _attempt_done(self, call: Any, connection: Connection) -> None:
+        # Runs on grpcio's thread: decide quickly, never raise, never block.
+        try:
+            code = None if call.cancelled() else call.code()
+            delay = (
+                None
+                if self._cancelled or code is grpc.StatusCode.OK
+                else self._delay(code, len(self._tried))
+            )
+            if delay is None:
+                self._finish(call)
+                return
+            self._tried.append(connection.endpoint)
+            timer = threading.Timer(delay, self._attempt)
+            timer.daemon = True
+            timer.start()
+        except Exception:
+            log.exception("grpclb: deciding a retry failed")
+            self._finish(call)
+
+    def _finish(self, call: Any) -> None:
+        with self._lock:
+            self._current = call
+            callbacks, self._callbacks = self._callbacks, []
+            self._done.set()
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:
+                log.exception("grpclb: a future's done-callback raised")
+
+    def _final(self, timeout: float | None) -> Any:
+        if not self._done.wait(timeout):
+            raise grpc.FutureTimeoutError()
+        if self._cancelled and self._current is None:
+            raise grpc.FutureCancelledError()
+        return self._current
+
+    # grpc.Future
+    def cancel(self) -> bool:
+        with self._lock:
+            if self._done.is_set():
+                return False
+            self._cancelled = True
+            current = self._current
+        if current is not None:
+            current.cancel()  # its done-callback finishes us
+        else:
+            self._finish(None)
+        return True
+
+    def cancelled(self) -> bool:
+        return self._cancelled and self._done.is_set()
+
+    def running(self) -> bool:
+        return not self._done.is_set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._final(timeout).result()
+
+    def exception(self, timeout: float | None = None) -> Any:
+        return self._final(timeout).exception()
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        return self._final(timeout).traceback()
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    # grpc.Call, answered by the final attempt
+    def code(self) -> grpc.StatusCode:
+        return self._final(None).code()
+
+    def details(self) -> str:
+        return str(self._final(None).details())
+
+    def initial_metadata(self) -> Any:
+        return self._final(None).initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        return self._final(None).trailing_metadata()
+
+    def is_active(self) -> bool:
+        return not self._done.is_set()
+
+    def time_remaining(self) -> float | None:
+        current = self._current
+        return None if current is None else current.time_remaining()
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        current = self._current
+        return current is not None and bool(current.add_callback(callback))
+
+
+class RetryingStream(grpc.Call, grpc.Future):  # type: ignore[misc]
+    """A response stream that may restart on another pod until its first message.
+
+    Callbacks added with ``add_callback``/``add_done_callback`` attach to the
+    attempt that is current when they are added.
+    """
+
+    def __init__(
+        self, start: StartAttempt, delay: RetryDelay, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self._start, self._delay, self._sleep = start, delay, sleep
+        self._tried: list[Endpoint] = []
+        self._received = False
+        self._call, self._connection = start(self._tried)
+
+    def __iter__(self) -> RetryingStream:
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            try:
+                message = next(self._call)
+            except grpc.RpcError as error:
+                if self._received:
+                    raise
+                delay = self._delay(error.code(), len(self._tried))
+                if delay is None:
+                    raise
+                self._tried.append(self._connection.endpoint)
+                self._sleep(delay)
+                self._call, self._connection = self._start(self._tried)
+                continue
+            self._received = True
+            return message
+
+    next = __next__
+
+    # grpc.Call and grpc.Future, answered by the current attempt
+    def cancel(self) -> bool:
+        return bool(self._call.cancel())
+
+    def cancelled(self) -> bool:
+        return bool(self._call.cancelled())
+
+    def running(self) -> bool:
+        return bool(self._call.running())
+
+    def done(self) -> bool:
+        return bool(self._call.done())
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._call.result(timeout)
+
+    def exception(self, timeout: float | None = None) -> Any:
+        return self._call.exception(timeout)
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        return self._call.traceback(timeout)
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        self._call.add_done_callback(fn)
+
+    def code(self) -> grpc.StatusCode:
+        return self._call.code()
+
+    def details(self) -> str:
+        return str(self._call.details())
+
+    def initial_metadata(self) -> Any:
+        return self._call.initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        return self._call.trailing_metadata()
+
+    def is_active(self) -> bool:
+        return bool(self._call.is_active())
+
+    def time_remaining(self) -> float | None:
+        return self._call.time_remaining()  # type: ignore[no-any-return]
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return bool(self._call.add_callback(callback))

@@ -1,0 +1,168 @@
+"""Target names: every form of gRPC's naming document that grpclb accepts, and the rest.
+
+Rows are (target text, want) for the good forms and (target text, fragment of
+the error) for the bad ones.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from grpclb.errors import ConfigError
+from grpclb.target import Target, format_address, parse_target
+
+GOOD: list[tuple[str, dict[str, object]]] = [
+    # dns:///host:port - the system resolver
+    (
+        "dns:///svc.ns.svc.cluster.local:9000",
+        {"host": "svc.ns.svc.cluster.local", "port": 9000, "dns_server": None},
+    ),
+    ("dns:svc.ns:9000", {"host": "svc.ns", "port": 9000, "dns_server": None}),
+    # dns://SERVER_IP[:PORT]/host:port - the authority names the DNS server
+    ("dns://10.0.0.10/svc:9000", {"host": "svc", "port": 9000, "dns_server": ("10.0.0.10", 53)}),
+    (
+        "dns://10.0.0.10:5353/svc:9000",
+        {"host": "svc", "port": 9000, "dns_server": ("10.0.0.10", 5353)},
+    ),
+    ("dns://[::1]:5353/svc:9000", {"host": "svc", "port": 9000, "dns_server": ("::1", 5353)}),
+    ("dns://[::1]/svc:9000", {"host": "svc", "port": 9000, "dns_server": ("::1", 53)}),
+    # host:port - the same as dns:///host:port
+    ("svc:9000", {"host": "svc", "port": 9000, "dns_server": None}),
+    ("svc.ns.svc.cluster.local:1", {"host": "svc.ns.svc.cluster.local", "port": 1}),
+    ("localhost:65535", {"host": "localhost", "port": 65535}),
+    ("  svc:9000  ", {"host": "svc", "port": 9000, "text": "svc:9000"}),
+    ("svc.example.com.:443", {"host": "svc.example.com", "port": 443}),
+]
+
+
+@pytest.mark.parametrize(("text", "want"), GOOD, ids=[t.strip() for t, _ in GOOD])
+def test_dns_targets(text: str, want: dict[str, object]) -> None:
+    target = parse_target(text)
+    assert not target.is_static
+    assert target.static_addresses == ()
+    for field, value in want.items():
+        assert getattr(target, field) == value, field
+
+
+@pytest.mark.parametrize(
+    ("text", "addresses", "host", "port"),
+    [
+        ("ipv4:10.0.0.1:80", ("10.0.0.1:80",), "10.0.0.1", 80),
+        ("ipv4:10.0.0.1:80,10.0.0.2:81", ("10.0.0.1:80", "10.0.0.2:81"), "10.0.0.1", 80),
+        ("ipv4:10.0.0.1:80, 10.0.0.2:81", ("10.0.0.1:80", "10.0.0.2:81"), "10.0.0.1", 80),
+        ("ipv6:[::1]:80", ("[::1]:80",), "::1", 80),
+        ("ipv6:[::1]:80,[fe80::1]:81", ("[::1]:80", "[fe80::1]:81"), "::1", 80),
+        ("ipv6:[2001:DB8:0::1]:443", ("[2001:db8::1]:443",), None, 443),
+        # an IP literal needs no resolution: it becomes a fixed list of one
+        ("10.0.0.1:80", ("10.0.0.1:80",), "10.0.0.1", 80),
+        ("[::1]:50051", ("[::1]:50051",), "::1", 50051),
+        ("dns:///10.0.0.1:80", ("10.0.0.1:80",), "10.0.0.1", 80),
+        ("dns:///[::1]:80", ("[::1]:80",), "::1", 80),
+        ("dns://10.0.0.10/10.0.0.1:80", ("10.0.0.1:80",), "10.0.0.1", 80),
+    ],
+)
+def test_static_targets(text: str, addresses: tuple[str, ...], host: str | None, port: int) -> None:
+    target = parse_target(text)
+    assert target.is_static
+    assert target.static_addresses == addresses
+    assert target.port == port
+    if host is not None:
+        assert target.host == host
+    assert target.dns_server is None
+
+
+BAD: list[tuple[str, str]] = [
+    # a missing port is an error, not a guess
+    ("svc", "no port"),
+    ("dns:///svc", "no port"),
+    ("dns://10.0.0.10/svc", "no port"),
+    ("ipv4:10.0.0.1", "no port"),
+    ("ipv4:10.0.0.1:80,10.0.0.2", "no port"),
+    ("ipv6:[::1]", "no port"),
+    ("[::1]", "no port"),
+    # bad ports
+    ("svc:", "port ''"),
+    ("svc:0", "port '0'"),
+    ("svc:65536", "port '65536'"),
+    ("svc:http", "port 'http'"),
+    ("svc:-1", "port '-1'"),
+    ("svc:80x", "port '80x'"),
+    ("dns://10.0.0.10:99999/svc:80", "port '99999'"),
+    # unknown schemes
+    ("http://svc:80", "scheme 'http'"),
+    ("unix:///tmp/grpc.sock", "scheme 'unix'"),
+    ("xds:///svc:80", "scheme 'xds'"),
+    # empty
+    ("", "empty"),
+    ("   ", "empty"),
+    (":80", "host is empty"),
+    ("dns:///:80", "host is empty"),
+    ("ipv4:10.0.0.1:80,", "host is empty"),
+    # malformed dns authority
+    ("dns://resolver.local/svc:80", "must be an IP address"),
+    ("dns://10.0.0.10", "dns:///host:port"),
+    # wrong address family or spelling
+    ("ipv4:10.0.0.300:80", "not an IPv4 address"),
+    ("ipv4:[::1]:80", "not an IPv4 address"),
+    ("ipv4:svc:80", "not an IPv4 address"),
+    ("ipv6:10.0.0.1:80", "not an IPv6 address"),
+    ("ipv6:[10.0.0.1]:80", "not an IPv6 address"),
+    ("ipv6:::1:80", "must be in brackets"),
+    ("::1:80", "must be in brackets"),
+    ("[::1:80", "unclosed '['"),
+    ("[::1]x80", "unexpected 'x80'"),
+]
+
+
+@pytest.mark.parametrize(("text", "fragment"), BAD, ids=[t or "<empty>" for t, _ in BAD])
+def test_bad_targets(text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_target(text)
+    message = str(info.value)
+    assert fragment in message
+    assert repr(text.strip()) in message or repr(text) in message
+    assert "dns:///host:port" in message  # and the forms that would have worked
+
+
+def test_config_error_is_a_value_error() -> None:
+    with pytest.raises(ValueError):
+        parse_target("svc")
+
+
+@pytest.mark.parametrize("value", [None, 9000], ids=repr)
+def test_non_string_target(value: object) -> None:
+    with pytest.raises(ConfigError, match="empty"):
+        parse_target(value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "authority"),
+    [
+        ("dns:///svc.ns.svc.cluster.local:9000", "svc.ns.svc.cluster.local:9000"),
+        ("dns://10.0.0.10:5353/svc:9000", "svc:9000"),
+        ("svc:9000", "svc:9000"),
+        ("ipv4:10.0.0.1:80,10.0.0.2:81", "10.0.0.1:80"),
+    ],
+)
+def test_authority_is_the_service_name_not_a_pod(text: str, authority: str) -> None:
+    assert parse_target(text).authority == authority
+
+
+@pytest.mark.parametrize("text", ["ipv6:[::1]:80", "[::1]:80", "dns:///[::1]:80"])
+def test_ipv6_authority_is_bracketed(text: str) -> None:
+    assert parse_target(text).authority == "[::1]:80"
+
+
+@pytest.mark.parametrize(
+    ("ip", "port", "want"),
+    [("10.0.0.1", 80, "10.0.0.1:80"), ("::1", 80, "[::1]:80"), ("fe80::1", 1, "[fe80::1]:1")],
+)
+def test_format_address(ip: str, port: int, want: str) -> None:
+    assert format_address(ip, port) == want
+
+
+def test_target_is_a_frozen_value() -> None:
+    target = parse_target("svc:9000")
+    assert target == Target("svc:9000", "svc", 9000)
+    with pytest.raises(AttributeError):
+        target.port = 1  # type: ignore[misc]
