@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from grpclb.admission import Metadata
 from grpclb.endpoints import Connection, Endpoint
 from grpclb.errors import LocalRpcError
 from grpclb.replay import RetryingFuture, RetryingStream
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("grpclb")
 _OK = grpc.StatusCode.OK
-Metadata = Sequence[tuple[str, str | bytes]] | None
 
 
 def release_when_done(channel: Channel, connection: Connection, retry: bool, call: Any) -> None:

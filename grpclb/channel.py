@@ -9,7 +9,6 @@ drained connections and runs the balancer's timers.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import threading
 import time
@@ -19,11 +18,10 @@ from typing import Any
 import grpc
 
 from grpclb import calls
+from grpclb.admission import Metadata, request_hash, wait_for_pods
 from grpclb.balancer import Balancer, Clock
 from grpclb.endpoints import Connection, Endpoint
-from grpclb.errors import LocalRpcError
-from grpclb.hashing import hash_key
-from grpclb.resolver import Resolver, next_refresh_delay
+from grpclb.resolver import RefreshSchedule, Resolver
 from grpclb.retry import RetryPolicy
 from grpclb.settings import Settings
 from grpclb.target import Target, parse_target
@@ -54,23 +52,6 @@ def pod_channel_options(
 def dial_address(address: str) -> str:
     """A grpcio target for one pod that grpcio will not resolve again."""
     return f"ipv6:{address}" if address.startswith("[") else f"ipv4:{address}"
-
-
-def request_hash(metadata: calls.Metadata, key: str) -> int | None:
-    """The hash of the call's hash-key value, or None when the call has no such key."""
-    if metadata:
-        for name, value in metadata:
-            if name == key:
-                return hash_key(value)
-    return None
-
-
-def no_endpoints_error(balancer: Balancer) -> LocalRpcError:
-    why = balancer.last_resolution_error or "no endpoints"
-    return LocalRpcError(
-        grpc.StatusCode.UNAVAILABLE,
-        f"grpclb: no endpoints found for {balancer.target.text}: {why}",
-    )
 
 
 class Channel(grpc.Channel):  # type: ignore[misc]
@@ -204,50 +185,28 @@ class Channel(grpc.Channel):  # type: ignore[misc]
 
     def _begin(
         self,
-        metadata: calls.Metadata,
+        metadata: Metadata,
         deadline: float | None,
         wait_for_ready: bool,
         tried: Sequence[Endpoint],
     ) -> Connection:
         """A counted connection for one attempt, waiting for pods when the call may wait."""
-        key = self._hash_key
-        digest = request_hash(metadata, key) if key is not None else None
+        digest = request_hash(metadata, self._hash_key)
         balancer = self._balancer
         try:
-            return self._wait_for_connection(digest, deadline, wait_for_ready, tried)
+            while True:
+                version = self._version
+                connection = balancer.start_call(digest, tried)
+                if connection is not None:
+                    return connection
+                wait = wait_for_pods(balancer, wait_for_ready, deadline, time.monotonic())
+                with self._changed:
+                    if self._version == version:
+                        self._changed.wait(timeout=wait)
         except BaseException:
             if tried:
                 balancer.cancel_retry()  # the retry reserved in _retry_delay never started
             raise
-
-    def _wait_for_connection(
-        self,
-        digest: int | None,
-        deadline: float | None,
-        wait_for_ready: bool,
-        tried: Sequence[Endpoint],
-    ) -> Connection:
-        balancer = self._balancer
-        while True:
-            version = self._version
-            connection = balancer.start_call(digest, tried)
-            if connection is not None:
-                return connection
-            if balancer.closed:
-                raise ValueError("Cannot invoke RPC on closed channel!")
-            first_answer_pending = balancer.counters["resolutions"] == 0
-            if not (first_answer_pending or wait_for_ready):
-                raise no_endpoints_error(balancer)
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise LocalRpcError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"grpclb: deadline exceeded while waiting for endpoints of "
-                    f"{self._target.text} ({balancer.last_resolution_error or 'none yet'})",
-                )
-            with self._changed:
-                if self._version == version:
-                    self._changed.wait(timeout=1.0 if remaining is None else min(remaining, 1.0))
 
     def _retry_delay(
         self, code: grpc.StatusCode | None, retries_done: int, deadline: float | None
@@ -320,31 +279,24 @@ class Channel(grpc.Channel):  # type: ignore[misc]
 
     def _maintain(self) -> None:
         balancer, settings = self._balancer, self._settings
-        next_resolve, last_resolve = 0.0, -math.inf
+        schedule = RefreshSchedule(
+            settings.dns_refresh_interval,
+            settings.dns_min_refresh_interval,
+            settings.dns_respect_ttl,
+        )
         while not balancer.closed:
             try:
                 with self._changed:
                     self._dirty = False
-                now = self._clock()
-                resolve_at = next_resolve
-                if balancer.resolve_requested:
-                    resolve_at = min(resolve_at, last_resolve + settings.dns_min_refresh_interval)
-                if now >= resolve_at:
+                if self._clock() >= schedule.due_at(balancer.resolve_requested):
                     balancer.resolve_requested = False
-                    last_resolve = now
+                    schedule.started(self._clock())
                     resolution = self._resolver.resolve()
-                    next_resolve = self._clock() + next_refresh_delay(
-                        resolution,
-                        settings.dns_refresh_interval,
-                        settings.dns_min_refresh_interval,
-                        settings.dns_respect_ttl,
-                    )
+                    schedule.finished(resolution, self._clock())
                     balancer.update(resolution)
                 for connection in self._take_to_close():
                     self._close_now(connection)
-                due = min(balancer.maintain(), next_resolve)
-                if balancer.resolve_requested:
-                    due = min(due, last_resolve + settings.dns_min_refresh_interval)
+                due = min(balancer.maintain(), schedule.due_at(balancer.resolve_requested))
                 self._deliver_connectivity()
             except Exception:
                 log.exception("grpclb: background maintenance failed; retrying")

@@ -161,6 +161,31 @@ class AsyncResolver:
         return _interpret(self.target, outcomes)
 
 
+class RefreshSchedule:
+    """When to resolve next: on the interval, sooner on TTL expiry or on request.
+
+    A request (a connection was lost, one was recycled) is honoured no sooner
+    than ``dns_min_refresh_interval`` after the last resolution, so a fleet of
+    failing connections cannot turn into a DNS storm.
+    """
+
+    def __init__(self, interval: float, minimum: float, respect_ttl: bool) -> None:
+        self.interval, self.minimum, self.respect_ttl = interval, minimum, respect_ttl
+        self.next_at = -math.inf
+        self.last_at = -math.inf
+
+    def due_at(self, requested: bool) -> float:
+        return min(self.next_at, self.last_at + self.minimum) if requested else self.next_at
+
+    def started(self, now: float) -> None:
+        self.last_at = now
+
+    def finished(self, resolution: Resolution, now: float) -> None:
+        self.next_at = now + next_refresh_delay(
+            resolution, self.interval, self.minimum, self.respect_ttl
+        )
+
+
 def next_refresh_delay(
     resolution: Resolution, interval: float, minimum: float, respect_ttl: bool
 ) -> float:

@@ -1,0 +1,56 @@
+"""Whether a call may start now, must wait for pods, or fails: one rule for sync and aio.
+
+A call that finds no pod waits only while waiting can help: before the first
+DNS answer (gRPC queues calls until its resolver answers), or when the call
+asked for ``wait_for_ready``. Otherwise it fails at once with UNAVAILABLE and
+a detail naming the target and why the set is empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from grpclb.balancer import Balancer
+from grpclb.errors import LocalRpcError
+from grpclb.hashing import hash_key
+
+Metadata = Sequence[tuple[str, str | bytes]] | None
+
+# How long one wait for pods lasts before the call looks again, at most.
+WAIT_SLICE = 1.0
+
+
+def request_hash(metadata: Metadata, key: str | None) -> int | None:
+    """The hash of the call's hash-key value, or None when there is no such key."""
+    if key is not None and metadata:
+        for name, value in metadata:
+            if name == key:
+                return hash_key(value)
+    return None
+
+
+def wait_for_pods(
+    balancer: Balancer, wait_for_ready: bool, deadline: float | None, now: float
+) -> float:
+    """Seconds to wait before looking for a pod again; raises when the call must fail now."""
+    if balancer.closed:
+        raise ValueError("Cannot invoke RPC on closed channel!")
+    first_answer_pending = balancer.counters["resolutions"] == 0
+    if not (first_answer_pending or wait_for_ready):
+        why = balancer.last_resolution_error or "no endpoints"
+        raise LocalRpcError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"grpclb: no endpoints found for {balancer.target.text}: {why}",
+        )
+    if deadline is None:
+        return WAIT_SLICE
+    remaining = deadline - now
+    if remaining <= 0:
+        raise LocalRpcError(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"grpclb: deadline exceeded while waiting for endpoints of {balancer.target.text} "
+            f"({balancer.last_resolution_error or 'none yet'})",
+        )
+    return min(remaining, WAIT_SLICE)
