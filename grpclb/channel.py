@@ -155,7 +155,7 @@ class Channel(grpc.Channel):  # type: ignore[misc]
         connections = self._balancer.shutdown()
         self.wake()
         if threading.current_thread() is not self._thread:
-            self._thread.join(timeout=self._settings.dns_timeout + 5.0)
+            self._thread.join(timeout=1.0)  # a thread stuck in a DNS query exits after it
         for connection in [*connections, *self._take_to_close()]:
             self._close_now(connection)
 

@@ -1,0 +1,41 @@
+"""grpclb for asyncio: ``grpclb.aio.channel(...)`` returns a ``grpc.aio.Channel``.
+
+The same settings, environment variables, policies, DNS behaviour, recycling,
+ejection, retries and stats as ``grpclb.channel``, from the same core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from grpclb.aio.channel import Channel
+from grpclb.channel import ChannelOptions
+from grpclb.settings import Settings
+
+__all__ = ["Channel", "channel"]
+
+
+def channel(
+    target: str,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: ChannelOptions = (),
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+    **settings: Any,
+) -> Channel:
+    """A balancing asyncio channel to every pod behind ``target``.
+
+    It may be created outside a running loop; it starts its background work
+    in the loop that first uses it, and belongs to that loop.
+    """
+    return Channel(
+        target,
+        credentials=credentials,
+        options=options,
+        interceptors=interceptors,
+        settings=Settings.load(settings),
+    )

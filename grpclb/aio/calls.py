@@ -1,0 +1,376 @@
+"""The asyncio call path: grpc.aio calls that choose a pod per call.
+
+A grpc.aio call object is returned before its outcome is known, and may be
+returned before any pod is known (before the first DNS answer, or while
+``wait_for_ready`` waits), so every call is a small stand-in that starts its
+attempt on a pod at once when it can, later when it must, and, for
+unary-request calls, moves a failed attempt to another pod. The decisions
+(who may wait, what is retried, the budget) are the core's, as in the sync
+path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Generator
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import grpc.aio
+from grpc import _common as grpc_common
+
+from grpclb.admission import Metadata
+from grpclb.endpoints import Connection, Endpoint
+from grpclb.errors import LocalRpcError
+
+if TYPE_CHECKING:
+    from grpclb.aio.channel import Channel
+
+log = logging.getLogger("grpclb")
+
+
+def as_aio_error(error: LocalRpcError) -> grpc.aio.AioRpcError:
+    """A failure before any pod, in the type grpc.aio callers catch."""
+    return grpc.aio.AioRpcError(
+        error.code(), grpc.aio.Metadata(), grpc.aio.Metadata(), details=error.details()
+    )
+
+
+def finished_status(call: Any) -> grpc.StatusCode | None:
+    """A finished grpc.aio call's status without awaiting ``code()``, when grpcio shows it."""
+    try:
+        return grpc_common.CYGRPC_STATUS_CODE_TO_STATUS_CODE[call._cython_call._status.code()]
+    except Exception:
+        return None
+
+
+def release(channel: Channel, connection: Connection, retry: bool, call: Any) -> None:
+    """Done-callback of one attempt: release its count once; never raises."""
+    try:
+        code = finished_status(call)
+        if code is None and not call.cancelled():
+            # Interceptors hide grpcio's call; ask it the slow way.
+            channel._spawn(_release_later(channel, connection, retry, call))
+            return
+        channel._balancer.finish_call(connection, code, retry=retry)
+    except Exception:  # pragma: no cover - defensive
+        log.exception("grpclb: releasing a call failed")
+
+
+async def _release_later(channel: Channel, connection: Connection, retry: bool, call: Any) -> None:
+    try:
+        code = await call.code()
+    except BaseException:
+        code = None
+    channel._balancer.finish_call(connection, code, retry=retry)
+
+
+class _MultiCallable:
+    def __init__(
+        self,
+        channel: Channel,
+        kind: str,
+        method: str,
+        serializer: Any,
+        deserializer: Any,
+        registered: bool,
+    ) -> None:
+        self._channel = channel
+        self._key = (kind, method, serializer, deserializer, registered)
+
+    def _on(self, connection: Connection) -> Any:
+        found = connection.multicallables.get(self._key)
+        if found is None:  # one event loop thread: no lock needed
+            kind, method, serializer, deserializer, registered = self._key
+            found = getattr(connection.channel, kind)(
+                method, serializer, deserializer, _registered_method=registered
+            )
+            connection.multicallables[self._key] = found
+        return found
+
+
+class UnaryUnary(_MultiCallable, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
+    def __call__(self, request: Any, **kwargs: Any) -> UnaryUnaryCall:
+        return UnaryUnaryCall(self, request, True, **kwargs)
+
+
+class UnaryStream(_MultiCallable, grpc.aio.UnaryStreamMultiCallable):  # type: ignore[misc]
+    def __call__(self, request: Any, **kwargs: Any) -> UnaryStreamCall:
+        return UnaryStreamCall(self, request, True, **kwargs)
+
+
+class StreamUnary(_MultiCallable, grpc.aio.StreamUnaryMultiCallable):  # type: ignore[misc]
+    def __call__(self, request_iterator: Any = None, **kwargs: Any) -> StreamUnaryCall:
+        return StreamUnaryCall(self, request_iterator, False, **kwargs)
+
+
+class StreamStream(_MultiCallable, grpc.aio.StreamStreamMultiCallable):  # type: ignore[misc]
+    def __call__(self, request_iterator: Any = None, **kwargs: Any) -> StreamStreamCall:
+        return StreamStreamCall(self, request_iterator, False, **kwargs)
+
+
+class _Call:
+    """One logical call: its attempts on pods, and grpc.aio's Call interface over them."""
+
+    def __init__(
+        self,
+        owner: _MultiCallable,
+        request: Any,
+        replayable: bool,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> None:
+        self._owner, self._channel = owner, owner._channel
+        self._request = request
+        self._metadata, self._wait_for_ready = metadata, wait_for_ready
+        self._options = {
+            "metadata": metadata,
+            "credentials": credentials,
+            "wait_for_ready": wait_for_ready,
+            "compression": compression,
+        }
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._retries = self._channel.settings.retries if replayable else 0
+        self._tried: list[Endpoint] = []
+        self._attempt: Any = None
+        self._connection: Connection | None = None
+        self._error: grpc.aio.AioRpcError | None = None
+        self._callbacks: list[Callable[[Any], None]] = []
+        self._settled = False
+        self._driven = False  # someone awaits or iterates, and so decides retries
+        try:
+            connection = self._channel._start_now(metadata)
+        except LocalRpcError as error:
+            self._fail(as_aio_error(error))
+            return
+        if connection is not None:
+            self._invoke(connection)
+
+    def _invoke(self, connection: Connection) -> None:
+        remaining = None if self._deadline is None else max(self._deadline - time.monotonic(), 0)
+        try:
+            call = self._owner._on(connection)(self._request, timeout=remaining, **self._options)
+        except BaseException:
+            self._channel._balancer.finish_call(connection, None, retry=bool(self._tried))
+            raise
+        call.add_done_callback(partial(release, self._channel, connection, bool(self._tried)))
+        call.add_done_callback(self._attempt_done)
+        self._attempt, self._connection = call, connection
+
+    async def _started(self) -> Any:
+        """The current attempt, after waiting for a pod if there was none."""
+        if self._attempt is None:
+            if self._error is not None:
+                raise self._error
+            try:
+                connection = await self._channel._begin(
+                    self._metadata, self._deadline, bool(self._wait_for_ready), self._tried
+                )
+            except LocalRpcError as error:
+                self._fail(as_aio_error(error))
+                raise self._error from None  # type: ignore[misc]
+            self._invoke(connection)
+        return self._attempt
+
+    async def _retry_after(self, error: grpc.aio.AioRpcError) -> bool:
+        """Prepare the next attempt after a failure; False when the failure is final."""
+        if len(self._tried) >= self._retries or self._connection is None:
+            return False
+        delay = self._channel._retry_delay(error.code(), len(self._tried), self._deadline)
+        if delay is None:
+            return False
+        self._tried.append(self._connection.endpoint)
+        self._attempt = None
+        try:
+            await asyncio.sleep(delay)
+        except BaseException:
+            self._channel._balancer.cancel_retry()
+            raise
+        return True
+
+    def _fail(self, error: grpc.aio.AioRpcError) -> None:
+        self._error = error
+        self._settle()
+
+    def _attempt_done(self, call: Any) -> None:
+        if not self._driven or call.cancelled():
+            self._settle()  # nobody will retry it: this attempt is the call's outcome
+
+    def _settle(self) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:
+                log.exception("grpclb: a call's done-callback raised")
+
+    # grpc.aio.RpcContext
+    def cancel(self) -> bool:
+        if self._attempt is not None:
+            return bool(self._attempt.cancel())
+        if self._settled:
+            return False
+        self._fail(
+            grpc.aio.AioRpcError(
+                grpc.StatusCode.CANCELLED,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                details="Locally cancelled by application!",
+            )
+        )
+        return True
+
+    def cancelled(self) -> bool:
+        if self._attempt is not None:
+            return bool(self._attempt.cancelled())
+        return self._error is not None and self._error.code() is grpc.StatusCode.CANCELLED
+
+    def done(self) -> bool:
+        return self._settled or (
+            self._attempt is not None and self._attempt.done() and not self._driven
+        )
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else max(self._deadline - time.monotonic(), 0.0)
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        if self._settled:
+            callback(self)
+        else:
+            self._callbacks.append(callback)
+
+    # grpc.aio.Call
+    async def _final(self) -> Any:
+        """The attempt that decides the call's status (after it ended), or raise the local error."""
+        return await self._started()
+
+    async def initial_metadata(self) -> Any:
+        return await (await self._final()).initial_metadata()
+
+    async def trailing_metadata(self) -> Any:
+        if self._error is not None:
+            return self._error.trailing_metadata()
+        return await (await self._final()).trailing_metadata()
+
+    async def code(self) -> grpc.StatusCode:
+        if self._error is not None:
+            return self._error.code()
+        await self._wait_settled()
+        return self._error.code() if self._error is not None else await self._attempt.code()
+
+    async def details(self) -> str:
+        if self._error is not None:
+            return str(self._error.details())
+        await self._wait_settled()
+        if self._error is not None:
+            return str(self._error.details())
+        return str(await self._attempt.details())
+
+    async def wait_for_connection(self) -> None:
+        await (await self._final()).wait_for_connection()
+
+    async def _wait_settled(self) -> None:
+        await (await self._final()).code()
+
+    def __repr__(self) -> str:
+        return f"<grpclb.aio call {self._owner._key[1]} attempt={self._attempt!r}>"
+
+
+class _UnaryResponse(_Call):
+    _outcome: tuple[Any, BaseException | None] | None = None
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._response().__await__()
+
+    async def _response(self) -> Any:
+        if self._outcome is not None:
+            if self._outcome[1] is not None:
+                raise self._outcome[1]
+            return self._outcome[0]
+        self._driven = True
+        try:
+            while True:
+                attempt = await self._started()
+                try:
+                    response = await attempt
+                except grpc.aio.AioRpcError as error:
+                    if await self._retry_after(error):
+                        continue
+                    self._outcome = (None, error)
+                    raise
+                self._outcome = (response, None)
+                return response
+        finally:
+            self._settle()
+
+    async def _wait_settled(self) -> None:
+        with contextlib.suppress(grpc.RpcError, asyncio.CancelledError):
+            await self
+
+
+class UnaryUnaryCall(_UnaryResponse, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
+    pass
+
+
+class _Writes:
+    async def write(self, request: Any) -> None:
+        await (await self._started()).write(request)  # type: ignore[attr-defined]
+
+    async def done_writing(self) -> None:
+        await (await self._started()).done_writing()  # type: ignore[attr-defined]
+
+
+class StreamUnaryCall(_Writes, _UnaryResponse, grpc.aio.StreamUnaryCall):  # type: ignore[misc]
+    pass
+
+
+class _StreamResponse(_Call):
+    _reader: AsyncIterator[Any] | None = None
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._messages()
+
+    async def read(self) -> Any:
+        if self._reader is None:
+            self._reader = self._messages()
+        try:
+            return await self._reader.__anext__()
+        except StopAsyncIteration:
+            return grpc.aio.EOF
+
+    async def _messages(self) -> AsyncIterator[Any]:
+        self._driven = True
+        received = False
+        try:
+            while True:
+                attempt = await self._started()
+                try:
+                    async for message in attempt:
+                        received = True
+                        yield message
+                    return
+                except grpc.aio.AioRpcError as error:
+                    # What was read cannot be replayed: retry only before the first message.
+                    if received or not await self._retry_after(error):
+                        raise
+        finally:
+            self._settle()
+
+
+class UnaryStreamCall(_StreamResponse, grpc.aio.UnaryStreamCall):  # type: ignore[misc]
+    pass
+
+
+class StreamStreamCall(_Writes, _StreamResponse, grpc.aio.StreamStreamCall):  # type: ignore[misc]
+    pass

@@ -1,0 +1,330 @@
+"""The asyncio channel: a ``grpc.aio.Channel`` over the same balancer core.
+
+Only the I/O differs from the sync channel: per-pod ``grpc.aio`` channels
+created inside the running loop, one watcher task per connection instead of
+grpcio's polling threads, and one maintenance task (DNS with
+``dns.asyncresolver``, the balancer's timers) instead of a thread. Background
+work starts on first use, so a channel may be created before the loop runs;
+it then belongs to the loop that first used it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from grpclb.admission import Metadata, request_hash, wait_for_pods
+from grpclb.aio import calls
+from grpclb.balancer import Balancer, Clock
+from grpclb.channel import ChannelOptions, dial_address, pod_channel_options
+from grpclb.endpoints import READY, ChannelStats, Connection, Endpoint
+from grpclb.resolver import AsyncResolver, RefreshSchedule
+from grpclb.retry import RetryPolicy
+from grpclb.settings import Settings
+from grpclb.target import parse_target
+
+log = logging.getLogger("grpclb")
+
+
+class Channel(grpc.aio.Channel):  # type: ignore[misc]
+    """A drop-in ``grpc.aio.Channel`` over every pod of a headless service."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: ChannelOptions = (),
+        interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+        settings: Settings | None = None,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._target = parse_target(target)
+        self._settings = settings or Settings.load()
+        self._credentials = credentials
+        self._interceptors = list(interceptors or ())
+        self._options = pod_channel_options(self._target, options, credentials is not None)
+        self._clock = clock
+        self._retry = RetryPolicy(self._settings)
+        self._hash_key = self._settings.hash_key
+        self._resolver = AsyncResolver(self._target, self._settings.dns_timeout)
+        self._balancer = Balancer(self._target, self._settings, self, clock=clock, rng=rng)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._changed: asyncio.Event | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return repr(self._balancer).replace("<grpclb", "<grpclb.aio.Channel", 1)
+
+    def _ensure_started(self) -> asyncio.AbstractEventLoop:
+        """Start background work in the running loop, on first use."""
+        if self._loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise grpc.aio.UsageError(
+                    "grpclb.aio.Channel is used from its event loop; no loop is running"
+                ) from None
+            self._loop = loop
+            self._wakeup, self._changed = asyncio.Event(), asyncio.Event()
+            self._task = loop.create_task(self._maintain(), name=f"grpclb {self._target.text}")
+        return self._loop
+
+    # --- grpc.aio.Channel -----------------------------------------------------------
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        return calls.UnaryUnary(
+            self,
+            "unary_unary",
+            method,
+            request_serializer,
+            response_deserializer,
+            _registered_method,
+        )
+
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        return calls.UnaryStream(
+            self,
+            "unary_stream",
+            method,
+            request_serializer,
+            response_deserializer,
+            _registered_method,
+        )
+
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        return calls.StreamUnary(
+            self,
+            "stream_unary",
+            method,
+            request_serializer,
+            response_deserializer,
+            _registered_method,
+        )
+
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        return calls.StreamStream(
+            self,
+            "stream_stream",
+            method,
+            request_serializer,
+            response_deserializer,
+            _registered_method,
+        )
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        """READY while any pod is; pods connect on their own, so try_to_connect adds nothing."""
+        if try_to_connect:
+            self._ensure_started()
+        return self._balancer.aggregate_state()
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        self._ensure_started()
+        while self._balancer.aggregate_state() is last_observed_state:
+            if self._balancer.closed:
+                return
+            await self._next_change()
+
+    async def channel_ready(self) -> None:
+        while (state := self.get_state(try_to_connect=True)) is not READY:
+            await self.wait_for_state_change(state)
+
+    async def close(self, grace: float | None = None) -> None:
+        """Close every pod's channel; calls in flight get ``grace`` seconds, as grpc.aio's do."""
+        if self._balancer.closed:
+            return
+        connections = self._balancer.shutdown()
+        self.wake()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await asyncio.gather(*(self._close_now(c, grace) for c in connections))
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def __aenter__(self) -> Channel:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close(None)
+
+    # --- grpclb ---------------------------------------------------------------------
+
+    def stats(self) -> ChannelStats:
+        """A snapshot of every pod and of the channel."""
+        return self._balancer.stats()
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    # --- the call path's helpers (used by grpclb.aio.calls) ------------------------------
+
+    def _start_now(self, metadata: Metadata) -> Connection | None:
+        """A counted connection if a pod is at hand, without waiting."""
+        self._ensure_started()
+        return self._balancer.start_call(request_hash(metadata, self._hash_key))
+
+    async def _begin(
+        self,
+        metadata: Metadata,
+        deadline: float | None,
+        wait_for_ready: bool,
+        tried: Sequence[Endpoint],
+    ) -> Connection:
+        """A counted connection for one attempt, waiting for pods when the call may wait."""
+        self._ensure_started()
+        digest = request_hash(metadata, self._hash_key)
+        balancer = self._balancer
+        try:
+            while True:
+                connection = balancer.start_call(digest, tried)
+                if connection is not None:
+                    return connection
+                try:
+                    wait = wait_for_pods(balancer, wait_for_ready, deadline, time.monotonic())
+                except ValueError as closed:
+                    raise grpc.aio.UsageError(str(closed)) from None
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._next_change(), wait)
+        except BaseException:
+            if tried:
+                balancer.cancel_retry()  # the retry reserved in _retry_delay never started
+            raise
+
+    def _retry_delay(
+        self, code: grpc.StatusCode | None, retries_done: int, deadline: float | None
+    ) -> float | None:
+        delay = self._retry.delay_before_retry(code, retries_done, time.monotonic(), deadline)
+        if delay is not None and not self._balancer.reserve_retry():
+            return None  # over budget: the caller sees the original error
+        return delay
+
+    async def _next_change(self) -> None:
+        assert self._changed is not None
+        await self._changed.wait()
+
+    # --- Transport: the I/O the balancer asks for -----------------------------------------
+
+    def dial(self, connection: Connection) -> grpc.aio.Channel:
+        self._ensure_started()  # grpc.aio channels belong to the loop that creates them
+        address = dial_address(connection.endpoint.address)
+        if self._credentials is None:
+            return grpc.aio.insecure_channel(
+                address, options=self._options, interceptors=self._interceptors
+            )
+        return grpc.aio.secure_channel(
+            address, self._credentials, options=self._options, interceptors=self._interceptors
+        )
+
+    def watch(self, connection: Connection) -> None:
+        loop = self._ensure_started()
+        connection.watcher = loop.create_task(self._watch(connection))
+
+    async def _watch(self, connection: Connection) -> None:
+        channel = connection.channel
+        try:
+            while not connection.closing:
+                # get_state(True) also asks an IDLE channel to connect again.
+                state = channel.get_state(try_to_connect=True)
+                self._balancer.connectivity_changed(connection, state)
+                await channel.wait_for_state_change(state)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            if not connection.closing:
+                log.exception("grpclb: watching %s failed", connection)
+
+    def connect(self, connection: Connection) -> None:
+        if connection.channel is not None:
+            connection.channel.get_state(try_to_connect=True)
+
+    def close_connection(self, connection: Connection) -> None:
+        self._spawn(self._close_now(connection, None))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, kept referenced until done, awaited at close."""
+        task = self._ensure_started().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def wake(self) -> None:
+        if self._changed is None or self._wakeup is None:
+            return
+        self._wakeup.set()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def _close_now(self, connection: Connection, grace: float | None) -> None:
+        watcher = connection.watcher
+        if watcher is not None:
+            watcher.cancel()
+        try:
+            await connection.channel.close(grace)
+        except Exception:
+            log.exception("grpclb: closing %s failed", connection)
+
+    # --- the background task -------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        balancer, settings = self._balancer, self._settings
+        assert self._wakeup is not None
+        schedule = RefreshSchedule(
+            settings.dns_refresh_interval,
+            settings.dns_min_refresh_interval,
+            settings.dns_respect_ttl,
+        )
+        while not balancer.closed:
+            self._wakeup.clear()
+            try:
+                if self._clock() >= schedule.due_at(balancer.resolve_requested):
+                    balancer.resolve_requested = False
+                    schedule.started(self._clock())
+                    resolution = await self._resolver.resolve()
+                    schedule.finished(resolution, self._clock())
+                    balancer.update(resolution)
+                due = min(balancer.maintain(), schedule.due_at(balancer.resolve_requested))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("grpclb: background maintenance failed; retrying")
+                due = self._clock() + 1.0
+            timeout = min(max(due - self._clock(), 0.0), 1.0)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
