@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from opentelemetry.metrics import MeterProvider
 
 from grpclb.channel import Channel, ChannelOptions
 from grpclb.endpoints import ChannelStats, EndpointStats
@@ -34,6 +35,7 @@ def channel(
     *,
     credentials: grpc.ChannelCredentials | None = None,
     options: ChannelOptions = (),
+    meter_provider: MeterProvider | None = None,
     **settings: Any,
 ) -> Channel:
     """A balancing channel to every pod behind ``target``.
@@ -43,5 +45,9 @@ def channel(
     here, never later.
     """
     return Channel(
-        target, credentials=credentials, options=options, settings=Settings.load(settings)
+        target,
+        credentials=credentials,
+        options=options,
+        meter_provider=meter_provider,
+        settings=Settings.load(settings),
     )

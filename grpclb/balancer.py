@@ -11,6 +11,7 @@ bookkeeping around a call takes it, for a few attribute updates.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -41,9 +42,12 @@ from grpclb.pickers import (
     pick_avoiding,
 )
 from grpclb.resolver import Resolution
+from grpclb.retry import RetryPolicy
 from grpclb.settings import Settings
 from grpclb.target import Target
+from grpclb.telemetry import NULL_TELEMETRY, Telemetry, trace_attempt, trace_retry
 
+log = logging.getLogger("grpclb")
 Clock = Callable[[], float]
 _Action = Callable[[], None]
 
@@ -83,9 +87,12 @@ class Balancer:
         *,
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
+        telemetry: Telemetry = NULL_TELEMETRY,
     ) -> None:
         self.target = target
         self.settings = settings
+        self.telemetry = telemetry
+        self.retry_policy = RetryPolicy(settings)
         self._transport = transport
         self._clock = clock
         self._rng = rng or random.Random()
@@ -100,6 +107,7 @@ class Balancer:
         self._retries_in_flight = 0
         self.panic = False
         self._wake_later = False
+        self._dns_failing = False
         self.resolve_requested = False
         self.resolved_once = False
         self.closed = False
@@ -138,9 +146,22 @@ class Balancer:
             self.counters["resolutions"] += 1
             self.last_resolution_error = resolution.error
             self._wake_later = True  # callers waiting for a first answer learn of it
+            was_failing = self.counters["resolution_failures"] > 0 and self._dns_failing
+            self._dns_failing = resolution.failed
             if resolution.failed:
                 self.counters["resolution_failures"] += 1
+                self.telemetry.resolved("failure")
+                if not was_failing:
+                    log.warning(
+                        "grpclb %s: %s; keeping the last %d pods",
+                        self.target.text,
+                        resolution.error,
+                        len(self._endpoints),
+                    )
             else:
+                self.telemetry.resolved("records" if resolution.addresses else "empty")
+                if was_failing:
+                    log.info("grpclb %s: DNS answers again", self.target.text)
                 self.resolved_once = True
                 self._apply_addresses_locked(set(resolution.addresses or ()), actions)
         self._run(actions)
@@ -149,10 +170,12 @@ class Balancer:
         if wanted == self._endpoints.keys():
             return  # an unchanged answer keeps the picker, and round robin's rotation
         for address in [a for a in self._endpoints if a not in wanted]:
+            log.info("grpclb %s: pod %s removed; draining", self.target.text, address)
             self._remove_locked(self._endpoints.pop(address), actions)
         for address in sorted(wanted - self._endpoints.keys()):
+            log.info("grpclb %s: pod %s added", self.target.text, address)
             endpoint = Endpoint(address)
-            endpoint.outlier = OutlierRecord()
+            endpoint.outlier = OutlierRecord(address=address)
             self._endpoints[address] = endpoint
             endpoint.connection = self._open_locked(endpoint, actions)
         self._rebuild_locked()
@@ -205,6 +228,7 @@ class Balancer:
             elif previous is READY:
                 # A lost connection may mean a pod went away: ask DNS soon.
                 self._request_resolution_locked()
+                self.telemetry.disconnected(endpoint.address, len(self._endpoints))
             if state is IDLE and connection.draining_since is None:
                 actions.append(lambda: self._transport.connect(connection))
             if connection is endpoint.connection and (
@@ -220,6 +244,8 @@ class Balancer:
             None,
         )
         self.counters["recycles"] += 1
+        self.telemetry.recycled(endpoint.address, len(self._endpoints))
+        log.debug("grpclb %s: connection to %s recycled", self.target.text, endpoint.address)
         self._request_resolution_locked()  # recycling is also a chance to notice new pods
         if old is not None:
             old.draining_since = self._clock()
@@ -249,9 +275,16 @@ class Balancer:
     def _rebuild_locked(self) -> None:
         members = [self._endpoints[a] for a in sorted(self._endpoints)]
         healthy = [e for e in members if not e.outlier.ejected]
-        self.panic = bool(members) and len(healthy) * 100 < self.settings.panic_threshold * len(
-            members
-        )
+        panic = bool(members) and len(healthy) * 100 < self.settings.panic_threshold * len(members)
+        if panic != self.panic:
+            (log.warning if panic else log.info)(
+                "grpclb %s: panic mode %s (%d of %d pods usable)",
+                self.target.text,
+                "entered" if panic else "left",
+                len(healthy),
+                len(members),
+            )
+        self.panic = panic
         candidates = members if self.panic else healthy
         usable = [e for e in candidates if e.state is READY]
         if not usable:  # nothing connected yet: let calls queue on pods that may connect
@@ -285,7 +318,7 @@ class Balancer:
         return HashPicker(self._table[1], members, [e in in_use for e in members], self._rng)
 
     def start_call(
-        self, request_hash: int | None, avoid: Collection[Endpoint] = ()
+        self, request_hash: int | None, avoid: Collection[Endpoint] = (), method: str = ""
     ) -> Connection | None:
         """Pick a pod and count the call on it; None when there is no pod at all."""
         actions: list[_Action] = []
@@ -304,6 +337,7 @@ class Balancer:
                     continue
                 if limit is not None and self._in_flight >= limit:
                     self.counters["circuit_breaker_refusals"] += 1
+                    self.telemetry.circuit_breaker_refused()
                     raise LocalRpcError(
                         grpc.StatusCode.UNAVAILABLE,
                         f"grpclb: {self._in_flight} calls in flight to {self.target.text} reached "
@@ -319,13 +353,33 @@ class Balancer:
                 if cap is not None and connection.requests >= cap:
                     self._recycle_locked(endpoint, actions)
             self._run(actions)
+            if self.telemetry.enabled:
+                self.telemetry.attempt_started(method, endpoint.address, len(self._endpoints))
+            trace_attempt(endpoint.address, len(avoid) + 1)
             return connection
         return None
 
     def finish_call(
-        self, connection: Connection, code: grpc.StatusCode | None, *, retry: bool = False
+        self,
+        connection: Connection,
+        code: grpc.StatusCode | None,
+        *,
+        retry: bool = False,
+        method: str = "",
+        started: float = 0.0,
     ) -> None:
-        """Release a call's counts and learn from its outcome (None: no status, e.g. cancelled)."""
+        """Release a call's counts and learn from its outcome (None: no status, e.g. cancelled).
+
+        ``started`` is the ``time.perf_counter()`` of the pick, when telemetry is enabled.
+        """
+        if self.telemetry.enabled:
+            self.telemetry.attempt_finished(
+                method,
+                connection.endpoint.address,
+                len(self._endpoints),
+                code,
+                time.perf_counter() - started,
+            )
         actions: list[_Action] = []
         with self._lock:
             endpoint = connection.endpoint
@@ -361,12 +415,27 @@ class Balancer:
             allowed = max(
                 s.retry_budget_min_concurrency, s.retry_budget_percent / 100.0 * self._in_flight
             )
-            if self._retries_in_flight < allowed:
+            granted = self._retries_in_flight < allowed
+            if granted:
                 self._retries_in_flight += 1
                 self.counters["retries"] += 1
-                return True
-            self.counters["retries_refused"] += 1
-            return False
+            else:
+                self.counters["retries_refused"] += 1
+            self.telemetry.retry(granted)
+            return granted
+
+    def retry_delay(
+        self, code: grpc.StatusCode | None, retries_done: int, deadline: float | None
+    ) -> float | None:
+        """Seconds before the next attempt of a failed call, or None: it fails as it is.
+
+        A granted retry holds a place in the budget: see ``reserve_retry``.
+        """
+        delay = self.retry_policy.delay_before_retry(code, retries_done, time.monotonic(), deadline)
+        if delay is not None and not self.reserve_retry():
+            delay = None  # over budget: the caller sees the original error
+        trace_retry(code, delay)
+        return delay
 
     def cancel_retry(self) -> None:
         """A granted retry that never started (no pod, deadline, cancelled)."""
@@ -374,9 +443,24 @@ class Balancer:
             self._retries_in_flight -= 1
 
     def _apply_verdict_locked(self, verdict: Verdict) -> None:
-        if verdict:
-            self.counters["ejections"] += len(verdict.ejected)
-            self._rebuild_locked()
+        for _ in range(verdict.overflow):
+            self.telemetry.ejection_overflow()
+        if not verdict:
+            return
+        pods = len(self._endpoints)
+        for record, reason in zip(verdict.ejected, verdict.reasons, strict=True):
+            self.counters["ejections"] += 1
+            self.telemetry.ejected(record.address, pods, reason)
+            log.warning(
+                "grpclb %s: pod %s ejected (%s) for %.3gs",
+                self.target.text,
+                record.address,
+                reason,
+                self._detector.ejection_time(record),
+            )
+        for record in verdict.returned:
+            log.info("grpclb %s: pod %s returned from ejection", self.target.text, record.address)
+        self._rebuild_locked()
 
     @property
     def has_endpoints(self) -> bool:
@@ -429,6 +513,13 @@ class Balancer:
             if state in states:
                 return state
         return IDLE
+
+    def observe(self) -> list[tuple[str, str, int, bool]]:
+        """(address, state, in_flight, connected) per pod, for metric observations."""
+        return [
+            (s.address, s.state, s.in_flight, s.state in ("ready", "ejected"))
+            for s in self.endpoint_stats()
+        ]
 
     def endpoint_stats(self) -> tuple[EndpointStats, ...]:
         now = self._clock()

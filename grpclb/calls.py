@@ -29,7 +29,9 @@ log = logging.getLogger("grpclb")
 _OK = grpc.StatusCode.OK
 
 
-def release_when_done(channel: Channel, connection: Connection, retry: bool, call: Any) -> None:
+def release_when_done(
+    channel: Channel, connection: Connection, retry: bool, method: str, started: float, call: Any
+) -> None:
     """Done-callback of a future or stream: release its count once.
 
     It must never raise (an exception here can kill grpcio's polling thread
@@ -40,7 +42,7 @@ def release_when_done(channel: Channel, connection: Connection, retry: bool, cal
     except Exception:
         code = None
     try:
-        channel._balancer.finish_call(connection, code, retry=retry)
+        channel._balancer.finish_call(connection, code, retry=retry, method=method, started=started)
     except Exception:  # pragma: no cover - defensive, see docstring
         log.exception("grpclb: releasing a call failed")
 
@@ -59,6 +61,8 @@ class _MultiCallable:
         registered: bool,
     ) -> None:
         self._channel = channel
+        self._method = method
+        self._telemetry = channel._balancer.telemetry
         self._key = (self._kind, method, request_serializer, response_deserializer, registered)
 
     def _on(self, connection: Connection) -> Any:
@@ -72,7 +76,7 @@ class _MultiCallable:
         wait_for_ready: bool | None,
         tried: Sequence[Endpoint] = (),
     ) -> Connection:
-        return self._channel._begin(metadata, deadline, bool(wait_for_ready), tried)
+        return self._channel._begin(metadata, deadline, bool(wait_for_ready), tried, self._method)
 
     def _nonblocking(
         self,
@@ -91,6 +95,7 @@ class _MultiCallable:
         def start(tried: Sequence[Endpoint]) -> tuple[Any, Connection]:
             retry = bool(tried)
             connection = self._start(metadata, deadline, wait_for_ready, tried)
+            started = time.perf_counter() if self._telemetry.enabled else 0.0
             multicallable = self._on(connection)
             try:
                 call = (multicallable.future if future else multicallable)(
@@ -99,14 +104,16 @@ class _MultiCallable:
             except BaseException:
                 channel._balancer.finish_call(connection, None, retry=retry)
                 raise
-            call.add_done_callback(partial(release_when_done, channel, connection, retry))
+            call.add_done_callback(
+                partial(release_when_done, channel, connection, retry, self._method, started)
+            )
             return call, connection
 
         try:
             if replayable and channel.settings.retries:
 
                 def delay(code: grpc.StatusCode | None, retries_done: int) -> float | None:
-                    return channel._retry_delay(code, retries_done, deadline)
+                    return channel._balancer.retry_delay(code, retries_done, deadline)
 
                 if future:
                     return RetryingFuture(start, delay, channel._balancer.cancel_retry)
@@ -132,6 +139,7 @@ class _MultiCallable:
         tried: list[Endpoint] = []
         while True:
             connection = self._start(metadata, deadline, wait_for_ready, tried)
+            started = time.perf_counter() if self._telemetry.enabled else 0.0
             multicallable = self._on(connection)
             if with_call:
                 multicallable = multicallable.with_call
@@ -149,11 +157,15 @@ class _MultiCallable:
                 return result
             except grpc.RpcError as error:
                 code = error.code()
-                delay = channel._retry_delay(code, len(tried), deadline) if replayable else None
+                delay = None
+                if replayable:
+                    delay = channel._balancer.retry_delay(code, len(tried), deadline)
                 if delay is None:
                     raise
             finally:
-                channel._balancer.finish_call(connection, code, retry=bool(tried))
+                channel._balancer.finish_call(
+                    connection, code, retry=bool(tried), method=self._method, started=started
+                )
             tried.append(connection.endpoint)
             time.sleep(delay)
 

@@ -16,15 +16,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
+from opentelemetry.metrics import MeterProvider
 
 from grpclb import calls
 from grpclb.admission import Metadata, request_hash, wait_for_pods
 from grpclb.balancer import Balancer, Clock
 from grpclb.endpoints import Connection, Endpoint
 from grpclb.resolver import RefreshSchedule, Resolver
-from grpclb.retry import RetryPolicy
 from grpclb.settings import Settings
 from grpclb.target import Target, parse_target
+from grpclb.telemetry import telemetry_for
 
 log = logging.getLogger("grpclb")
 ChannelOptions = Sequence[tuple[str, Any]]
@@ -64,6 +65,7 @@ class Channel(grpc.Channel):  # type: ignore[misc]
         credentials: grpc.ChannelCredentials | None = None,
         options: ChannelOptions = (),
         settings: Settings | None = None,
+        meter_provider: MeterProvider | None = None,
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -72,7 +74,6 @@ class Channel(grpc.Channel):  # type: ignore[misc]
         self._credentials = credentials
         self._options = pod_channel_options(self._target, options, credentials is not None)
         self._clock = clock
-        self._retry = RetryPolicy(self._settings)
         self._hash_key = self._settings.hash_key
         self._changed = threading.Condition()
         self._version = 0
@@ -82,6 +83,12 @@ class Channel(grpc.Channel):  # type: ignore[misc]
         self._multicallable_lock = threading.Lock()
         self._resolver = Resolver(self._target, self._settings.dns_timeout)
         self._balancer = Balancer(self._target, self._settings, self, clock=clock, rng=rng)
+        self._balancer.telemetry = telemetry_for(
+            self._target.text,
+            meter_provider,
+            self._settings.metrics_endpoint_limit,
+            self._balancer.observe,
+        )
         self._thread = threading.Thread(
             target=self._maintain, name=f"grpclb {self._target.text}", daemon=True
         )
@@ -189,6 +196,7 @@ class Channel(grpc.Channel):  # type: ignore[misc]
         deadline: float | None,
         wait_for_ready: bool,
         tried: Sequence[Endpoint],
+        method: str = "",
     ) -> Connection:
         """A counted connection for one attempt, waiting for pods when the call may wait."""
         digest = request_hash(metadata, self._hash_key)
@@ -196,7 +204,7 @@ class Channel(grpc.Channel):  # type: ignore[misc]
         try:
             while True:
                 version = self._version
-                connection = balancer.start_call(digest, tried)
+                connection = balancer.start_call(digest, tried, method)
                 if connection is not None:
                     return connection
                 wait = wait_for_pods(balancer, wait_for_ready, deadline, time.monotonic())
@@ -205,16 +213,8 @@ class Channel(grpc.Channel):  # type: ignore[misc]
                         self._changed.wait(timeout=wait)
         except BaseException:
             if tried:
-                balancer.cancel_retry()  # the retry reserved in _retry_delay never started
+                balancer.cancel_retry()  # the retry reserved by retry_delay never started
             raise
-
-    def _retry_delay(
-        self, code: grpc.StatusCode | None, retries_done: int, deadline: float | None
-    ) -> float | None:
-        delay = self._retry.delay_before_retry(code, retries_done, time.monotonic(), deadline)
-        if delay is not None and not self._balancer.reserve_retry():
-            return None  # over budget: the caller sees the original error
-        return delay
 
     def _multicallable(self, connection: Connection, key: tuple[Any, ...]) -> Any:
         """Create a pod's multicallable once; grpcio's registration is not thread-safe."""

@@ -20,6 +20,7 @@ from grpclb.settings import Settings
 class OutlierRecord:
     """One pod's outlier state."""
 
+    address: str = ""  # for logs and metrics
     consecutive_failures: int = 0
     successes: int = 0  # in the current interval
     failures: int = 0  # in the current interval
@@ -39,6 +40,8 @@ class Verdict:
     ejected: tuple[OutlierRecord, ...] = ()
     returned: tuple[OutlierRecord, ...] = ()
     reasons: tuple[str, ...] = ()
+    overflow: int = 0
+    """Ejections the max_ejection_percent cap prevented."""
 
     def __bool__(self) -> bool:
         return bool(self.ejected or self.returned)
@@ -72,12 +75,9 @@ class OutlierDetector:
         record.failures += 1
         record.consecutive_failures += 1
         threshold = self.settings.consecutive_failures
-        if (
-            threshold
-            and record.consecutive_failures >= threshold
-            and not record.ejected
-            and self._may_eject(records)
-        ):
+        if threshold and record.consecutive_failures >= threshold and not record.ejected:
+            if not self._may_eject(records):
+                return Verdict(overflow=1)
             self._eject(record, now)
             return Verdict(ejected=(record,), reasons=("consecutive_failures",))
         return _NOTHING
@@ -86,11 +86,16 @@ class OutlierDetector:
         """The periodic pass: statistical ejections, returns, multiplier decay."""
         ejected: list[OutlierRecord] = []
         reasons: list[str] = []
+        overflow = 0
         for record, reason in self._statistical_outliers(records):
-            if not record.ejected and self._may_eject(records):
-                self._eject(record, now)
-                ejected.append(record)
-                reasons.append(reason)
+            if record.ejected:
+                continue
+            if not self._may_eject(records):
+                overflow += 1
+                continue
+            self._eject(record, now)
+            ejected.append(record)
+            reasons.append(reason)
         returned = []
         for record in records:
             record.successes = record.failures = 0
@@ -103,7 +108,7 @@ class OutlierDetector:
                 # "If the address is not ejected and the multiplier is greater than 0,
                 # decrease the multiplier by 1." - gRFC A50
                 record.ejection_multiplier -= 1
-        return Verdict(tuple(ejected), tuple(returned), tuple(reasons))
+        return Verdict(tuple(ejected), tuple(returned), tuple(reasons), overflow)
 
     def next_return(self, records: Iterable[OutlierRecord]) -> float | None:
         """When the earliest ejected pod is due back, so a timer can be set."""

@@ -433,6 +433,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Envoy's is 3",
     ),
     Setting(
+        "metrics_endpoint_limit",
+        _integer(0),
+        100,
+        "Per-pod metric attributes (grpclb.endpoint) only while the channel has at most "
+        "this many pods; 0 never adds them.",
+        "bounded cardinality",
+    ),
+    Setting(
         "max_requests",
         _integer(0, optional=True),
         None,
@@ -481,6 +489,7 @@ class Settings:
     retry_backoff_max: float = 0.25
     retry_budget_percent: float = 20.0
     retry_budget_min_concurrency: int = 10
+    metrics_endpoint_limit: int = 100
     max_requests: int | None = None
 
     @classmethod

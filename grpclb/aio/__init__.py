@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from opentelemetry.metrics import MeterProvider
 
 from grpclb.aio.channel import Channel
 from grpclb.channel import ChannelOptions
@@ -25,6 +26,7 @@ def channel(
     credentials: grpc.ChannelCredentials | None = None,
     options: ChannelOptions = (),
     interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+    meter_provider: MeterProvider | None = None,
     **settings: Any,
 ) -> Channel:
     """A balancing asyncio channel to every pod behind ``target``.
@@ -37,5 +39,6 @@ def channel(
         credentials=credentials,
         options=options,
         interceptors=interceptors,
+        meter_provider=meter_provider,
         settings=Settings.load(settings),
     )

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Generator
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -48,25 +47,39 @@ def finished_status(call: Any) -> grpc.StatusCode | None:
         return None
 
 
-def release(channel: Channel, connection: Connection, retry: bool, call: Any) -> None:
+class _Release:
     """Done-callback of one attempt: release its count once; never raises."""
-    try:
-        code = finished_status(call)
-        if code is None and not call.cancelled():
-            # Interceptors hide grpcio's call; ask it the slow way.
-            channel._spawn(_release_later(channel, connection, retry, call))
-            return
-        channel._balancer.finish_call(connection, code, retry=retry)
-    except Exception:  # pragma: no cover - defensive
-        log.exception("grpclb: releasing a call failed")
 
+    __slots__ = ("channel", "connection", "method", "retry", "started")
 
-async def _release_later(channel: Channel, connection: Connection, retry: bool, call: Any) -> None:
-    try:
-        code = await call.code()
-    except BaseException:
-        code = None
-    channel._balancer.finish_call(connection, code, retry=retry)
+    def __init__(
+        self, channel: Channel, connection: Connection, retry: bool, method: str, started: float
+    ) -> None:
+        self.channel, self.connection, self.retry = channel, connection, retry
+        self.method, self.started = method, started
+
+    def __call__(self, call: Any) -> None:
+        try:
+            code = finished_status(call)
+            if code is None and not call.cancelled():
+                # Interceptors hide grpcio's call; ask it the slow way.
+                self.channel._spawn(self._later(call))
+                return
+            self._finish(code)
+        except Exception:  # pragma: no cover - defensive
+            log.exception("grpclb: releasing a call failed")
+
+    async def _later(self, call: Any) -> None:
+        try:
+            code = await call.code()
+        except BaseException:
+            code = None
+        self._finish(code)
+
+    def _finish(self, code: grpc.StatusCode | None) -> None:
+        self.channel._balancer.finish_call(
+            self.connection, code, retry=self.retry, method=self.method, started=self.started
+        )
 
 
 class _MultiCallable:
@@ -146,8 +159,9 @@ class _Call:
         self._callbacks: list[Callable[[Any], None]] = []
         self._settled = False
         self._driven = False  # someone awaits or iterates, and so decides retries
+        self._method = owner._key[1]
         try:
-            connection = self._channel._start_now(metadata)
+            connection = self._channel._start_now(metadata, self._method)
         except LocalRpcError as error:
             self._fail(as_aio_error(error))
             return
@@ -156,12 +170,16 @@ class _Call:
 
     def _invoke(self, connection: Connection) -> None:
         remaining = None if self._deadline is None else max(self._deadline - time.monotonic(), 0)
+        balancer = self._channel._balancer
+        started = time.perf_counter() if balancer.telemetry.enabled else 0.0
         try:
             call = self._owner._on(connection)(self._request, timeout=remaining, **self._options)
         except BaseException:
             self._channel._balancer.finish_call(connection, None, retry=bool(self._tried))
             raise
-        call.add_done_callback(partial(release, self._channel, connection, bool(self._tried)))
+        call.add_done_callback(
+            _Release(self._channel, connection, bool(self._tried), self._method, started)
+        )
         call.add_done_callback(self._attempt_done)
         self._attempt, self._connection = call, connection
 
@@ -184,7 +202,7 @@ class _Call:
         """Prepare the next attempt after a failure; False when the failure is final."""
         if len(self._tried) >= self._retries or self._connection is None:
             return False
-        delay = self._channel._retry_delay(error.code(), len(self._tried), self._deadline)
+        delay = self._channel._balancer.retry_delay(error.code(), len(self._tried), self._deadline)
         if delay is None:
             return False
         self._tried.append(self._connection.endpoint)

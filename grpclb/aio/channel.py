@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from opentelemetry.metrics import MeterProvider
 
 from grpclb.admission import Metadata, request_hash, wait_for_pods
 from grpclb.aio import calls
@@ -27,9 +28,9 @@ from grpclb.balancer import Balancer, Clock
 from grpclb.channel import ChannelOptions, dial_address, pod_channel_options
 from grpclb.endpoints import READY, ChannelStats, Connection, Endpoint
 from grpclb.resolver import AsyncResolver, RefreshSchedule
-from grpclb.retry import RetryPolicy
 from grpclb.settings import Settings
 from grpclb.target import parse_target
+from grpclb.telemetry import telemetry_for
 
 log = logging.getLogger("grpclb")
 
@@ -45,6 +46,7 @@ class Channel(grpc.aio.Channel):  # type: ignore[misc]
         options: ChannelOptions = (),
         interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
         settings: Settings | None = None,
+        meter_provider: MeterProvider | None = None,
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -54,10 +56,15 @@ class Channel(grpc.aio.Channel):  # type: ignore[misc]
         self._interceptors = list(interceptors or ())
         self._options = pod_channel_options(self._target, options, credentials is not None)
         self._clock = clock
-        self._retry = RetryPolicy(self._settings)
         self._hash_key = self._settings.hash_key
         self._resolver = AsyncResolver(self._target, self._settings.dns_timeout)
         self._balancer = Balancer(self._target, self._settings, self, clock=clock, rng=rng)
+        self._balancer.telemetry = telemetry_for(
+            self._target.text,
+            meter_provider,
+            self._settings.metrics_endpoint_limit,
+            self._balancer.observe,
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
@@ -196,10 +203,10 @@ class Channel(grpc.aio.Channel):  # type: ignore[misc]
 
     # --- the call path's helpers (used by grpclb.aio.calls) ------------------------------
 
-    def _start_now(self, metadata: Metadata) -> Connection | None:
+    def _start_now(self, metadata: Metadata, method: str) -> Connection | None:
         """A counted connection if a pod is at hand, without waiting."""
         self._ensure_started()
-        return self._balancer.start_call(request_hash(metadata, self._hash_key))
+        return self._balancer.start_call(request_hash(metadata, self._hash_key), (), method)
 
     async def _begin(
         self,
@@ -207,6 +214,7 @@ class Channel(grpc.aio.Channel):  # type: ignore[misc]
         deadline: float | None,
         wait_for_ready: bool,
         tried: Sequence[Endpoint],
+        method: str = "",
     ) -> Connection:
         """A counted connection for one attempt, waiting for pods when the call may wait."""
         self._ensure_started()
@@ -214,7 +222,7 @@ class Channel(grpc.aio.Channel):  # type: ignore[misc]
         balancer = self._balancer
         try:
             while True:
-                connection = balancer.start_call(digest, tried)
+                connection = balancer.start_call(digest, tried, method)
                 if connection is not None:
                     return connection
                 try:
@@ -225,16 +233,8 @@ class Channel(grpc.aio.Channel):  # type: ignore[misc]
                     await asyncio.wait_for(self._next_change(), wait)
         except BaseException:
             if tried:
-                balancer.cancel_retry()  # the retry reserved in _retry_delay never started
+                balancer.cancel_retry()  # the retry reserved by retry_delay never started
             raise
-
-    def _retry_delay(
-        self, code: grpc.StatusCode | None, retries_done: int, deadline: float | None
-    ) -> float | None:
-        delay = self._retry.delay_before_retry(code, retries_done, time.monotonic(), deadline)
-        if delay is not None and not self._balancer.reserve_retry():
-            return None  # over budget: the caller sees the original error
-        return delay
 
     async def _next_change(self) -> None:
         assert self._changed is not None

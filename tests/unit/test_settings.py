@@ -134,6 +134,7 @@ GOOD_ENV: dict[str, tuple[str, object]] = {
     "retry_backoff_max": ("1s", 1.0),
     "retry_budget_percent": ("50", 50.0),
     "retry_budget_min_concurrency": ("3", 3),
+    "metrics_endpoint_limit": ("20", 20),
     "max_requests": ("1000", 1000),
 }
 
@@ -384,6 +385,8 @@ BAD: list[tuple[str, str]] = [
     ("retry_backoff_max", "0.01"),  # below retry_backoff_base (25ms)
     ("retry_budget_percent", "120"),
     ("retry_budget_min_concurrency", "-1"),
+    ("metrics_endpoint_limit", "-1"),
+    ("metrics_endpoint_limit", "some"),
     ("max_requests", "-1"),
     ("max_requests", "lots"),
 ]

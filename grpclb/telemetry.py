@@ -1,0 +1,297 @@
+"""Metrics and trace events, through opentelemetry-api only.
+
+Names follow gRPC's own OpenTelemetry specs where one exists (gRFC A66
+per-attempt metrics, A94 subchannel metrics, A91 outlier-detection metrics),
+so dashboards built for gRPC's C++/Go/Java clients read ours; the rest live
+under ``grpclb.``. Instruments are created once per channel. When no SDK is
+configured (the API's proxy provider) and none is passed in, the channel gets
+``NULL_TELEMETRY`` and the call path does no metric work at all: configure
+the SDK before creating channels, or pass ``meter_provider=``.
+
+Cardinality: the per-pod attribute ``grpclb.endpoint`` ("ip:port") is added
+only while the channel has at most ``metrics_endpoint_limit`` pods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import grpc
+from opentelemetry import metrics, trace
+
+# --- names: one place, as the docs' metrics reference lists them ---
+ATTEMPT_STARTED = "grpc.client.attempt.started"  # gRFC A66
+ATTEMPT_DURATION = "grpc.client.attempt.duration"  # gRFC A66
+OPEN_CONNECTIONS = "grpc.subchannel.open_connections"  # gRFC A94
+DISCONNECTIONS = "grpc.subchannel.disconnections"  # gRFC A94
+EJECTIONS_ENFORCED = "grpc.lb.outlier_detection.ejections_enforced_total"  # gRFC A91
+EJECTIONS_OVERFLOW = "grpc.lb.outlier_detection.ejections_overflow"  # gRFC A91
+ENDPOINTS = "grpclb.endpoints"
+IN_FLIGHT = "grpclb.in_flight"
+PICKS = "grpclb.picks"
+RECYCLES = "grpclb.connection.recycles"
+RETRIES = "grpclb.retries"
+RETRIES_REFUSED = "grpclb.retries.refused"
+RESOLUTIONS = "grpclb.dns.resolutions"
+CIRCUIT_BREAKER_REFUSALS = "grpclb.circuit_breaker.refusals"
+
+ATTR_TARGET = "grpc.target"
+ATTR_METHOD = "grpc.method"
+ATTR_STATUS = "grpc.status"
+ATTR_ENDPOINT = "grpclb.endpoint"
+ATTR_STATE = "grpclb.endpoint.state"
+ATTR_REASON = "grpclb.ejection.reason"
+ATTR_OUTCOME = "grpclb.dns.outcome"
+ATTR_ATTEMPT = "grpclb.attempt"
+
+# Seconds; gRFC A66's recommended latency buckets (abbreviated).
+DURATION_BUCKETS = (
+    0,
+    0.00001,
+    0.00005,
+    0.0001,
+    0.0003,
+    0.0006,
+    0.0008,
+    0.001,
+    0.002,
+    0.003,
+    0.004,
+    0.005,
+    0.006,
+    0.008,
+    0.01,
+    0.013,
+    0.016,
+    0.02,
+    0.025,
+    0.03,
+    0.04,
+    0.05,
+    0.065,
+    0.08,
+    0.1,
+    0.13,
+    0.16,
+    0.2,
+    0.25,
+    0.3,
+    0.4,
+    0.5,
+    0.65,
+    0.8,
+    1,
+    2,
+    5,
+    10,
+    20,
+    50,
+    100,
+)
+
+
+def _sdk_configured(provider: metrics.MeterProvider) -> bool:
+    # The API hands out a proxy until an SDK provider is installed.
+    return not isinstance(provider, metrics.NoOpMeterProvider) and (
+        type(provider).__name__ != "_ProxyMeterProvider"
+    )
+
+
+class Telemetry:
+    """One channel's instruments and trace events."""
+
+    enabled = True
+
+    def __init__(
+        self,
+        target: str,
+        meter_provider: metrics.MeterProvider,
+        endpoint_limit: int,
+        observe: Callable[[], Iterable[tuple[str, str, int, bool]]],
+    ) -> None:
+        """``observe`` yields (address, state, in_flight, connected) for each pod."""
+        from grpclb import __version__
+
+        self._target = {ATTR_TARGET: target}
+        self._limit = endpoint_limit
+        self._observe = observe
+        self._attributes: dict[tuple[Any, ...], dict[str, Any]] = {}
+        meter = meter_provider.get_meter("grpclb", __version__)
+        self._started = meter.create_counter(
+            ATTEMPT_STARTED, "{attempt}", "Attempts started, per pod picked."
+        )
+        self._duration = meter.create_histogram(
+            ATTEMPT_DURATION,
+            "s",
+            "Attempt duration, from pick to status.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._disconnections = meter.create_counter(
+            DISCONNECTIONS, "{disconnection}", "Connections to pods that were lost."
+        )
+        self._ejections = meter.create_counter(
+            EJECTIONS_ENFORCED, "{ejection}", "Pods ejected by outlier detection."
+        )
+        self._overflow = meter.create_counter(
+            EJECTIONS_OVERFLOW, "{ejection}", "Ejections skipped by max_ejection_percent."
+        )
+        self._recycles = meter.create_counter(
+            RECYCLES, "{connection}", "Connections replaced by age or request count."
+        )
+        self._retries = meter.create_counter(RETRIES, "{retry}", "Retries started.")
+        self._refused = meter.create_counter(
+            RETRIES_REFUSED, "{retry}", "Retries the retry budget refused."
+        )
+        self._resolutions = meter.create_counter(
+            RESOLUTIONS, "{resolution}", "DNS resolutions by outcome."
+        )
+        self._circuit = meter.create_counter(
+            CIRCUIT_BREAKER_REFUSALS, "{call}", "Calls refused by max_requests."
+        )
+        meter.create_observable_up_down_counter(
+            ENDPOINTS, [self._observe_endpoints], "{endpoint}", "Pods by state."
+        )
+        meter.create_observable_gauge(
+            IN_FLIGHT, [self._observe_in_flight], "{call}", "Calls in flight per pod."
+        )
+        meter.create_observable_up_down_counter(
+            OPEN_CONNECTIONS,
+            [self._observe_connections],
+            "{connection}",
+            "Open connections to pods.",
+        )
+
+    def _with_endpoint(self, address: str, count: int, **more: Any) -> dict[str, Any]:
+        key = (address, count <= self._limit, *sorted(more.items()))
+        found = self._attributes.get(key)
+        if found is None:
+            found = {**self._target, **more}
+            if count <= self._limit:
+                found[ATTR_ENDPOINT] = address
+            if len(self._attributes) < 10_000:  # bounded cache
+                self._attributes[key] = found
+        return found
+
+    # --- per attempt (the call path checks ``enabled`` first) ---
+    def attempt_started(self, method: str, address: str, pods: int) -> None:
+        self._started.add(1, self._with_endpoint(address, pods, **{ATTR_METHOD: method}))
+
+    def attempt_finished(
+        self, method: str, address: str, pods: int, code: grpc.StatusCode | None, seconds: float
+    ) -> None:
+        status = code.name if code is not None else "CANCELLED"
+        attributes = self._with_endpoint(
+            address, pods, **{ATTR_METHOD: method, ATTR_STATUS: status}
+        )
+        self._duration.record(seconds, attributes)
+
+    # --- events of the core ---
+    def disconnected(self, address: str, pods: int) -> None:
+        self._disconnections.add(1, self._with_endpoint(address, pods))
+
+    def ejected(self, address: str, pods: int, reason: str) -> None:
+        self._ejections.add(1, self._with_endpoint(address, pods, **{ATTR_REASON: reason}))
+
+    def ejection_overflow(self) -> None:
+        self._overflow.add(1, self._target)
+
+    def recycled(self, address: str, pods: int) -> None:
+        self._recycles.add(1, self._with_endpoint(address, pods))
+
+    def retry(self, granted: bool) -> None:
+        (self._retries if granted else self._refused).add(1, self._target)
+
+    def resolved(self, outcome: str) -> None:
+        self._resolutions.add(1, {**self._target, ATTR_OUTCOME: outcome})
+
+    def circuit_breaker_refused(self) -> None:
+        self._circuit.add(1, self._target)
+
+    # --- observations, read when the SDK collects ---
+    def _observe_endpoints(self, options: Any) -> Iterable[metrics.Observation]:
+        counts: dict[str, int] = {}
+        for _, state, _, _ in self._observe():
+            counts[state] = counts.get(state, 0) + 1
+        return [metrics.Observation(n, {**self._target, ATTR_STATE: s}) for s, n in counts.items()]
+
+    def _observe_in_flight(self, options: Any) -> Iterable[metrics.Observation]:
+        pods = list(self._observe())
+        return [metrics.Observation(n, self._with_endpoint(a, len(pods))) for a, _, n, _ in pods]
+
+    def _observe_connections(self, options: Any) -> Iterable[metrics.Observation]:
+        pods = list(self._observe())
+        return [
+            metrics.Observation(int(c), self._with_endpoint(a, len(pods))) for a, _, _, c in pods
+        ]
+
+
+class NullTelemetry(Telemetry):
+    """No SDK: every hook is a no-op, and the call path skips timing altogether."""
+
+    enabled = False
+
+    def __init__(self) -> None:
+        pass
+
+    def attempt_started(self, method: str, address: str, pods: int) -> None:
+        pass
+
+    def attempt_finished(
+        self, method: str, address: str, pods: int, code: grpc.StatusCode | None, seconds: float
+    ) -> None:
+        pass
+
+    def disconnected(self, address: str, pods: int) -> None:
+        pass
+
+    def ejected(self, address: str, pods: int, reason: str) -> None:
+        pass
+
+    def ejection_overflow(self) -> None:
+        pass
+
+    def recycled(self, address: str, pods: int) -> None:
+        pass
+
+    def retry(self, granted: bool) -> None:
+        pass
+
+    def resolved(self, outcome: str) -> None:
+        pass
+
+    def circuit_breaker_refused(self) -> None:
+        pass
+
+
+NULL_TELEMETRY = NullTelemetry()
+
+
+def telemetry_for(
+    target: str,
+    meter_provider: metrics.MeterProvider | None,
+    endpoint_limit: int,
+    observe: Callable[[], Iterable[tuple[str, str, int, bool]]],
+) -> Telemetry:
+    provider = meter_provider or metrics.get_meter_provider()
+    if meter_provider is None and not _sdk_configured(provider):
+        return NULL_TELEMETRY
+    return Telemetry(target, provider, endpoint_limit, observe)
+
+
+def trace_attempt(address: str, attempt: int) -> None:
+    """On the caller's current span, if it records: which pod serves this attempt."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event("grpclb.attempt", {ATTR_ENDPOINT: address, ATTR_ATTEMPT: attempt})
+
+
+def trace_retry(code: grpc.StatusCode | None, delay: float | None) -> None:
+    """On the caller's current span: why the call is retried, or why it is not."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        reason = code.name if code is not None else "UNKNOWN"
+        if delay is None:
+            span.add_event("grpclb.retry_refused", {ATTR_STATUS: reason})
+        else:
+            span.add_event("grpclb.retry", {ATTR_STATUS: reason, "grpclb.backoff_s": delay})
