@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import grpc
-import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -137,17 +136,3 @@ def test_without_an_sdk_the_call_path_records_nothing(pods, dns_server):
     with grpclb.channel(dns_server.target(SERVICE_NAME, fleet.port)) as channel:
         assert channel._balancer.telemetry is telemetry.NULL_TELEMETRY
         assert stub(channel).Unary(echo_pb2.EchoRequest(), timeout=5).pod
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        telemetry.ATTEMPT_STARTED,
-        telemetry.ATTEMPT_DURATION,
-        telemetry.EJECTIONS_ENFORCED,
-        telemetry.OPEN_CONNECTIONS,
-        telemetry.DISCONNECTIONS,
-    ],
-)
-def test_grpc_metric_names_follow_the_grfcs(name):
-    assert name.startswith("grpc.")
