@@ -13,9 +13,9 @@ import grpc
 from opentelemetry.metrics import MeterProvider
 
 from grpclb.channel import Channel, ChannelOptions
-from grpclb.endpoints import ChannelStats, EndpointStats
 from grpclb.errors import ConfigError, LocalRpcError
 from grpclb.settings import SETTINGS, Settings
+from grpclb.stats import ChannelStats, EndpointStats
 
 __all__ = [
     "SETTINGS",

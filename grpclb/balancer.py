@@ -16,7 +16,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from typing import Any, Protocol
 
 import grpc
 
@@ -24,56 +23,30 @@ from grpclb.endpoints import (
     IDLE,
     READY,
     TRANSIENT_FAILURE,
-    ChannelStats,
     Connection,
     Endpoint,
-    EndpointStats,
+    Transport,
 )
 from grpclb.errors import LocalRpcError
-from grpclb.hashing import HashTable, MaglevTable, RingHashTable
 from grpclb.outlier import OutlierDetector, OutlierRecord, Verdict
-from grpclb.pickers import (
-    HashPicker,
-    LeastRequestPicker,
-    Picker,
-    PickFirstPicker,
-    RandomPicker,
-    RoundRobinPicker,
-    pick_avoiding,
-)
+from grpclb.pickers import NO_PICKER, Picker, PickerFactory, pick_avoiding
 from grpclb.resolver import Resolution
 from grpclb.retry import RetryPolicy
 from grpclb.settings import Settings
+from grpclb.stats import (
+    ChannelStats,
+    EndpointStats,
+    best_state,
+    channel_stats,
+    endpoint_rows,
+    summary_line,
+)
 from grpclb.target import Target
 from grpclb.telemetry import NULL_TELEMETRY, Telemetry, trace_attempt, trace_retry
 
 log = logging.getLogger("grpclb")
 Clock = Callable[[], float]
 _Action = Callable[[], None]
-
-
-class Transport(Protocol):
-    """The I/O one flavour (sync or asyncio) performs for the core."""
-
-    def dial(self, connection: Connection) -> Any:
-        """A new channel object to the connection's pod; no I/O, no threads yet."""
-
-    def watch(self, connection: Connection) -> None:
-        """Start watching (and so connecting) the connection's channel."""
-
-    def connect(self, connection: Connection) -> None:
-        """Ask an IDLE channel to connect (grpcio never does so on its own)."""
-
-    def close_connection(self, connection: Connection) -> None:
-        """Close the channel soon, from a context where closing cannot deadlock."""
-
-    def wake(self) -> None:
-        """Something changed: picker, deadlines or a wish to re-resolve."""
-
-
-class _NoPicker:
-    def pick(self, request_hash: int | None) -> None:
-        return None
 
 
 class Balancer:
@@ -99,8 +72,8 @@ class Balancer:
         self._lock = threading.Lock()
         self._endpoints: dict[str, Endpoint] = {}
         self._departed: list[Endpoint] = []  # removed from DNS, still draining
-        self._snapshot: tuple[Picker[Endpoint] | _NoPicker, Sequence[Endpoint]] = (_NoPicker(), ())
-        self._table: tuple[tuple[str, ...], HashTable] | None = None
+        self._pickers: PickerFactory[Endpoint] = PickerFactory(settings, self._rng)
+        self._snapshot: tuple[Picker[Endpoint], Sequence[Endpoint]] = (NO_PICKER, ())
         self._detector = OutlierDetector(settings)
         self._next_interval = clock() + settings.ejection_interval
         self._in_flight = 0
@@ -111,31 +84,13 @@ class Balancer:
         self.resolve_requested = False
         self.resolved_once = False
         self.closed = False
-        self.counters = dict.fromkeys(
-            (
-                "calls",
-                "failures",
-                "resolutions",
-                "resolution_failures",
-                "retries",
-                "retries_refused",
-                "circuit_breaker_refusals",
-                "ejections",
-                "recycles",
-            ),
-            0,
-        )
+        names = "calls failures resolutions resolution_failures retries retries_refused"
+        names += " circuit_breaker_refusals ejections recycles"
+        self.counters = dict.fromkeys(names.split(), 0)
         self.last_resolution_error = ""
 
     def __repr__(self) -> str:
-        states: dict[str, int] = {}
-        for stat in self.endpoint_stats():
-            states[stat.state] = states.get(stat.state, 0) + 1
-        summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no endpoints"
-        return (
-            f"<grpclb {self.target.text!r} {self.settings.policy} [{summary}] "
-            f"in_flight={self._in_flight} calls={self.counters['calls']}>"
-        )
+        return summary_line(self.stats())
 
     # --- resolution -------------------------------------------------------------
 
@@ -146,8 +101,7 @@ class Balancer:
             self.counters["resolutions"] += 1
             self.last_resolution_error = resolution.error
             self._wake_later = True  # callers waiting for a first answer learn of it
-            was_failing = self.counters["resolution_failures"] > 0 and self._dns_failing
-            self._dns_failing = resolution.failed
+            was_failing, self._dns_failing = self._dns_failing, resolution.failed
             if resolution.failed:
                 self.counters["resolution_failures"] += 1
                 self.telemetry.resolved("failure")
@@ -289,33 +243,8 @@ class Balancer:
         usable = [e for e in candidates if e.state is READY]
         if not usable:  # nothing connected yet: let calls queue on pods that may connect
             usable = [e for e in candidates if e.state is not TRANSIENT_FAILURE] or candidates
-        self._snapshot = (self._build_picker(members, usable), usable)
+        self._snapshot = (self._pickers.build(members, usable), usable)
         self._wake_later = True
-
-    def _build_picker(
-        self, members: list[Endpoint], usable: list[Endpoint]
-    ) -> Picker[Endpoint] | _NoPicker:
-        s = self.settings
-        if not usable:
-            return _NoPicker()
-        if s.policy == "round_robin":
-            return RoundRobinPicker(usable, self._rng)
-        if s.policy == "least_request":
-            return LeastRequestPicker(usable, self._rng, s.choice_count)
-        if s.policy == "random":
-            return RandomPicker(usable, self._rng)
-        if s.policy == "pick_first":
-            return PickFirstPicker(usable)
-        addresses = tuple(e.address for e in members)
-        if self._table is None or self._table[0] != addresses:  # rebuilt on membership change only
-            table: HashTable = (
-                RingHashTable(addresses, s.ring_points_per_endpoint)
-                if s.policy == "ring_hash"
-                else MaglevTable(addresses, s.maglev_table_size)
-            )
-            self._table = (addresses, table)
-        in_use = set(usable)
-        return HashPicker(self._table[1], members, [e in in_use for e in members], self._rng)
 
     def start_call(
         self, request_hash: int | None, avoid: Collection[Endpoint] = (), method: str = ""
@@ -508,67 +437,19 @@ class Balancer:
 
     def aggregate_state(self) -> grpc.ChannelConnectivity:
         """The channel's state as grpcio would report it: the best of its pods'."""
-        states = {e.state for e in self._endpoints.values()}
-        for state in (READY, grpc.ChannelConnectivity.CONNECTING, TRANSIENT_FAILURE):
-            if state in states:
-                return state
-        return IDLE
+        return best_state(e.state for e in self._endpoints.values())
 
     def observe(self) -> list[tuple[str, str, int, bool]]:
         """(address, state, in_flight, connected) per pod, for metric observations."""
-        return [
-            (s.address, s.state, s.in_flight, s.state in ("ready", "ejected"))
-            for s in self.endpoint_stats()
-        ]
+        return [(s.address, s.state, s.in_flight, s.connected) for s in self.endpoint_stats()]
 
     def endpoint_stats(self) -> tuple[EndpointStats, ...]:
-        now = self._clock()
         with self._lock:
-            rows = []
-            for endpoint in [
-                *(self._endpoints[a] for a in sorted(self._endpoints)),
-                *self._departed,
-            ]:
-                active = endpoint.connection
-                if endpoint.removed:
-                    state = "draining"
-                elif endpoint.outlier.ejected:
-                    state = "ejected"
-                else:
-                    state = endpoint.state.name.lower()
-                rows.append(
-                    EndpointStats(
-                        address=endpoint.address,
-                        state=state,
-                        in_flight=endpoint.in_flight,
-                        calls=endpoint.calls,
-                        failures=endpoint.failures,
-                        ejections=endpoint.outlier.ejections,
-                        connection_age=None if active is None else now - active.opened_at,
-                        connection_requests=0 if active is None else active.requests,
-                        connections_opened=endpoint.connections_opened,
-                    )
-                )
-            return tuple(rows)
+            members = [self._endpoints[a] for a in sorted(self._endpoints)]
+            return endpoint_rows([*members, *self._departed], self._clock())
 
     def stats(self) -> ChannelStats:
-        endpoints = self.endpoint_stats()
-        c = self.counters
-        return ChannelStats(
-            target=self.target.text,
-            policy=self.settings.policy,
-            endpoints=endpoints,
-            in_flight=self._in_flight,
-            calls=c["calls"],
-            failures=c["failures"],
-            panic=self.panic,
-            resolutions=c["resolutions"],
-            resolution_failures=c["resolution_failures"],
-            last_resolution_error=self.last_resolution_error,
-            retries=c["retries"],
-            retries_refused=c["retries_refused"],
-            circuit_breaker_refusals=c["circuit_breaker_refusals"],
-        )
+        return channel_stats(self, self.endpoint_stats())
 
     def shutdown(self) -> list[Connection]:
         """Forget every pod; return every connection for the flavour to close."""
@@ -581,5 +462,5 @@ class Balancer:
                 connection.closing = True
             self._endpoints.clear()
             self._departed.clear()
-            self._snapshot = (_NoPicker(), ())
+            self._snapshot = (NO_PICKER, ())
             return connections

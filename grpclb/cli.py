@@ -22,8 +22,9 @@ import grpc
 
 import grpclb
 from grpclb.channel import dial_address
-from grpclb.endpoints import ChannelStats
-from grpclb.settings import SETTINGS, Setting, Settings, parse_duration
+from grpclb.parsing import parse_duration
+from grpclb.settings import SETTINGS, Setting, Settings
+from grpclb.stats import ChannelStats
 from grpclb.target import Target, parse_target
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"

@@ -11,8 +11,7 @@ without it, which is fine for a load estimate.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from grpc import ChannelConnectivity as State
 
@@ -117,45 +116,20 @@ class Endpoint:
         )
 
 
-@dataclass(frozen=True)
-class EndpointStats:
-    """A snapshot of one pod, like a row of Envoy's admin ``/clusters``."""
+class Transport(Protocol):
+    """The I/O one flavour (sync or asyncio) performs for the core."""
 
-    address: str
-    state: str
-    """ready, connecting, idle, transient_failure, ejected, draining or removed."""
-    in_flight: int
-    calls: int
-    failures: int
-    ejections: int
-    connection_age: float | None
-    connection_requests: int
-    connections_opened: int
+    def dial(self, connection: Connection) -> Any:
+        """A new channel object to the connection's pod; no I/O, no threads yet."""
 
+    def watch(self, connection: Connection) -> None:
+        """Start watching (and so connecting) the connection's channel."""
 
-@dataclass(frozen=True)
-class ChannelStats:
-    """A snapshot of the whole channel."""
+    def connect(self, connection: Connection) -> None:
+        """Ask an IDLE channel to connect (grpcio never does so on its own)."""
 
-    target: str
-    policy: str
-    endpoints: tuple[EndpointStats, ...]
-    in_flight: int
-    calls: int
-    failures: int
-    panic: bool
-    resolutions: int
-    resolution_failures: int
-    last_resolution_error: str
-    retries: int
-    retries_refused: int
-    circuit_breaker_refusals: int
+    def close_connection(self, connection: Connection) -> None:
+        """Close the channel soon, from a context where closing cannot deadlock."""
 
-    def __iter__(self) -> Any:
-        return iter(self.endpoints)
-
-    def __len__(self) -> int:
-        return len(self.endpoints)
-
-    def by_address(self) -> dict[str, EndpointStats]:
-        return {e.address: e for e in self.endpoints}
+    def wake(self) -> None:
+        """Something changed: picker, deadlines or a wish to re-resolve."""

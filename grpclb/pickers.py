@@ -16,9 +16,12 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Collection, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from grpclb.hashing import HashTable
+from grpclb.hashing import HashTable, MaglevTable, RingHashTable
+
+if TYPE_CHECKING:
+    from grpclb.settings import Settings
 
 __all__ = [
     "E",
@@ -280,3 +283,50 @@ def pick_avoiding(
     if not fresh:
         return chosen
     return fresh[int(rng.random() * len(fresh))]
+
+
+class _NoPicker:
+    """The picker of an empty set: every pick says there is no pod."""
+
+    def pick(self, request_hash: int | None) -> None:
+        return None
+
+
+NO_PICKER: Picker[Any] = _NoPicker()
+
+
+class PickerFactory(Generic[E]):
+    """Turns the configured policy and a snapshot into a picker.
+
+    The hash table of ring_hash/maglev is built over every member, usable or
+    not, and only when membership changes, so a connection that flaps moves
+    no keys and costs no rebuild.
+    """
+
+    def __init__(self, settings: Settings, rng: random.Random) -> None:
+        self._settings = settings
+        self._rng = rng
+        self._table: tuple[tuple[str, ...], HashTable] | None = None
+
+    def build(self, members: Sequence[E], usable: Sequence[E]) -> Picker[E]:
+        s = self._settings
+        if not usable:
+            return NO_PICKER
+        if s.policy == "round_robin":
+            return RoundRobinPicker(usable, self._rng)
+        if s.policy == "least_request":
+            return LeastRequestPicker(usable, self._rng, s.choice_count)
+        if s.policy == "random":
+            return RandomPicker(usable, self._rng)
+        if s.policy == "pick_first":
+            return PickFirstPicker(usable)
+        addresses = tuple(e.address for e in members)
+        if self._table is None or self._table[0] != addresses:
+            table: HashTable = (
+                RingHashTable(addresses, s.ring_points_per_endpoint)
+                if s.policy == "ring_hash"
+                else MaglevTable(addresses, s.maglev_table_size)
+            )
+            self._table = (addresses, table)
+        in_use = set(map(id, usable))
+        return HashPicker(self._table[1], members, [id(e) in in_use for e in members], self._rng)

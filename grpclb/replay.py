@@ -106,10 +106,11 @@ class RetryingFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
                 return False
             self._cancelled = True
             current = self._current
-        if current is not None:
-            current.cancel()  # its done-callback finishes us
-        else:
-            self._finish(None)
+        if current is not None and current.cancel():
+            return True  # its done-callback finishes us
+        # No attempt running (waiting out a backoff, or none started): end here; the
+        # pending attempt sees the cancel and gives its retry budget back.
+        self._finish(None)
         return True
 
     def cancelled(self) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,156 +19,20 @@ import grpc
 
 from grpclb.errors import ConfigError
 from grpclb.hashing import is_prime
+from grpclb.parsing import (
+    Invalid,
+    boolean,
+    choice,
+    duration,
+    integer,
+    metadata_key,
+    number,
+    status_codes,
+)
 
 POLICIES = ("round_robin", "least_request", "random", "pick_first", "ring_hash", "maglev")
 HASH_POLICIES = ("ring_hash", "maglev")
 ENV_PREFIX = "GRPCLB_"
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|s|m|h)")
-_UNIT_SECONDS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_OFF_WORDS = ("off", "none", "disabled", "")
-
-
-class _Invalid(Exception):
-    """A parser's complaint, turned into a ConfigError that names the source."""
-
-
-# --- value parsers: raw (keyword value or environment string) -> typed value ---
-
-
-def parse_duration(raw: object) -> float:
-    """Seconds from a number or a Go-style string such as "250ms", "5s", "1m30s"."""
-    if isinstance(raw, bool):
-        raise _Invalid("expected a duration such as 5, 0.25, '250ms', '5s' or '1m'")
-    if isinstance(raw, int | float):
-        seconds = float(raw)
-    else:
-        text = str(raw).strip().lower()
-        try:
-            seconds = float(text)
-        except ValueError:
-            parts = _DURATION_PART.findall(text)
-            if not parts or "".join(n + u for n, u in parts) != text:
-                raise _Invalid(
-                    "expected a duration such as 5, 0.25, '250ms', '5s' or '1m'"
-                ) from None
-            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
-    if seconds != seconds or seconds < 0 or seconds == float("inf"):
-        raise _Invalid("a duration must be a finite number of seconds >= 0")
-    return seconds
-
-
-def _is_off(raw: object) -> bool:
-    return raw is None or (isinstance(raw, str) and raw.strip().lower() in _OFF_WORDS)
-
-
-def _duration(minimum: float = 0.0, optional: bool = False) -> Callable[[object], float | None]:
-    def parse(raw: object) -> float | None:
-        if optional and _is_off(raw):
-            return None
-        seconds = parse_duration(raw)
-        if optional and seconds == 0:
-            return None  # 0 means off, whether typed as 0, "0" or "0s"
-        if seconds < minimum or seconds == 0:
-            raise _Invalid(f"must be at least {minimum:g}s" if minimum else "must be > 0")
-        return seconds
-
-    return parse
-
-
-def _integer(
-    minimum: int, maximum: int | None = None, optional: bool = False
-) -> Callable[..., Any]:
-    def parse(raw: object) -> int | None:
-        if optional and _is_off(raw):
-            return None
-        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-            raise _Invalid("expected a whole number")
-        try:
-            value: int = int(raw)  # type: ignore[call-overload]
-        except (TypeError, ValueError):
-            raise _Invalid("expected a whole number") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            upper = f" and at most {maximum}" if maximum is not None else ""
-            raise _Invalid(f"must be at least {minimum}{upper}")
-        if optional and value == 0:
-            return None  # 0 means off, from a keyword or a variable alike
-        return value
-
-    return parse
-
-
-def _number(minimum: float, maximum: float) -> Callable[[object], float]:
-    def parse(raw: object) -> float:
-        if isinstance(raw, bool):
-            raise _Invalid("expected a number")
-        try:
-            value = float(raw)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise _Invalid("expected a number") from None
-        if not minimum <= value <= maximum:
-            raise _Invalid(f"must be between {minimum:g} and {maximum:g}")
-        return value
-
-    return parse
-
-
-def _boolean(raw: object) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise _Invalid("expected true or false (1/0, yes/no, on/off)")
-
-
-def _choice(*allowed: str) -> Callable[[object], str]:
-    def parse(raw: object) -> str:
-        value = str(raw).strip().lower()
-        if value not in allowed:
-            raise _Invalid(f"allowed values are: {', '.join(allowed)}")
-        return value
-
-    return parse
-
-
-def _metadata_key(raw: object) -> str | None:
-    if _is_off(raw):
-        return None
-    key = str(raw).strip().lower()  # gRPC metadata keys are lower-case on the wire
-    if not re.fullmatch(r"[0-9a-z_.\-]+", key) or key.endswith("-bin"):
-        raise _Invalid("expected an ASCII metadata key such as 'x-user-id' (not a -bin key)")
-    return key
-
-
-def _status_codes(raw: object) -> frozenset[grpc.StatusCode]:
-    if isinstance(raw, str):
-        names: list[object] = list(raw.split(","))
-    elif isinstance(raw, grpc.StatusCode):
-        names = [raw]
-    elif isinstance(raw, list | tuple | set | frozenset):
-        names = list(raw)
-    else:
-        raise _Invalid("expected status code names, e.g. 'UNAVAILABLE,INTERNAL', or a list")
-    codes = set()
-    for name in names:
-        if isinstance(name, grpc.StatusCode):
-            codes.add(name)
-            continue
-        text = str(name).strip().upper()
-        if not text:
-            continue
-        try:
-            codes.add(grpc.StatusCode[text])
-        except KeyError:
-            allowed = ", ".join(c.name for c in grpc.StatusCode)
-            raise _Invalid(f"unknown status code {text!r}; allowed values are: {allowed}") from None
-    if grpc.StatusCode.OK in codes:
-        raise _Invalid("OK cannot be a failure or retry code")
-    return frozenset(codes)
-
 
 # --- the table ---
 
@@ -194,14 +57,14 @@ SETTINGS: tuple[Setting, ...] = (
     # balancing
     Setting(
         "policy",
-        _choice(*POLICIES),
+        choice(*POLICIES),
         "least_request",
         "How each call chooses a pod.",
         "Istio's default LEAST_REQUEST",
     ),
     Setting(
         "hash_key",
-        _metadata_key,
+        metadata_key,
         None,
         "Metadata key whose value selects the pod for ring_hash and maglev; "
         "calls without it are spread randomly.",
@@ -209,14 +72,14 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "choice_count",
-        _integer(2),
+        integer(2),
         2,
         "Distinct random candidates least_request compares.",
         "Envoy choice_count, gRFC A48",
     ),
     Setting(
         "ring_points_per_endpoint",
-        _integer(1, 100_000),
+        integer(1, 100_000),
         1024,
         "Ring points per pod for ring_hash; fixed per pod so a joining pod moves "
         "only the keys it takes.",
@@ -224,7 +87,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "maglev_table_size",
-        _integer(3),
+        integer(3),
         65537,
         "Maglev lookup table size; a prime larger than the pod count.",
         "Envoy table_size",
@@ -232,21 +95,21 @@ SETTINGS: tuple[Setting, ...] = (
     # DNS
     Setting(
         "dns_refresh_interval",
-        _duration(),
+        duration(),
         5.0,
         "Seconds between DNS resolutions.",
         "Envoy STRICT_DNS dns_refresh_rate",
     ),
     Setting(
         "dns_min_refresh_interval",
-        _duration(),
+        duration(),
         1.0,
         "Least time between two resolutions, also for re-resolutions a failed connection asks for.",
         "Envoy dns_min_refresh_rate is 5s",
     ),
     Setting(
         "dns_respect_ttl",
-        _boolean,
+        boolean,
         True,
         "Resolve again when the answer's TTL runs out, if that is sooner than "
         "dns_refresh_interval.",
@@ -254,7 +117,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "dns_timeout",
-        _duration(),
+        duration(),
         2.0,
         "Deadline of one resolution; on timeout the last good answer is kept.",
         "",
@@ -262,21 +125,21 @@ SETTINGS: tuple[Setting, ...] = (
     # connection recycling
     Setting(
         "max_connection_age",
-        _duration(optional=True),
+        duration(optional=True),
         None,
         "Replace a pod's connection after this age (make before break).",
         "gRPC server MAX_CONNECTION_AGE",
     ),
     Setting(
         "max_connection_age_jitter",
-        _number(0.0, 1.0),
+        number(0.0, 1.0),
         0.1,
         "Each connection's age limit is scaled by 1 ± this fraction.",
         "gRPC's ±10%",
     ),
     Setting(
         "max_connection_age_grace",
-        _duration(optional=True),
+        duration(optional=True),
         None,
         "How long a replaced connection may finish its calls before they are "
         "cancelled; off waits for them.",
@@ -284,7 +147,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "max_requests_per_connection",
-        _integer(0, optional=True),
+        integer(0, optional=True),
         None,
         "Replace a pod's connection after this many calls.",
         "Istio maxRequestsPerConnection",
@@ -292,99 +155,99 @@ SETTINGS: tuple[Setting, ...] = (
     # outlier detection
     Setting(
         "failure_codes",
-        _status_codes,
+        status_codes,
         frozenset({_C.UNAVAILABLE, _C.DEADLINE_EXCEEDED, _C.INTERNAL, _C.UNKNOWN, _C.DATA_LOSS}),
         "Status codes that count as a pod failure (comma-separated names).",
         "Envoy's gateway errors, in gRPC terms",
     ),
     Setting(
         "consecutive_failures",
-        _integer(0),
+        integer(0),
         5,
         "Failures in a row that eject a pod at once; 0 disables.",
         "Istio consecutive5xxErrors",
     ),
     Setting(
         "ejection_interval",
-        _duration(),
+        duration(),
         10.0,
         "Period of the success-rate and failure-percentage analysis.",
         "Envoy interval",
     ),
     Setting(
         "success_rate_ejection",
-        _boolean,
+        boolean,
         True,
         "Eject pods whose success rate is far below the others'.",
         "Envoy enforcing_success_rate 100",
     ),
     Setting(
         "success_rate_stdev_factor",
-        _number(0.0, 100.0),
+        number(0.0, 100.0),
         1.9,
         "Eject below mean - factor x stdev of success rates.",
         "Envoy 1900/1000",
     ),
     Setting(
         "success_rate_minimum_hosts",
-        _integer(1),
+        integer(1),
         5,
         "Pods with enough volume needed for success-rate analysis.",
         "Envoy",
     ),
     Setting(
         "success_rate_request_volume",
-        _integer(1),
+        integer(1),
         100,
         "Calls in an interval for a pod to count in success-rate analysis.",
         "Envoy",
     ),
     Setting(
         "failure_percentage_ejection",
-        _boolean,
+        boolean,
         False,
         "Eject pods whose failure percentage exceeds the threshold.",
         "Envoy enforcing_failure_percentage 0",
     ),
     Setting(
         "failure_percentage_threshold",
-        _number(0.0, 100.0),
+        number(0.0, 100.0),
         85.0,
         "Failure percentage at or above which a pod is ejected.",
         "Envoy",
     ),
     Setting(
         "failure_percentage_minimum_hosts",
-        _integer(1),
+        integer(1),
         5,
         "Pods needed for failure-percentage analysis.",
         "Envoy",
     ),
     Setting(
         "failure_percentage_request_volume",
-        _integer(1),
+        integer(1),
         50,
         "Calls in an interval for a pod to count in failure-percentage analysis.",
         "Envoy",
     ),
     Setting(
         "base_ejection_time",
-        _duration(),
+        duration(),
         30.0,
         "Ejection time, multiplied by the pod's ejection count.",
         "Envoy, Istio",
     ),
-    Setting("max_ejection_time", _duration(), 300.0, "Cap on one ejection's time.", "Envoy"),
+    Setting("max_ejection_time", duration(), 300.0, "Cap on one ejection's time.", "Envoy"),
     Setting(
         "max_ejection_percent",
-        _number(0.0, 100.0),
+        number(0.0, 100.0),
         10.0,
         "Most pods ejected at once, in percent; one pod may always be ejected.",
         "Envoy max_ejection_percent",
     ),
     Setting(
         "panic_threshold",
-        _number(0.0, 100.0),
+        number(0.0, 100.0),
         50.0,
         "Below this percentage of usable pods, balance over all pods.",
         "Envoy healthy_panic_threshold",
@@ -392,49 +255,49 @@ SETTINGS: tuple[Setting, ...] = (
     # retries and circuit breaking
     Setting(
         "retries",
-        _integer(0, 10),
+        integer(0, 10),
         2,
         "Retries of a failed call on another pod; 0 disables.",
         "Istio default retry policy",
     ),
     Setting(
         "retry_codes",
-        _status_codes,
+        status_codes,
         frozenset({_C.UNAVAILABLE}),
         "Status codes that are retried (comma-separated names).",
         "Envoy retry_on unavailable",
     ),
     Setting(
         "retry_backoff_base",
-        _duration(),
+        duration(),
         0.025,
         "Base of the exponential, jittered backoff between attempts.",
         "Envoy 25ms",
     ),
     Setting(
         "retry_backoff_max",
-        _duration(),
+        duration(),
         0.25,
         "Cap of the backoff between attempts.",
         "Envoy 10 x base",
     ),
     Setting(
         "retry_budget_percent",
-        _number(0.0, 100.0),
+        number(0.0, 100.0),
         20.0,
         "Retries in flight as a percentage of calls in flight.",
         "Envoy retry_budget",
     ),
     Setting(
         "retry_budget_min_concurrency",
-        _integer(0),
+        integer(0),
         10,
         "Retries in flight always allowed, whatever the budget.",
         "Envoy's is 3",
     ),
     Setting(
         "metrics_endpoint_limit",
-        _integer(0),
+        integer(0),
         100,
         "Per-pod metric attributes (grpclb.endpoint) only while the channel has at most "
         "this many pods; 0 never adds them.",
@@ -442,7 +305,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "max_requests",
-        _integer(0, optional=True),
+        integer(0, optional=True),
         None,
         "Most calls in flight across the channel; more fail at once.",
         "Envoy circuit breaker max_requests",
@@ -516,7 +379,7 @@ class Settings:
                 continue
             try:
                 values[setting.name] = setting.parse(raw)
-            except _Invalid as exc:
+            except Invalid as exc:
                 raise ConfigError(f"{where}={raw!r} is invalid: {exc}") from None
             origin[setting.name] = where
         settings = cls(**values)

@@ -26,9 +26,10 @@ from grpclb.admission import Metadata, request_hash, wait_for_pods
 from grpclb.aio import calls
 from grpclb.balancer import Balancer, Clock
 from grpclb.channel import ChannelOptions, dial_address, pod_channel_options
-from grpclb.endpoints import READY, ChannelStats, Connection, Endpoint
+from grpclb.endpoints import READY, Connection, Endpoint
 from grpclb.resolver import AsyncResolver, RefreshSchedule
 from grpclb.settings import Settings
+from grpclb.stats import ChannelStats
 from grpclb.target import parse_target
 from grpclb.telemetry import telemetry_for
 

@@ -19,11 +19,12 @@ import grpc
 import pytest
 
 from grpclb.balancer import Balancer
-from grpclb.endpoints import Connection, Endpoint, EndpointStats
+from grpclb.endpoints import Connection, Endpoint
 from grpclb.errors import LocalRpcError
 from grpclb.hashing import hash_key
 from grpclb.resolver import Resolution
 from grpclb.settings import Settings
+from grpclb.stats import EndpointStats
 from grpclb.target import parse_target
 
 S = grpc.ChannelConnectivity

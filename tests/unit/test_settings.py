@@ -14,7 +14,8 @@ import grpc
 import pytest
 
 from grpclb.errors import ConfigError
-from grpclb.settings import POLICIES, SETTINGS, SETTINGS_BY_NAME, Settings, parse_duration
+from grpclb.parsing import parse_duration
+from grpclb.settings import POLICIES, SETTINGS, SETTINGS_BY_NAME, Settings
 
 C = grpc.StatusCode
 ALL_NAMES = [s.name for s in SETTINGS]

@@ -1,0 +1,135 @@
+"""Snapshots of a channel's state: plain, immutable values, like Envoy's admin ``/clusters``.
+
+Built under the balancer's lock from its live objects and then handed out, so
+a caller can keep, compare and print them without racing the call path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+
+from grpclb.endpoints import CONNECTING, IDLE, READY, TRANSIENT_FAILURE, Endpoint
+
+if TYPE_CHECKING:
+    from grpclb.balancer import Balancer
+
+
+@dataclass(frozen=True)
+class EndpointStats:
+    """A snapshot of one pod, like a row of Envoy's admin ``/clusters``."""
+
+    address: str
+    state: str
+    """ready, connecting, idle, transient_failure, ejected, draining or removed."""
+    in_flight: int
+    calls: int
+    failures: int
+    ejections: int
+    connection_age: float | None
+    connection_requests: int
+    connections_opened: int
+
+    @property
+    def connected(self) -> bool:
+        return self.state in ("ready", "ejected")
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """A snapshot of the whole channel."""
+
+    target: str
+    policy: str
+    endpoints: tuple[EndpointStats, ...]
+    in_flight: int
+    calls: int
+    failures: int
+    panic: bool
+    resolutions: int
+    resolution_failures: int
+    last_resolution_error: str
+    retries: int
+    retries_refused: int
+    circuit_breaker_refusals: int
+
+    def __iter__(self) -> Iterator[EndpointStats]:
+        return iter(self.endpoints)
+
+    def __len__(self) -> int:
+        return len(self.endpoints)
+
+    def by_address(self) -> dict[str, EndpointStats]:
+        return {e.address: e for e in self.endpoints}
+
+
+def endpoint_state(endpoint: Endpoint) -> str:
+    if endpoint.removed:
+        return "draining"
+    if endpoint.outlier.ejected:
+        return "ejected"
+    return str(endpoint.state.name.lower())
+
+
+def endpoint_rows(endpoints: Iterable[Endpoint], now: float) -> tuple[EndpointStats, ...]:
+    """One row per pod; call with the balancer's lock held."""
+    rows = []
+    for endpoint in endpoints:
+        active = endpoint.connection
+        rows.append(
+            EndpointStats(
+                address=endpoint.address,
+                state=endpoint_state(endpoint),
+                in_flight=endpoint.in_flight,
+                calls=endpoint.calls,
+                failures=endpoint.failures,
+                ejections=endpoint.outlier.ejections,
+                connection_age=None if active is None else now - active.opened_at,
+                connection_requests=0 if active is None else active.requests,
+                connections_opened=endpoint.connections_opened,
+            )
+        )
+    return tuple(rows)
+
+
+def channel_stats(balancer: Balancer, endpoints: tuple[EndpointStats, ...]) -> ChannelStats:
+    c = balancer.counters
+    return ChannelStats(
+        target=balancer.target.text,
+        policy=balancer.settings.policy,
+        endpoints=endpoints,
+        in_flight=sum(e.in_flight for e in endpoints),
+        calls=c["calls"],
+        failures=c["failures"],
+        panic=balancer.panic,
+        resolutions=c["resolutions"],
+        resolution_failures=c["resolution_failures"],
+        last_resolution_error=balancer.last_resolution_error,
+        retries=c["retries"],
+        retries_refused=c["retries_refused"],
+        circuit_breaker_refusals=c["circuit_breaker_refusals"],
+    )
+
+
+def best_state(states: Iterable[grpc.ChannelConnectivity]) -> grpc.ChannelConnectivity:
+    """A channel over several pods is as connected as its best pod (grpcio's rule)."""
+    present = set(states)
+    for state in (READY, CONNECTING, TRANSIENT_FAILURE):
+        if state in present:
+            return state
+    return IDLE
+
+
+def summary_line(stats: ChannelStats) -> str:
+    """``repr`` of a channel: its pods by state, in one line."""
+    states: dict[str, int] = {}
+    for row in stats.endpoints:
+        states[row.state] = states.get(row.state, 0) + 1
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no endpoints"
+    return (
+        f"<grpclb {stats.target!r} {stats.policy} [{summary}] "
+        f"in_flight={stats.in_flight} calls={stats.calls}>"
+    )
