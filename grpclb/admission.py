@@ -37,8 +37,10 @@ def wait_for_pods(
     """Seconds to wait before looking for a pod again; raises when the call must fail now."""
     if balancer.closed:
         raise ValueError("Cannot invoke RPC on closed channel!")
-    first_answer_pending = balancer.counters["resolutions"] == 0
-    if not (first_answer_pending or wait_for_ready):
+    answered, has_pods = balancer.admission_view()
+    if has_pods:
+        return 0.0  # pods arrived after this call looked: look again now
+    if not (wait_for_ready or not answered):
         why = balancer.last_resolution_error or "no endpoints"
         raise LocalRpcError(
             grpc.StatusCode.UNAVAILABLE,

@@ -75,7 +75,12 @@ class Balancer:
         self._pickers: PickerFactory[Endpoint] = PickerFactory(settings, self._rng)
         self._snapshot: tuple[Picker[Endpoint], Sequence[Endpoint]] = (NO_PICKER, ())
         self._detector = OutlierDetector(settings)
+        self._records: list[OutlierRecord] = []  # every member's, for the detector
         self._next_interval = clock() + settings.ejection_interval
+        # Read on every call: plain attributes, not settings lookups.
+        self._max_requests = settings.max_requests
+        self._max_requests_per_connection = settings.max_requests_per_connection
+        self._failure_codes = settings.failure_codes
         self._in_flight = 0
         self._retries_in_flight = 0
         self.panic = False
@@ -132,6 +137,7 @@ class Balancer:
             endpoint.outlier = OutlierRecord(address=address)
             self._endpoints[address] = endpoint
             endpoint.connection = self._open_locked(endpoint, actions)
+        self._records = [e.outlier for e in self._endpoints.values()]
         self._rebuild_locked()
 
     def _remove_locked(self, endpoint: Endpoint, actions: list[_Action]) -> None:
@@ -250,8 +256,7 @@ class Balancer:
         self, request_hash: int | None, avoid: Collection[Endpoint] = (), method: str = ""
     ) -> Connection | None:
         """Pick a pod and count the call on it; None when there is no pod at all."""
-        actions: list[_Action] = []
-        limit = self.settings.max_requests
+        limit = self._max_requests
         for _ in range(4):  # a racing removal can retire the picked pod; pick again
             picker, usable = self._snapshot
             if avoid:
@@ -278,10 +283,13 @@ class Balancer:
                 endpoint.calls += 1
                 self._in_flight += 1
                 self.counters["calls"] += 1
-                cap = self.settings.max_requests_per_connection
-                if cap is not None and connection.requests >= cap:
+                cap = self._max_requests_per_connection
+                recycle = cap is not None and connection.requests >= cap
+                if recycle:
+                    actions: list[_Action] = []
                     self._recycle_locked(endpoint, actions)
-            self._run(actions)
+            if recycle:
+                self._run(actions)
             if self.telemetry.enabled:
                 self.telemetry.attempt_started(method, endpoint.address, len(self._endpoints))
             trace_attempt(endpoint.address, len(avoid) + 1)
@@ -318,16 +326,15 @@ class Balancer:
             if retry:
                 self._retries_in_flight -= 1
             if code is not None:
-                failed = code in self.settings.failure_codes
+                failed = code in self._failure_codes
                 if failed:
                     endpoint.failures += 1
                     self.counters["failures"] += 1
                 if not endpoint.removed:
-                    records = [e.outlier for e in self._endpoints.values()]
-                    verdict = self._detector.record(
-                        endpoint.outlier, failed, self._clock(), records
-                    )
-                    self._apply_verdict_locked(verdict)
+                    now = self._clock() if failed else 0.0  # time matters only to failures
+                    verdict = self._detector.record(endpoint.outlier, failed, now, self._records)
+                    if verdict or verdict.overflow:
+                        self._apply_verdict_locked(verdict)
             if connection.draining_since is not None:
                 self._close_if_drained_locked(connection, actions)
         self._run(actions)
@@ -404,8 +411,7 @@ class Balancer:
         with self._lock:
             due = [self._next_interval]
             if now >= self._next_interval:
-                records = [e.outlier for e in self._endpoints.values()]
-                self._apply_verdict_locked(self._detector.on_interval(records, now))
+                self._apply_verdict_locked(self._detector.on_interval(self._records, now))
                 self._next_interval = now + self.settings.ejection_interval
                 due = [self._next_interval]
             for endpoint in self._endpoints.values():
@@ -434,6 +440,15 @@ class Balancer:
             self._transport.wake()
 
     # --- views ----------------------------------------------------------------------
+
+    def admission_view(self) -> tuple[bool, bool]:
+        """(DNS has answered at least once, there are pods to pick), read together.
+
+        A call that found no pod asks this under the lock, so a first answer
+        landing between its pick and its decision is seen whole, not half.
+        """
+        with self._lock:
+            return self.counters["resolutions"] > 0, bool(self._snapshot[1])
 
     def aggregate_state(self) -> grpc.ChannelConnectivity:
         """The channel's state as grpcio would report it: the best of its pods'."""

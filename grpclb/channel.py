@@ -209,7 +209,7 @@ class Channel(grpc.Channel):  # type: ignore[misc]
                     return connection
                 wait = wait_for_pods(balancer, wait_for_ready, deadline, time.monotonic())
                 with self._changed:
-                    if self._version == version:
+                    if wait and self._version == version:
                         self._changed.wait(timeout=wait)
         except BaseException:
             if tried:

@@ -230,8 +230,9 @@ class Channel(grpc.aio.Channel):  # type: ignore[misc]
                     wait = wait_for_pods(balancer, wait_for_ready, deadline, time.monotonic())
                 except ValueError as closed:
                     raise grpc.aio.UsageError(str(closed)) from None
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._next_change(), wait)
+                if wait:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._next_change(), wait)
         except BaseException:
             if tried:
                 balancer.cancel_retry()  # the retry reserved by retry_delay never started
