@@ -327,3 +327,13 @@ def test_bad_environment_setting_names_the_variable(monkeypatch):
     assert "GRPCLB_POLICY" in message and "lest_request" in message
     for policy in ("round_robin", "least_request", "random", "pick_first", "ring_hash", "maglev"):
         assert policy in message
+
+
+def test_a_call_made_at_once_after_creation_waits_for_the_first_answer(pods, dns_server):
+    fleet = pods(2)
+    dns_server.set_records(SERVICE_NAME, [p.host for p in fleet])
+    static = "ipv4:" + ",".join(fleet.addresses)
+    for target_text in (static, target(dns_server, fleet)):
+        for _ in range(10):  # the race window is small: several fresh channels
+            with grpclb.channel(target_text) as channel:
+                assert stub(channel).Unary(echo_pb2.EchoRequest(), timeout=5).pod
