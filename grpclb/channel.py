@@ -9,6 +9,7 @@ drained connections and runs the balancer's timers.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -69,6 +70,7 @@ class Channel(grpc.Channel):  # type: ignore[misc]
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
+        self._pid = os.getpid()
         self._target = parse_target(target)
         self._settings = settings or Settings.load()
         self._credentials = credentials
@@ -200,6 +202,12 @@ class Channel(grpc.Channel):  # type: ignore[misc]
         method: str = "",
     ) -> Connection:
         """A counted connection for one attempt, waiting for pods when the call may wait."""
+        if os.getpid() != self._pid:
+            # grpcio channels do not survive fork(); failing is better than hanging.
+            raise ValueError(
+                "grpclb.Channel was created in process "
+                f"{self._pid} and cannot be used after fork(); create one in the child"
+            )
         digest = request_hash(metadata, self._hash_key)
         balancer = self._balancer
         try:

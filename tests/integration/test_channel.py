@@ -337,3 +337,23 @@ def test_a_call_made_at_once_after_creation_waits_for_the_first_answer(pods, dns
         for _ in range(10):  # the race window is small: several fresh channels
             with grpclb.channel(target_text) as channel:
                 assert stub(channel).Unary(echo_pb2.EchoRequest(), timeout=5).pod
+
+
+def test_a_forked_child_is_told_to_make_its_own_channel(fleet, dns_server):
+    import os
+
+    with grpclb.channel(target(dns_server, fleet)) as channel:
+        wait_ready(channel, 5)
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # the child: report what a call does, then leave at once
+            try:
+                stub(channel).Unary(echo_pb2.EchoRequest(), timeout=1)
+                os.write(write, b"no error")
+            except ValueError as error:
+                os.write(write, str(error).encode()[:200])
+            finally:
+                os._exit(0)
+        os.waitpid(child, 0)
+        said = os.read(read, 300).decode()
+    assert "after fork()" in said
