@@ -47,6 +47,7 @@ from grpclb.telemetry import NULL_TELEMETRY, Telemetry, trace_attempt, trace_ret
 log = logging.getLogger("grpclb")
 Clock = Callable[[], float]
 _Action = Callable[[], None]
+_CANCELLED = grpc.StatusCode.CANCELLED
 
 
 class Balancer:
@@ -111,11 +112,12 @@ class Balancer:
                 self.counters["resolution_failures"] += 1
                 self.telemetry.resolved("failure")
                 if not was_failing:
+                    kept = len(self._endpoints)
                     log.warning(
-                        "grpclb %s: %s; keeping the last %d pods",
+                        "grpclb %s: %s; %s",
                         self.target.text,
                         resolution.error,
-                        len(self._endpoints),
+                        f"keeping the last {kept} pods" if kept else "no pods known yet",
                     )
             else:
                 self.telemetry.resolved("records" if resolution.addresses else "empty")
@@ -309,7 +311,7 @@ class Balancer:
 
         ``started`` is the ``time.perf_counter()`` of the pick, when telemetry is enabled.
         """
-        if self.telemetry.enabled:
+        if self.telemetry.enabled and started:
             self.telemetry.attempt_finished(
                 method,
                 connection.endpoint.address,
@@ -325,7 +327,8 @@ class Balancer:
             self._in_flight -= 1
             if retry:
                 self._retries_in_flight -= 1
-            if code is not None:
+            # A cancel (by the caller, or at close) says nothing about the pod.
+            if code is not None and code is not _CANCELLED:
                 failed = code in self._failure_codes
                 if failed:
                     endpoint.failures += 1
@@ -368,8 +371,11 @@ class Balancer:
         A granted retry holds a place in the budget: see ``reserve_retry``.
         """
         delay = self.retry_policy.delay_before_retry(code, retries_done, time.monotonic(), deadline)
-        if delay is not None and not self.reserve_retry():
-            delay = None  # over budget: the caller sees the original error
+        if delay is None:
+            return None
+        if not self.reserve_retry():
+            trace_retry(code, None)
+            return None  # over budget: the caller sees the original error
         trace_retry(code, delay)
         return delay
 
@@ -456,7 +462,11 @@ class Balancer:
 
     def observe(self) -> list[tuple[str, str, int, bool]]:
         """(address, state, in_flight, connected) per pod, for metric observations."""
-        return [(s.address, s.state, s.in_flight, s.connected) for s in self.endpoint_stats()]
+        with self._lock:
+            ready = {a for a, e in self._endpoints.items() if e.state is READY}
+        return [
+            (s.address, s.state, s.in_flight, s.address in ready) for s in self.endpoint_stats()
+        ]
 
     def endpoint_stats(self) -> tuple[EndpointStats, ...]:
         with self._lock:

@@ -33,6 +33,13 @@ def hash_key(value: str | bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
+def next_prime(n: int) -> int:
+    """The smallest prime >= n."""
+    while not is_prime(n):
+        n += 1
+    return n
+
+
 def is_prime(n: int) -> bool:
     """Deterministic Miller-Rabin: exact for every n below 3.3e24, fast for any config value."""
     if n < 2:

@@ -14,14 +14,17 @@ n / 2**53) is far below anything a load balancer could notice.
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from grpclb.hashing import HashTable, MaglevTable, RingHashTable
+from grpclb.hashing import HashTable, MaglevTable, RingHashTable, next_prime
 
 if TYPE_CHECKING:
     from grpclb.settings import Settings
+
+log = logging.getLogger("grpclb")
 
 __all__ = [
     "E",
@@ -295,6 +298,22 @@ class _NoPicker:
 NO_PICKER: Picker[Any] = _NoPicker()
 
 
+def maglev_size(configured: int, pods: int) -> int:
+    """The configured table size, or a larger prime when the pods outgrow it.
+
+    "M should be much larger than N" (Maglev, section 3.4): a table no larger
+    than the pod set cannot give every pod an entry, so rather than fail every
+    call it grows to the next prime above 100 entries per pod, and says so.
+    """
+    if configured > pods:
+        return configured
+    size = next_prime(100 * pods + 1)
+    log.warning(
+        "grpclb: maglev_table_size=%d is too small for %d pods; using %d", configured, pods, size
+    )
+    return size
+
+
 class PickerFactory(Generic[E]):
     """Turns the configured policy and a snapshot into a picker.
 
@@ -325,7 +344,7 @@ class PickerFactory(Generic[E]):
             table: HashTable = (
                 RingHashTable(addresses, s.ring_points_per_endpoint)
                 if s.policy == "ring_hash"
-                else MaglevTable(addresses, s.maglev_table_size)
+                else MaglevTable(addresses, maglev_size(s.maglev_table_size, len(addresses)))
             )
             self._table = (addresses, table)
         in_use = set(map(id, usable))

@@ -14,6 +14,7 @@ Each attempt releases its own in-flight count through its own done-callback.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -38,6 +39,9 @@ class RetryingFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
 
     def __init__(self, start: StartAttempt, delay: RetryDelay, abandon: Callable[[], None]) -> None:
         self._start, self._delay, self._abandon = start, delay, abandon
+        # Later attempts run on grpcio's and timer threads: keep the caller's context
+        # (its current span) so their trace events land where the call was made.
+        self._context = contextvars.copy_context()
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._tried: list[Endpoint] = []
@@ -59,7 +63,22 @@ class RetryingFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
             return
         with self._lock:
             self._current = call
-        call.add_done_callback(lambda done: self._attempt_done(done, connection))
+        call.add_done_callback(lambda done: self._in_context(self._attempt_done, done, connection))
+
+    def _in_context(self, function: Callable[..., None], *args: Any) -> None:
+        entered = False
+
+        def run() -> None:
+            nonlocal entered
+            entered = True
+            function(*args)
+
+        try:
+            self._context.run(run)
+        except RuntimeError:
+            if entered:
+                raise
+            function(*args)  # the context is busy in another thread: run without it
 
     def _attempt_done(self, call: Any, connection: Connection) -> None:
         # Runs on grpcio's thread: decide quickly, never raise, never block.
@@ -74,7 +93,7 @@ class RetryingFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
                 self._finish(call)
                 return
             self._tried.append(connection.endpoint)
-            timer = threading.Timer(delay, self._attempt)
+            timer = threading.Timer(delay, self._in_context, (self._attempt,))
             timer.daemon = True
             timer.start()
         except Exception:

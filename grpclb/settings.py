@@ -10,6 +10,7 @@ A bad value is a ``ConfigError`` naming where it came from; never a fallback.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from grpclb.parsing import (
 POLICIES = ("round_robin", "least_request", "random", "pick_first", "ring_hash", "maglev")
 HASH_POLICIES = ("ring_hash", "maglev")
 ENV_PREFIX = "GRPCLB_"
+log = logging.getLogger("grpclb")
 
 # --- the table ---
 
@@ -158,7 +160,7 @@ SETTINGS: tuple[Setting, ...] = (
         status_codes,
         frozenset({_C.UNAVAILABLE, _C.DEADLINE_EXCEEDED, _C.INTERNAL, _C.UNKNOWN, _C.DATA_LOSS}),
         "Status codes that count as a pod failure (comma-separated names).",
-        "Envoy's gateway errors, in gRPC terms",
+        "Envoy's gRPC-to-5xx mapping, without UNIMPLEMENTED",
     ),
     Setting(
         "consecutive_failures",
@@ -249,7 +251,7 @@ SETTINGS: tuple[Setting, ...] = (
         "panic_threshold",
         number(0.0, 100.0),
         50.0,
-        "Below this percentage of usable pods, balance over all pods.",
+        "Below this percentage of pods not ejected, balance over all pods (ejections ignored).",
         "Envoy healthy_panic_threshold",
     ),
     # retries and circuit breaking
@@ -367,6 +369,16 @@ class Settings:
             raise ConfigError(
                 f"unknown setting {unknown[0]!r}; known settings are: {', '.join(SETTINGS_BY_NAME)}"
             )
+        for name in sorted(environ):
+            if (
+                name.startswith(ENV_PREFIX)
+                and name[len(ENV_PREFIX) :].lower() not in SETTINGS_BY_NAME
+            ):
+                log.warning(
+                    "grpclb: ignoring %s: no such setting (known: %s)",
+                    name,
+                    ", ".join(s.env for s in SETTINGS),
+                )
         values: dict[str, Any] = {}
         origin: dict[str, str] = {}
         for setting in SETTINGS:

@@ -24,7 +24,9 @@ class EndpointStats:
 
     address: str
     state: str
-    """ready, connecting, idle, transient_failure, ejected, draining or removed."""
+    """ready, connecting, idle, transient_failure or shutdown (its connection's state);
+    ejected (out of rotation by outlier detection); draining (gone from DNS, finishing
+    its calls)."""
     in_flight: int
     calls: int
     failures: int
@@ -32,10 +34,6 @@ class EndpointStats:
     connection_age: float | None
     connection_requests: int
     connections_opened: int
-
-    @property
-    def connected(self) -> bool:
-        return self.state in ("ready", "ejected")
 
 
 @dataclass(frozen=True)

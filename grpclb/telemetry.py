@@ -25,11 +25,10 @@ ATTEMPT_STARTED = "grpc.client.attempt.started"  # gRFC A66
 ATTEMPT_DURATION = "grpc.client.attempt.duration"  # gRFC A66
 OPEN_CONNECTIONS = "grpc.subchannel.open_connections"  # gRFC A94
 DISCONNECTIONS = "grpc.subchannel.disconnections"  # gRFC A94
-EJECTIONS_ENFORCED = "grpc.lb.outlier_detection.ejections_enforced_total"  # gRFC A91
-EJECTIONS_OVERFLOW = "grpc.lb.outlier_detection.ejections_overflow"  # gRFC A91
+EJECTIONS_ENFORCED = "grpc.lb.outlier_detection.ejections_enforced"  # gRFC A91
+EJECTIONS_UNENFORCED = "grpc.lb.outlier_detection.ejections_unenforced"  # gRFC A91
 ENDPOINTS = "grpclb.endpoints"
 IN_FLIGHT = "grpclb.in_flight"
-PICKS = "grpclb.picks"
 RECYCLES = "grpclb.connection.recycles"
 RETRIES = "grpclb.retries"
 RETRIES_REFUSED = "grpclb.retries.refused"
@@ -41,7 +40,8 @@ ATTR_METHOD = "grpc.method"
 ATTR_STATUS = "grpc.status"
 ATTR_ENDPOINT = "grpclb.endpoint"
 ATTR_STATE = "grpclb.endpoint.state"
-ATTR_REASON = "grpclb.ejection.reason"
+ATTR_DETECTION = "grpc.lb.outlier_detection.detection_method"  # gRFC A91
+ATTR_UNENFORCED = "grpc.lb.outlier_detection.unenforced_reason"  # gRFC A91
 ATTR_OUTCOME = "grpclb.dns.outcome"
 ATTR_ATTEMPT = "grpclb.attempt"
 
@@ -134,7 +134,7 @@ class Telemetry:
             EJECTIONS_ENFORCED, "{ejection}", "Pods ejected by outlier detection."
         )
         self._overflow = meter.create_counter(
-            EJECTIONS_OVERFLOW, "{ejection}", "Ejections skipped by max_ejection_percent."
+            EJECTIONS_UNENFORCED, "{ejection}", "Ejections skipped by max_ejection_percent."
         )
         self._recycles = meter.create_counter(
             RECYCLES, "{connection}", "Connections replaced by age or request count."
@@ -191,10 +191,17 @@ class Telemetry:
         self._disconnections.add(1, self._with_endpoint(address, pods))
 
     def ejected(self, address: str, pods: int, reason: str) -> None:
-        self._ejections.add(1, self._with_endpoint(address, pods, **{ATTR_REASON: reason}))
+        self._ejections.add(1, self._with_endpoint(address, pods, **{ATTR_DETECTION: reason}))
 
     def ejection_overflow(self) -> None:
-        self._overflow.add(1, self._target)
+        self._overflow.add(
+            1,
+            {
+                **self._target,
+                ATTR_DETECTION: "consecutive_failures",
+                ATTR_UNENFORCED: "max_ejection_percent",
+            },
+        )
 
     def recycled(self, address: str, pods: int) -> None:
         self._recycles.add(1, self._with_endpoint(address, pods))
@@ -216,14 +223,16 @@ class Telemetry:
         return [metrics.Observation(n, {**self._target, ATTR_STATE: s}) for s, n in counts.items()]
 
     def _observe_in_flight(self, options: Any) -> Iterable[metrics.Observation]:
-        pods = list(self._observe())
-        return [metrics.Observation(n, self._with_endpoint(a, len(pods))) for a, _, n, _ in pods]
+        return self._per_pod_or_total([(a, n) for a, _, n, _ in self._observe()])
 
     def _observe_connections(self, options: Any) -> Iterable[metrics.Observation]:
-        pods = list(self._observe())
-        return [
-            metrics.Observation(int(c), self._with_endpoint(a, len(pods))) for a, _, _, c in pods
-        ]
+        return self._per_pod_or_total([(a, int(c)) for a, _, _, c in self._observe()])
+
+    def _per_pod_or_total(self, values: list[tuple[str, int]]) -> list[metrics.Observation]:
+        """One observation per pod, or their sum when per-pod attributes are off."""
+        if len(values) > self._limit:
+            return [metrics.Observation(sum(v for _, v in values), self._target)]
+        return [metrics.Observation(v, self._with_endpoint(a, len(values))) for a, v in values]
 
 
 class NullTelemetry(Telemetry):

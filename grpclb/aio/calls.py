@@ -190,7 +190,11 @@ class _Call:
                 raise self._error
             try:
                 connection = await self._channel._begin(
-                    self._metadata, self._deadline, bool(self._wait_for_ready), self._tried
+                    self._metadata,
+                    self._deadline,
+                    bool(self._wait_for_ready),
+                    self._tried,
+                    self._method,
                 )
             except LocalRpcError as error:
                 self._fail(as_aio_error(error))

@@ -351,3 +351,17 @@ def test_pick_avoiding_with_hash_retries_elsewhere() -> None:
     assert first is not None
     retry = pick_avoiding(picker, eps, h, [first], random.Random(1))  # any Collection works
     assert retry is not None and retry is not first
+
+
+def test_a_maglev_table_outgrown_by_its_pods_grows_to_a_prime() -> None:
+    from grpclb.hashing import is_prime
+    from grpclb.pickers import PickerFactory, maglev_size
+    from grpclb.settings import Settings
+
+    assert maglev_size(65537, 10) == 65537
+    grown = maglev_size(3, 3)
+    assert grown > 300 and is_prime(grown)
+    settings = Settings.load({"policy": "maglev", "hash_key": "k", "maglev_table_size": 3})
+    pods = make(3)
+    picker = PickerFactory(settings, random.Random(1)).build(pods, pods)
+    assert {picker.pick(h) for h in range(200)} == set(pods)

@@ -9,6 +9,7 @@ so the machine's own ``GRPCLB_*`` variables never leak into a result.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import grpc
 import pytest
@@ -559,3 +560,13 @@ def test_replace_ignores_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_replace_round_trips_every_value() -> None:
     settings = load({name: raw for name, (raw, _) in GOOD_ENV.items()})
     assert settings.replace() == settings
+
+
+def test_a_misspelled_environment_variable_is_named_in_a_warning(caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="grpclb"):
+        settings = Settings.load(environ={"GRPCLB_POLCY": "round_robin"})
+    assert settings.policy == "least_request"
+    assert any(
+        "GRPCLB_POLCY" in r.getMessage() and "GRPCLB_POLICY" in r.getMessage()
+        for r in caplog.records
+    )
