@@ -117,7 +117,7 @@ class _MultiCallable:
 
                 if future:
                     return RetryingFuture(start, delay, channel._balancer.cancel_retry)
-                return RetryingStream(start, delay)
+                return RetryingStream(start, delay, channel._balancer.cancel_retry)
             return start(())[0]
         except LocalRpcError as error:
             # grpcio's future() and streams never raise: the error is a finished call.

@@ -23,6 +23,7 @@ from grpclb import calls
 from grpclb.admission import Metadata, request_hash, wait_for_pods
 from grpclb.balancer import Balancer, Clock
 from grpclb.endpoints import Connection, Endpoint
+from grpclb.errors import LocalRpcError
 from grpclb.resolver import RefreshSchedule, Resolver
 from grpclb.settings import Settings
 from grpclb.target import Target, parse_target
@@ -220,9 +221,11 @@ class Channel(grpc.Channel):  # type: ignore[misc]
                 with self._changed:
                     if wait and self._version == version:
                         self._changed.wait(timeout=wait)
-        except BaseException:
+        except BaseException as error:
             if tried:
                 balancer.cancel_retry()  # the retry reserved by retry_delay never started
+                if isinstance(error, ValueError):  # closed during the backoff: as grpcio does
+                    raise LocalRpcError(grpc.StatusCode.CANCELLED, "Channel closed!") from None
             raise
 
     def _multicallable(self, connection: Connection, key: tuple[Any, ...]) -> Any:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -61,7 +60,13 @@ class RetryingFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
         except LocalRpcError as error:
             self._finish(error)
             return
+        except Exception as error:  # never leave the future pending on a timer thread
+            self._finish(LocalRpcError(grpc.StatusCode.UNKNOWN, f"grpclb: retry failed: {error}"))
+            return
         with self._lock:
+            if self._done.is_set():  # cancelled while this attempt was starting
+                call.cancel()
+                return
             self._current = call
         call.add_done_callback(lambda done: self._in_context(self._attempt_done, done, connection))
 
@@ -102,6 +107,8 @@ class RetryingFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
 
     def _finish(self, call: Any) -> None:
         with self._lock:
+            if self._done.is_set():
+                return  # finished already (a cancel won the race)
             self._current = call
             callbacks, self._callbacks = self._callbacks, []
             self._done.set()
@@ -189,12 +196,11 @@ class RetryingStream(grpc.Call, grpc.Future):  # type: ignore[misc]
     attempt that is current when they are added.
     """
 
-    def __init__(
-        self, start: StartAttempt, delay: RetryDelay, sleep: Callable[[float], None] = time.sleep
-    ) -> None:
-        self._start, self._delay, self._sleep = start, delay, sleep
+    def __init__(self, start: StartAttempt, delay: RetryDelay, abandon: Callable[[], None]) -> None:
+        self._start, self._delay, self._abandon = start, delay, abandon
         self._tried: list[Endpoint] = []
         self._received = False
+        self._cancelled = threading.Event()  # also what a backoff waits on
         self._call, self._connection = start(self._tried)
 
     def __iter__(self) -> RetryingStream:
@@ -211,7 +217,11 @@ class RetryingStream(grpc.Call, grpc.Future):  # type: ignore[misc]
                 if delay is None:
                     raise
                 self._tried.append(self._connection.endpoint)
-                self._sleep(delay)
+                if self._cancelled.wait(delay):
+                    self._abandon()  # the granted retry never starts
+                    raise LocalRpcError(
+                        grpc.StatusCode.CANCELLED, "Locally cancelled by application!"
+                    ) from None
                 self._call, self._connection = self._start(self._tried)
                 continue
             self._received = True
@@ -221,6 +231,7 @@ class RetryingStream(grpc.Call, grpc.Future):  # type: ignore[misc]
 
     # grpc.Call and grpc.Future, answered by the current attempt
     def cancel(self) -> bool:
+        self._cancelled.set()
         return bool(self._call.cancel())
 
     def cancelled(self) -> bool:

@@ -27,6 +27,7 @@ from grpclb.aio import calls
 from grpclb.balancer import Balancer, Clock
 from grpclb.channel import ChannelOptions, dial_address, pod_channel_options
 from grpclb.endpoints import READY, Connection, Endpoint
+from grpclb.errors import LocalRpcError
 from grpclb.resolver import AsyncResolver, RefreshSchedule
 from grpclb.settings import Settings
 from grpclb.stats import ChannelStats
@@ -229,6 +230,8 @@ class Channel(grpc.aio.Channel):  # type: ignore[misc]
                 try:
                     wait = wait_for_pods(balancer, wait_for_ready, deadline, time.monotonic())
                 except ValueError as closed:
+                    if tried:  # closed during a retry's backoff: the call is cancelled
+                        raise LocalRpcError(grpc.StatusCode.CANCELLED, "Channel closed!") from None
                     raise grpc.aio.UsageError(str(closed)) from None
                 if wait:
                     with contextlib.suppress(asyncio.TimeoutError):
