@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-.venv/bin/ruff check grpclb tests benchmarks examples
-.venv/bin/ruff format --check grpclb tests benchmarks examples
+paths=()
+for p in grpclb tests benchmarks examples; do [ -e "$p" ] && paths+=("$p"); done
+.venv/bin/ruff check "${paths[@]}"
+.venv/bin/ruff format --check "${paths[@]}"
 .venv/bin/mypy
+.venv/bin/python -m grpclb.docgen --check
