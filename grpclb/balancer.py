@@ -22,6 +22,7 @@ import grpc
 from grpclb.endpoints import (
     IDLE,
     READY,
+    SHUTDOWN,
     TRANSIENT_FAILURE,
     Connection,
     Endpoint,
@@ -458,6 +459,8 @@ class Balancer:
 
     def aggregate_state(self) -> grpc.ChannelConnectivity:
         """The channel's state as grpcio would report it: the best of its pods'."""
+        if self.closed:
+            return SHUTDOWN
         return best_state(e.state for e in self._endpoints.values())
 
     def observe(self) -> list[tuple[str, str, int, bool]]:

@@ -209,23 +209,26 @@ class Channel(grpc.Channel):  # type: ignore[misc]
                 "grpclb.Channel was created in process "
                 f"{self._pid} and cannot be used after fork(); create one in the child"
             )
-        digest = request_hash(metadata, self._hash_key)
         balancer = self._balancer
+        if balancer.closed and not tried:
+            raise ValueError("Cannot invoke RPC on closed channel!")  # grpcio's words
+        digest = request_hash(metadata, self._hash_key)
         try:
             while True:
                 version = self._version
                 connection = balancer.start_call(digest, tried, method)
                 if connection is not None:
                     return connection
-                wait = wait_for_pods(balancer, wait_for_ready, deadline, time.monotonic())
+                try:
+                    wait = wait_for_pods(balancer, wait_for_ready, deadline, time.monotonic())
+                except ValueError:  # closed while this call waited: cancelled, as grpcio does
+                    raise LocalRpcError(grpc.StatusCode.CANCELLED, "Channel closed!") from None
                 with self._changed:
                     if wait and self._version == version:
                         self._changed.wait(timeout=wait)
-        except BaseException as error:
+        except BaseException:
             if tried:
                 balancer.cancel_retry()  # the retry reserved by retry_delay never started
-                if isinstance(error, ValueError):  # closed during the backoff: as grpcio does
-                    raise LocalRpcError(grpc.StatusCode.CANCELLED, "Channel closed!") from None
             raise
 
     def _multicallable(self, connection: Connection, key: tuple[Any, ...]) -> Any:

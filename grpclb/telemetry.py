@@ -14,6 +14,8 @@ only while the channel has at most ``metrics_endpoint_limit`` pods.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -149,18 +151,7 @@ class Telemetry:
         self._circuit = meter.create_counter(
             CIRCUIT_BREAKER_REFUSALS, "{call}", "Calls refused by max_requests."
         )
-        meter.create_observable_up_down_counter(
-            ENDPOINTS, [self._observe_endpoints], "{endpoint}", "Pods by state."
-        )
-        meter.create_observable_gauge(
-            IN_FLIGHT, [self._observe_in_flight], "{call}", "Calls in flight per pod."
-        )
-        meter.create_observable_up_down_counter(
-            OPEN_CONNECTIONS,
-            [self._observe_connections],
-            "{connection}",
-            "Open connections to pods.",
-        )
+        _observers_of(meter_provider, meter).add(self)
 
     def _with_endpoint(self, address: str, count: int, **more: Any) -> dict[str, Any]:
         key = (address, count <= self._limit, *sorted(more.items()))
@@ -233,6 +224,55 @@ class Telemetry:
         if len(values) > self._limit:
             return [metrics.Observation(sum(v for _, v in values), self._target)]
         return [metrics.Observation(v, self._with_endpoint(a, len(values))) for a, v in values]
+
+
+class _Observers:
+    """The observable instruments of one MeterProvider, reading every live channel.
+
+    An SDK keeps the first instrument registered under a name, so a second
+    channel on the same provider must not register its own: one set of
+    instruments per provider asks each channel in turn. Channels are held
+    weakly, so a provider never keeps a closed channel alive.
+    """
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        self._channels: weakref.WeakSet[Telemetry] = weakref.WeakSet()
+        meter.create_observable_up_down_counter(
+            ENDPOINTS, [self._each("_observe_endpoints")], "{endpoint}", "Pods by state."
+        )
+        meter.create_observable_gauge(
+            IN_FLIGHT, [self._each("_observe_in_flight")], "{call}", "Calls in flight per pod."
+        )
+        meter.create_observable_up_down_counter(
+            OPEN_CONNECTIONS,
+            [self._each("_observe_connections")],
+            "{connection}",
+            "Open connections to pods.",
+        )
+
+    def add(self, telemetry: Telemetry) -> None:
+        self._channels.add(telemetry)
+
+    def discard(self, telemetry: Telemetry) -> None:
+        self._channels.discard(telemetry)
+
+    def _each(self, method: str) -> Callable[[Any], Iterable[metrics.Observation]]:
+        def observe(options: Any) -> Iterable[metrics.Observation]:
+            return [o for t in list(self._channels) for o in getattr(t, method)(options)]
+
+        return observe
+
+
+_OBSERVERS: weakref.WeakKeyDictionary[Any, _Observers] = weakref.WeakKeyDictionary()
+_OBSERVERS_LOCK = threading.Lock()
+
+
+def _observers_of(provider: metrics.MeterProvider, meter: metrics.Meter) -> _Observers:
+    with _OBSERVERS_LOCK:
+        found = _OBSERVERS.get(provider)
+        if found is None:
+            found = _OBSERVERS[provider] = _Observers(meter)
+        return found
 
 
 class NullTelemetry(Telemetry):

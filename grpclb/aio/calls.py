@@ -160,6 +160,7 @@ class _Call:
         self._settled = False
         self._driven = False  # someone awaits or iterates, and so decides retries
         self._method = owner._key[1]
+        self._starter: asyncio.Task[None] | None = None
         try:
             connection = self._channel._start_now(metadata, self._method)
         except LocalRpcError as error:
@@ -167,6 +168,10 @@ class _Call:
             return
         if connection is not None:
             self._invoke(connection)
+        else:
+            # No pod yet: start as soon as there is one, awaited or not, as grpc.aio
+            # starts every call when it is made.
+            self._starter = self._channel._spawn(self._start_attempt())
 
     def _invoke(self, connection: Connection) -> None:
         remaining = None if self._deadline is None else max(self._deadline - time.monotonic(), 0)
@@ -183,23 +188,37 @@ class _Call:
         call.add_done_callback(self._attempt_done)
         self._attempt, self._connection = call, connection
 
+    async def _start_attempt(self) -> None:
+        """Wait for a pod and start an attempt there; a failure becomes the call's error."""
+        try:
+            connection = await self._channel._begin(
+                self._metadata,
+                self._deadline,
+                bool(self._wait_for_ready),
+                self._tried,
+                self._method,
+            )
+        except LocalRpcError as error:
+            self._fail(as_aio_error(error))
+            return
+        if self._error is None:  # not cancelled meanwhile
+            self._invoke(connection)
+        else:
+            self._channel._balancer.finish_call(connection, None, retry=bool(self._tried))
+
     async def _started(self) -> Any:
         """The current attempt, after waiting for a pod if there was none."""
+        if self._attempt is None and self._error is None:
+            starter, self._starter = self._starter, None
+            if starter is not None:
+                await starter
+            else:
+                await self._start_attempt()  # a retry
         if self._attempt is None:
-            if self._error is not None:
-                raise self._error
-            try:
-                connection = await self._channel._begin(
-                    self._metadata,
-                    self._deadline,
-                    bool(self._wait_for_ready),
-                    self._tried,
-                    self._method,
-                )
-            except LocalRpcError as error:
-                self._fail(as_aio_error(error))
-                raise self._error from None  # type: ignore[misc]
-            self._invoke(connection)
+            assert self._error is not None
+            if self._error.code() is grpc.StatusCode.CANCELLED:
+                raise asyncio.CancelledError()  # as grpc.aio's cancelled calls do
+            raise self._error
         return self._attempt
 
     async def _retry_after(self, error: grpc.aio.AioRpcError) -> bool:
@@ -243,6 +262,8 @@ class _Call:
             return bool(self._attempt.cancel())
         if self._settled:
             return False
+        if self._starter is not None:
+            self._starter.cancel()
         self._fail(
             grpc.aio.AioRpcError(
                 grpc.StatusCode.CANCELLED,

@@ -163,10 +163,12 @@ class Channel(grpc.aio.Channel):  # type: ignore[misc]
         return self._balancer.aggregate_state()
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        if self._balancer.closed:
+            if last_observed_state is grpc.ChannelConnectivity.SHUTDOWN:
+                raise grpc.aio.UsageError("the channel is closed: its state will not change")
+            return  # it changed: to SHUTDOWN
         self._ensure_started()
         while self._balancer.aggregate_state() is last_observed_state:
-            if self._balancer.closed:
-                return
             await self._next_change()
 
     async def channel_ready(self) -> None:
@@ -207,6 +209,8 @@ class Channel(grpc.aio.Channel):  # type: ignore[misc]
 
     def _start_now(self, metadata: Metadata, method: str) -> Connection | None:
         """A counted connection if a pod is at hand, without waiting."""
+        if self._balancer.closed:
+            raise grpc.aio.UsageError("Cannot invoke RPC on closed channel!")
         self._ensure_started()
         return self._balancer.start_call(request_hash(metadata, self._hash_key), (), method)
 
@@ -229,10 +233,8 @@ class Channel(grpc.aio.Channel):  # type: ignore[misc]
                     return connection
                 try:
                     wait = wait_for_pods(balancer, wait_for_ready, deadline, time.monotonic())
-                except ValueError as closed:
-                    if tried:  # closed during a retry's backoff: the call is cancelled
-                        raise LocalRpcError(grpc.StatusCode.CANCELLED, "Channel closed!") from None
-                    raise grpc.aio.UsageError(str(closed)) from None
+                except ValueError:  # closed while this call waited: cancelled, as grpc.aio does
+                    raise LocalRpcError(grpc.StatusCode.CANCELLED, "Channel closed!") from None
                 if wait:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._next_change(), wait)
@@ -283,11 +285,12 @@ class Channel(grpc.aio.Channel):  # type: ignore[misc]
     def close_connection(self, connection: Connection) -> None:
         self._spawn(self._close_now(connection, None))
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``work`` in the background, kept referenced until done, awaited at close."""
         task = self._ensure_started().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     def wake(self) -> None:
         if self._changed is None or self._wakeup is None:

@@ -136,3 +136,24 @@ def test_without_an_sdk_the_call_path_records_nothing(pods, dns_server):
     with grpclb.channel(dns_server.target(SERVICE_NAME, fleet.port)) as channel:
         assert channel._balancer.telemetry is telemetry.NULL_TELEMETRY
         assert stub(channel).Unary(echo_pb2.EchoRequest(), timeout=5).pod
+
+
+def test_channels_sharing_a_meter_provider_each_report_their_pods(pods, dns_server):
+    fleet = pods(3)
+    dns_server.set_records(SERVICE_NAME, [p.host for p in fleet])
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    first_target = dns_server.target(SERVICE_NAME, fleet.port)
+    second_target = "ipv4:" + ",".join(fleet.addresses[:2])
+    with (
+        grpclb.channel(first_target, meter_provider=provider) as first,
+        grpclb.channel(second_target, meter_provider=provider) as second,
+    ):
+        wait_ready(first, 3)
+        wait_ready(second, 2)
+        ready = {
+            p.attributes[telemetry.ATTR_TARGET]: int(p.value)
+            for p in points(reader)[telemetry.ENDPOINTS]
+            if p.attributes[telemetry.ATTR_STATE] == "ready"
+        }
+    assert ready == {first_target: 3, second_target: 2}
