@@ -15,6 +15,7 @@ import logging
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection, Sequence
 
 import grpc
@@ -68,7 +69,10 @@ class Balancer:
         self.settings = settings
         self.telemetry = telemetry
         self.retry_policy = RetryPolicy(settings)
-        self._transport = transport
+        # Weakly: the flavour's channel owns the balancer, and grpcio's threads reach the
+        # balancer through connection watchers; a strong link back would keep a dropped
+        # channel alive for good.
+        self._transport = weakref.proxy(transport)
         self._clock = clock
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
@@ -105,6 +109,8 @@ class Balancer:
         """Apply a resolution: failures keep the last good set; answers replace it."""
         actions: list[_Action] = []
         with self._lock:
+            if self.closed:
+                return  # an answer that arrives after close() opens nothing
             self.counters["resolutions"] += 1
             self.last_resolution_error = resolution.error
             self._wake_later = True  # callers waiting for a first answer learn of it
@@ -348,13 +354,14 @@ class Balancer:
 
         A granted retry counts from now (its backoff included) until
         ``finish_call(..., retry=True)`` or ``cancel_retry()``, so retries
-        decided at the same moment cannot all pass the same check.
+        decided at the same moment cannot all pass the same check. The call
+        asking is counted as in flight, as Envoy counts the request it retries,
+        although its failed attempt has already been released.
         """
         s = self.settings
         with self._lock:
-            allowed = max(
-                s.retry_budget_min_concurrency, s.retry_budget_percent / 100.0 * self._in_flight
-            )
+            active = self._in_flight + 1
+            allowed = max(s.retry_budget_min_concurrency, s.retry_budget_percent / 100.0 * active)
             granted = self._retries_in_flight < allowed
             if granted:
                 self._retries_in_flight += 1
@@ -488,6 +495,10 @@ class Balancer:
             ]
             for connection in connections:
                 connection.closing = True
+            for endpoint in [*self._endpoints.values(), *self._departed]:
+                # A pick from the last snapshot must not be admitted any more.
+                endpoint.removed = True
+                endpoint.connection = endpoint.replacement = None
             self._endpoints.clear()
             self._departed.clear()
             self._snapshot = (NO_PICKER, ())

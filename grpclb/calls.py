@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -29,22 +29,60 @@ log = logging.getLogger("grpclb")
 _OK = grpc.StatusCode.OK
 
 
+# grpcio's details for failures of the caller's own code, which say nothing about the pod.
+_CALLERS_OWN_ERRORS = frozenset(
+    (
+        "Exception iterating requests!",
+        "Exception serializing request!",
+        "Exception deserializing response!",
+    )
+)
+_MAYBE_CALLERS_OWN = (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+
+
+def pod_outcome(code: grpc.StatusCode | None, details: Callable[[], Any]) -> grpc.StatusCode | None:
+    """The status to charge to the pod: None when the caller's own code failed."""
+    if code in _MAYBE_CALLERS_OWN and details() in _CALLERS_OWN_ERRORS:
+        return None
+    return code
+
+
+def connection_closed(connection: Connection) -> LocalRpcError:
+    """A call counted on a connection that closed before the call was sent."""
+    return LocalRpcError(
+        grpc.StatusCode.UNAVAILABLE,
+        f"grpclb: the connection to {connection.endpoint.address} closed before the call was sent",
+    )
+
+
 def release_when_done(
     channel: Channel, connection: Connection, retry: bool, method: str, started: float, call: Any
 ) -> None:
-    """Done-callback of a future or stream: release its count once.
+    """Release a future's or stream's count once, when it ends in any way.
 
-    It must never raise (an exception here can kill grpcio's polling thread
-    and hang the pod's channel), and it holds no reference to the call.
+    Registered with ``add_callback`` and holding the call only weakly:
+    ``add_done_callback`` would bind the call to the callback and keep a call
+    the caller abandoned alive, never cancelled. A dead reference means the
+    call was collected (grpcio cancels it then). It must never raise: an
+    exception here can kill grpcio's polling thread and hang the channel.
     """
-    try:
-        code = call.code()
-    except Exception:
-        code = None
-    try:
-        channel._balancer.finish_call(connection, code, retry=retry, method=method, started=started)
-    except Exception:  # pragma: no cover - defensive, see docstring
-        log.exception("grpclb: releasing a call failed")
+    call_ref = weakref.ref(call)
+
+    def release() -> None:
+        try:
+            ended = call_ref()
+            code = None if ended is None else pod_outcome(ended.code(), ended.details)
+        except Exception:
+            code = None
+        try:
+            channel._balancer.finish_call(
+                connection, code, retry=retry, method=method, started=started
+            )
+        except Exception:  # pragma: no cover - defensive, see docstring
+            log.exception("grpclb: releasing a call failed")
+
+    if not call.add_callback(release):
+        release()  # it ended already
 
 
 class _MultiCallable:
@@ -96,17 +134,17 @@ class _MultiCallable:
             retry = bool(tried)
             connection = self._start(metadata, deadline, wait_for_ready, tried)
             started = time.perf_counter() if self._telemetry.enabled else 0.0
-            multicallable = self._on(connection)
             try:
+                multicallable = self._on(connection)
                 call = (multicallable.future if future else multicallable)(
                     request, _remaining(deadline), metadata, *rest
                 )
-            except BaseException:
+            except BaseException as error:
                 channel._balancer.finish_call(connection, None, retry=retry)
+                if isinstance(error, ValueError) and connection.closing:
+                    raise connection_closed(connection) from None
                 raise
-            call.add_done_callback(
-                partial(release_when_done, channel, connection, retry, self._method, started)
-            )
+            release_when_done(channel, connection, retry, self._method, started, call)
             return call, connection
 
         try:
@@ -140,11 +178,11 @@ class _MultiCallable:
         while True:
             connection = self._start(metadata, deadline, wait_for_ready, tried)
             started = time.perf_counter() if self._telemetry.enabled else 0.0
-            multicallable = self._on(connection)
-            if with_call:
-                multicallable = multicallable.with_call
             code = None
             try:
+                multicallable = self._on(connection)
+                if with_call:
+                    multicallable = multicallable.with_call
                 result = multicallable(
                     request,
                     _remaining(deadline),
@@ -155,17 +193,26 @@ class _MultiCallable:
                 )
                 code = _OK
                 return result
+            except LocalRpcError as error:  # its connection closed before it was sent
+                failure = error
             except grpc.RpcError as error:
-                code = error.code()
-                delay = None
-                if replayable:
-                    delay = channel._balancer.retry_delay(code, len(tried), deadline)
-                if delay is None:
+                failure = error
+                code = pod_outcome(error.code(), error.details)
+            except ValueError:
+                if not connection.closing:
                     raise
+                failure = connection_closed(connection)  # closed by a grace or close()
             finally:
                 channel._balancer.finish_call(
                     connection, code, retry=bool(tried), method=self._method, started=started
                 )
+            # Decided after the release, as futures and aio calls do, so the failed attempt
+            # no longer counts in the retry budget's calls in flight.
+            delay = None
+            if replayable:
+                delay = channel._balancer.retry_delay(failure.code(), len(tried), deadline)
+            if delay is None:
+                raise failure
             tried.append(connection.endpoint)
             time.sleep(delay)
 

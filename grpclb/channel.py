@@ -8,11 +8,13 @@ drained connections and runs the balancer's timers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,6 +33,9 @@ from grpclb.telemetry import telemetry_for
 
 log = logging.getLogger("grpclb")
 ChannelOptions = Sequence[tuple[str, Any]]
+# Held while a pod's multicallable is registered and while a pod channel starts closing:
+# grpcio documents registration as not thread-safe, and on a closed channel it crashes.
+_REGISTRATION_LOCK = threading.Lock()
 
 
 def pod_channel_options(
@@ -83,7 +88,6 @@ class Channel(grpc.Channel):  # type: ignore[misc]
         self._dirty = False
         self._to_close: list[Connection] = []
         self._subscribers: dict[Callable[[grpc.ChannelConnectivity], None], Any] = {}
-        self._multicallable_lock = threading.Lock()
         self._resolver = Resolver(self._target, self._settings.dns_timeout)
         self._balancer = Balancer(self._target, self._settings, self, clock=clock, rng=rng)
         self._balancer.telemetry = telemetry_for(
@@ -92,8 +96,13 @@ class Channel(grpc.Channel):  # type: ignore[misc]
             self._settings.metrics_endpoint_limit,
             self._balancer.observe,
         )
+        # The thread holds the channel weakly, so a channel dropped without close() is
+        # collected (and closed by __del__), as a plain grpcio channel would be.
         self._thread = threading.Thread(
-            target=self._maintain, name=f"grpclb {self._target.text}", daemon=True
+            target=_maintain_while_alive,
+            args=(weakref.ref(self), self._changed, self._new_schedule()),
+            name=f"grpclb {self._target.text}",
+            daemon=True,
         )
         self._thread.start()
 
@@ -179,8 +188,8 @@ class Channel(grpc.Channel):  # type: ignore[misc]
     def __del__(self) -> None:
         balancer = getattr(self, "_balancer", None)
         if balancer is not None and not balancer.closed:
-            balancer.closed = True  # stops the thread; pod channels close when collected
-            self.wake()
+            with contextlib.suppress(Exception):  # e.g. at interpreter exit
+                self._close_in_background(balancer.shutdown())
 
     # --- grpclb ------------------------------------------------------------------
 
@@ -233,7 +242,10 @@ class Channel(grpc.Channel):  # type: ignore[misc]
 
     def _multicallable(self, connection: Connection, key: tuple[Any, ...]) -> Any:
         """Create a pod's multicallable once; grpcio's registration is not thread-safe."""
-        with self._multicallable_lock:
+        with _REGISTRATION_LOCK:
+            if connection.closing:
+                # Registering a method on a closed grpcio channel crashes the process.
+                raise calls.connection_closed(connection)
             found = connection.multicallables.get(key)
             if found is None:
                 kind, method, serializer, deserializer, registered = key
@@ -292,32 +304,31 @@ class Channel(grpc.Channel):  # type: ignore[misc]
 
     # --- the background thread ---------------------------------------------------------
 
-    def _maintain(self) -> None:
-        balancer, settings = self._balancer, self._settings
-        schedule = RefreshSchedule(
-            settings.dns_refresh_interval,
-            settings.dns_min_refresh_interval,
-            settings.dns_respect_ttl,
+    def _new_schedule(self) -> RefreshSchedule:
+        s = self._settings
+        return RefreshSchedule(
+            s.dns_refresh_interval, s.dns_min_refresh_interval, s.dns_respect_ttl
         )
-        while not balancer.closed:
-            try:
-                with self._changed:
-                    self._dirty = False
-                if self._clock() >= schedule.due_at(balancer.resolve_requested):
-                    balancer.resolve_requested = False
-                    schedule.started(self._clock())
-                    resolution = self._resolver.resolve()
-                    schedule.finished(resolution, self._clock())
-                    balancer.update(resolution)
-                self._close_in_background(self._take_to_close())
-                due = min(balancer.maintain(), schedule.due_at(balancer.resolve_requested))
-                self._deliver_connectivity()
-            except Exception:
-                log.exception("grpclb: background maintenance failed; retrying")
-                due = self._clock() + 1.0
+
+    def _maintain_once(self, schedule: RefreshSchedule) -> float:
+        """One pass of the background work; returns the seconds until the next."""
+        balancer = self._balancer
+        try:
             with self._changed:
-                if not self._dirty and not balancer.closed:
-                    self._changed.wait(timeout=min(max(due - self._clock(), 0.0), 1.0))
+                self._dirty = False
+            if self._clock() >= schedule.due_at(balancer.resolve_requested):
+                balancer.resolve_requested = False
+                schedule.started(self._clock())
+                resolution = self._resolver.resolve()
+                schedule.finished(resolution, self._clock())
+                balancer.update(resolution)
+            self._close_in_background(self._take_to_close())
+            due = min(balancer.maintain(), schedule.due_at(balancer.resolve_requested))
+            self._deliver_connectivity()
+        except Exception:
+            log.exception("grpclb: background maintenance failed; retrying")
+            due = self._clock() + 1.0
+        return min(max(due - self._clock(), 0.0), 1.0)
 
     def _take_to_close(self) -> list[Connection]:
         with self._changed:
@@ -344,6 +355,8 @@ class Channel(grpc.Channel):  # type: ignore[misc]
         channel = connection.channel
         if channel is None:
             return
+        with _REGISTRATION_LOCK:  # no method registration may race the close
+            connection.closing = True
         watcher = connection.watcher
         if watcher is not None:
             # grpcio's polling thread fails if the channel closes before its first check
@@ -358,11 +371,34 @@ class Channel(grpc.Channel):  # type: ignore[misc]
             due = [cb for cb, last in self._subscribers.items() if last is not state]
             for callback in due:
                 self._subscribers[callback] = state
-        for callback in due:
-            try:
-                callback(state)
-            except Exception:
-                log.exception("grpclb: a connectivity subscriber raised")
+        if due:  # on a thread of their own, as grpcio does: a slow one stalls nothing
+            threading.Thread(target=_deliver, args=(due, state), daemon=True).start()
+
+
+def _maintain_while_alive(
+    channel_ref: weakref.ref[Channel], changed: threading.Condition, schedule: RefreshSchedule
+) -> None:
+    """The background thread: runs while its channel is open and referenced by someone."""
+    while True:
+        channel = channel_ref()
+        if channel is None or channel._balancer.closed:
+            return
+        wait = channel._maintain_once(schedule)
+        with changed:
+            idle = not channel._dirty and not channel._balancer.closed
+            del channel  # hold no reference while waiting
+            if idle:
+                changed.wait(timeout=wait)
+
+
+def _deliver(
+    callbacks: list[Callable[[grpc.ChannelConnectivity], None]], state: grpc.ChannelConnectivity
+) -> None:
+    for callback in callbacks:
+        try:
+            callback(state)
+        except Exception:
+            log.exception("grpclb: a connectivity subscriber raised")
 
 
 def _ignore_state(state: grpc.ChannelConnectivity) -> None:

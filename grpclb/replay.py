@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -68,7 +69,17 @@ class RetryingFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
                 call.cancel()
                 return
             self._current = call
-        call.add_done_callback(lambda done: self._in_context(self._attempt_done, done, connection))
+        # Weak references only (see calls.release_when_done): a future the caller drops
+        # must be collected, and so cancelled, as grpcio's own would be.
+        future_ref, call_ref = weakref.ref(self), weakref.ref(call)
+
+        def ended() -> None:
+            future, attempt = future_ref(), call_ref()
+            if future is not None and attempt is not None:
+                future._in_context(future._attempt_done, attempt, connection)
+
+        if not call.add_callback(ended):
+            ended()
 
     def _in_context(self, function: Callable[..., None], *args: Any) -> None:
         entered = False
@@ -133,7 +144,8 @@ class RetryingFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
             self._cancelled = True
             current = self._current
         if current is not None and current.cancel():
-            return True  # its done-callback finishes us
+            self._finish(current)  # done when cancel() returns, as grpcio's future is
+            return True
         # No attempt running (waiting out a backoff, or none started): end here; the
         # pending attempt sees the cancel and gives its retry budget back.
         self._finish(None)

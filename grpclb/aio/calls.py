@@ -209,11 +209,13 @@ class _Call:
     async def _started(self) -> Any:
         """The current attempt, after waiting for a pod if there was none."""
         if self._attempt is None and self._error is None:
-            starter, self._starter = self._starter, None
-            if starter is not None:
-                await starter
+            starter = self._starter
+            if starter is not None and not starter.done():
+                # Shared by every task using the call (a reader and a writer, say), so
+                # the call starts once; cancel() cancels it, and so every waiter.
+                await asyncio.shield(starter)
             else:
-                await self._start_attempt()  # a retry
+                await self._start_attempt()  # a retry, started by the call's one driver
         if self._attempt is None:
             assert self._error is not None
             if self._error.code() is grpc.StatusCode.CANCELLED:
@@ -232,12 +234,16 @@ class _Call:
         self._attempt = None
         try:
             await asyncio.sleep(delay)
+            if self._error is not None:  # cancelled during the backoff
+                raise asyncio.CancelledError()
         except BaseException:
-            self._channel._balancer.cancel_retry()
+            self._channel._balancer.cancel_retry()  # the granted retry never starts
             raise
         return True
 
     def _fail(self, error: grpc.aio.AioRpcError) -> None:
+        if self._settled:
+            return  # the first outcome stands (a cancel is not overwritten by a deadline)
         self._error = error
         self._settle()
 
@@ -332,11 +338,17 @@ class _Call:
 
 class _UnaryResponse(_Call):
     _outcome: tuple[Any, BaseException | None] | None = None
+    _finished: asyncio.Event | None = None
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._response().__await__()
 
     async def _response(self) -> Any:
+        if self._driven:  # another task drives this call: share its outcome
+            if self._finished is None:
+                self._finished = asyncio.Event()
+            if self._outcome is None:
+                await self._finished.wait()
         if self._outcome is not None:
             if self._outcome[1] is not None:
                 raise self._outcome[1]
@@ -354,8 +366,14 @@ class _UnaryResponse(_Call):
                     raise
                 self._outcome = (response, None)
                 return response
+        except BaseException as error:
+            if self._outcome is None:
+                self._outcome = (None, error)
+            raise
         finally:
             self._settle()
+            if self._finished is not None:
+                self._finished.set()
 
     async def _wait_settled(self) -> None:
         with contextlib.suppress(grpc.RpcError, asyncio.CancelledError):

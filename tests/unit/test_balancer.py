@@ -833,10 +833,12 @@ def test_panic_ends_when_pods_return() -> None:
         (10, 20, 0, 10, False),
         (2, 20, 0, 1, True),
         (2, 20, 0, 2, False),
-        (0, 20, 81, 19, True),  # 19 of 100 in flight
-        (0, 20, 80, 20, False),  # 20 of 100 in flight: the budget is spent
-        (10, 20, 121, 29, True),  # the percentage beats the floor: 29 of 150
-        (10, 20, 120, 30, False),  # 30 of 150
+        # The call asking for a retry counts as in flight, as Envoy counts the request
+        # it retries, although its failed attempt has been released.
+        (0, 20, 80, 19, True),  # 19 retries of 99 in flight, +1 asking: 19 < 20
+        (0, 20, 79, 20, False),  # 20 of 99 + 1: the budget is spent
+        (10, 20, 120, 29, True),  # the percentage beats the floor: 29 < 30
+        (10, 20, 119, 30, False),  # 30 of 149 + 1
         (10, 20, 5, 9, True),  # the floor beats the percentage
         (0, 0, 10, 0, False),
     ],
