@@ -36,6 +36,16 @@ ChannelOptions = Sequence[tuple[str, Any]]
 # Held while a pod's multicallable is registered and while a pod channel starts closing:
 # grpcio documents registration as not thread-safe, and on a closed channel it crashes.
 _REGISTRATION_LOCK = threading.Lock()
+# Set in a child process after fork(), so the call path checks its process id only then.
+_forked = False
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_mark_forked)
 
 
 def pod_channel_options(
@@ -212,7 +222,7 @@ class Channel(grpc.Channel):  # type: ignore[misc]
         method: str = "",
     ) -> Connection:
         """A counted connection for one attempt, waiting for pods when the call may wait."""
-        if os.getpid() != self._pid:
+        if _forked and os.getpid() != self._pid:
             # grpcio channels do not survive fork(); failing is better than hanging.
             raise ValueError(
                 "grpclb.Channel was created in process "

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 
 # --- names: one place, as the docs' metrics reference lists them ---
@@ -330,6 +331,8 @@ def telemetry_for(
 
 def trace_attempt(address: str, attempt: int) -> None:
     """On the caller's current span, if it records: which pod serves this attempt."""
+    if not otel_context.get_current():
+        return  # no span at all: the common case costs one lookup
     span = trace.get_current_span()
     if span.is_recording():
         span.add_event("grpclb.attempt", {ATTR_ENDPOINT: address, ATTR_ATTEMPT: attempt})

@@ -349,6 +349,7 @@ def test_a_forked_child_is_told_to_make_its_own_channel(fleet, dns_server, monke
         wait_ready(channel, 5)
         parent = channel_module.os.getpid()
         monkeypatch.setattr(channel_module.os, "getpid", lambda: parent + 1)
+        monkeypatch.setattr(channel_module, "_forked", True)  # what the fork hook sets
         with pytest.raises(ValueError, match=r"after fork\(\)"):
             stub(channel).Unary(echo_pb2.EchoRequest(), timeout=1)
         monkeypatch.undo()
