@@ -204,8 +204,9 @@ class RetryingFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
 class RetryingStream(grpc.Call, grpc.Future):  # type: ignore[misc]
     """A response stream that may restart on another pod until its first message.
 
-    Callbacks added with ``add_callback``/``add_done_callback`` attach to the
-    attempt that is current when they are added.
+    Its callbacks (``add_callback``, ``add_done_callback``) run once, for the
+    stream's final outcome: an attempt that fails before its first message
+    may yet be replaced, so only the reader, deciding not to retry, ends it.
     """
 
     def __init__(self, start: StartAttempt, delay: RetryDelay, abandon: Callable[[], None]) -> None:
@@ -213,7 +214,32 @@ class RetryingStream(grpc.Call, grpc.Future):  # type: ignore[misc]
         self._tried: list[Endpoint] = []
         self._received = False
         self._cancelled = threading.Event()  # also what a backoff waits on
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] | None = []  # None once ended
         self._call, self._connection = start(self._tried)
+        self._watch(self._call)
+
+    def _watch(self, call: Any) -> None:
+        stream_ref, call_ref = weakref.ref(self), weakref.ref(call)  # see release_when_done
+
+        def ended() -> None:
+            stream, attempt = stream_ref(), call_ref()
+            if stream is None or attempt is None:
+                return
+            if stream._received or attempt.code() is grpc.StatusCode.OK:
+                stream._end()  # a stream that delivered, or ended well, is final
+
+        if not call.add_callback(ended):
+            ended()
+
+    def _end(self) -> None:
+        with self._lock:
+            callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks or ():
+            try:
+                callback()
+            except Exception:
+                log.exception("grpclb: a stream's callback raised")
 
     def __iter__(self) -> RetryingStream:
         return self
@@ -223,18 +249,23 @@ class RetryingStream(grpc.Call, grpc.Future):  # type: ignore[misc]
             try:
                 message = next(self._call)
             except grpc.RpcError as error:
-                if self._received:
-                    raise
-                delay = self._delay(error.code(), len(self._tried))
+                delay = None if self._received else self._delay(error.code(), len(self._tried))
                 if delay is None:
+                    self._end()
                     raise
                 self._tried.append(self._connection.endpoint)
                 if self._cancelled.wait(delay):
                     self._abandon()  # the granted retry never starts
+                    self._end()
                     raise LocalRpcError(
                         grpc.StatusCode.CANCELLED, "Locally cancelled by application!"
                     ) from None
-                self._call, self._connection = self._start(self._tried)
+                try:
+                    self._call, self._connection = self._start(self._tried)
+                except BaseException:
+                    self._end()
+                    raise
+                self._watch(self._call)
                 continue
             self._received = True
             return message
@@ -265,7 +296,8 @@ class RetryingStream(grpc.Call, grpc.Future):  # type: ignore[misc]
         return self._call.traceback(timeout)
 
     def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        self._call.add_done_callback(fn)
+        if not self.add_callback(lambda: fn(self)):
+            fn(self)
 
     def code(self) -> grpc.StatusCode:
         return self._call.code()
@@ -286,4 +318,8 @@ class RetryingStream(grpc.Call, grpc.Future):  # type: ignore[misc]
         return self._call.time_remaining()  # type: ignore[no-any-return]
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
-        return bool(self._call.add_callback(callback))
+        with self._lock:
+            if self._callbacks is None:
+                return False  # ended: grpcio's contract
+            self._callbacks.append(callback)
+            return True
