@@ -48,15 +48,18 @@ def finished_status(call: Any) -> grpc.StatusCode | None:
 
 
 class _Release:
-    """Done-callback of one attempt: release its count once; never raises."""
+    """Done-callback of one attempt: release its count once, then tell its call; never raises.
 
-    __slots__ = ("channel", "connection", "method", "retry", "started")
+    One callback per attempt, not two: this runs for every call on the event loop.
+    """
+
+    __slots__ = ("channel", "connection", "method", "owner", "retry", "started")
 
     def __init__(
-        self, channel: Channel, connection: Connection, retry: bool, method: str, started: float
+        self, owner: _Call, connection: Connection, retry: bool, method: str, started: float
     ) -> None:
-        self.channel, self.connection, self.retry = channel, connection, retry
-        self.method, self.started = method, started
+        self.owner, self.channel, self.connection = owner, owner._channel, connection
+        self.retry, self.method, self.started = retry, method, started
 
     def __call__(self, call: Any) -> None:
         try:
@@ -64,8 +67,9 @@ class _Release:
             if code is None and not call.cancelled():
                 # Interceptors hide grpcio's call; ask it the slow way.
                 self.channel._spawn(self._later(call))
-                return
-            self._finish(code)
+            else:
+                self._finish(code)
+            self.owner._attempt_done(call)
         except Exception:  # pragma: no cover - defensive
             log.exception("grpclb: releasing a call failed")
 
@@ -144,12 +148,7 @@ class _Call:
         self._owner, self._channel = owner, owner._channel
         self._request = request
         self._metadata, self._wait_for_ready = metadata, wait_for_ready
-        self._options = {
-            "metadata": metadata,
-            "credentials": credentials,
-            "wait_for_ready": wait_for_ready,
-            "compression": compression,
-        }
+        self._credentials, self._compression = credentials, compression
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._retries = self._channel.settings.retries if replayable else 0
         self._tried: list[Endpoint] = []
@@ -178,14 +177,18 @@ class _Call:
         balancer = self._channel._balancer
         started = time.perf_counter() if balancer.telemetry.enabled else 0.0
         try:
-            call = self._owner._on(connection)(self._request, timeout=remaining, **self._options)
+            call = self._owner._on(connection)(
+                self._request,
+                timeout=remaining,
+                metadata=self._metadata,
+                credentials=self._credentials,
+                wait_for_ready=self._wait_for_ready,
+                compression=self._compression,
+            )
         except BaseException:
-            self._channel._balancer.finish_call(connection, None, retry=bool(self._tried))
+            balancer.finish_call(connection, None, retry=bool(self._tried))
             raise
-        call.add_done_callback(
-            _Release(self._channel, connection, bool(self._tried), self._method, started)
-        )
-        call.add_done_callback(self._attempt_done)
+        call.add_done_callback(_Release(self, connection, bool(self._tried), self._method, started))
         self._attempt, self._connection = call, connection
 
     async def _start_attempt(self) -> None:
@@ -356,7 +359,9 @@ class _UnaryResponse(_Call):
         self._driven = True
         try:
             while True:
-                attempt = await self._started()
+                attempt = self._attempt  # the common case: started when the call was made
+                if attempt is None:
+                    attempt = await self._started()
                 try:
                     response = await attempt
                 except grpc.aio.AioRpcError as error:
