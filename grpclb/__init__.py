@@ -12,9 +12,10 @@ from typing import Any
 import grpc
 from opentelemetry.metrics import MeterProvider
 
-from grpclb.channel import Channel, ChannelOptions
+from grpclb.channel import Channel
 from grpclb.errors import ConfigError, LocalRpcError
 from grpclb.settings import SETTINGS, Settings
+from grpclb.shell import ChannelOptions
 from grpclb.stats import ChannelStats, EndpointStats
 
 __all__ = [

@@ -23,16 +23,14 @@ from opentelemetry.metrics import MeterProvider
 
 from grpclb import calls
 from grpclb.admission import Metadata, request_hash, wait_for_pods
-from grpclb.balancer import Balancer, Clock
+from grpclb.balancer import Clock
 from grpclb.endpoints import Connection, Endpoint
 from grpclb.errors import LocalRpcError
 from grpclb.resolver import RefreshSchedule, Resolver
 from grpclb.settings import Settings
-from grpclb.target import Target, parse_target
-from grpclb.telemetry import telemetry_for
+from grpclb.shell import ChannelOptions, ChannelShell, dial_address
 
 log = logging.getLogger("grpclb")
-ChannelOptions = Sequence[tuple[str, Any]]
 # Held while a pod's multicallable is registered and while a pod channel starts closing:
 # grpcio documents registration as not thread-safe, and on a closed channel it crashes.
 _REGISTRATION_LOCK = threading.Lock()
@@ -48,31 +46,7 @@ def _mark_forked() -> None:
 os.register_at_fork(after_in_child=_mark_forked)
 
 
-def pod_channel_options(
-    target: Target, options: ChannelOptions, secure: bool
-) -> list[tuple[str, Any]]:
-    """Options for one pod's channel: its own TCP connection, the service's name.
-
-    The call authority and the TLS name stay the service's, so a certificate
-    for the service verifies while we dial a pod's IP; verification is never
-    switched off.
-    """
-    merged = list(options)
-    names = {name for name, _ in merged}
-    merged.append(("grpc.use_local_subchannel_pool", 1))
-    if not target.is_static and "grpc.default_authority" not in names:
-        merged.append(("grpc.default_authority", target.authority))
-    if secure and not target.is_static and "grpc.ssl_target_name_override" not in names:
-        merged.append(("grpc.ssl_target_name_override", target.host))
-    return merged
-
-
-def dial_address(address: str) -> str:
-    """A grpcio target for one pod that grpcio will not resolve again."""
-    return f"ipv6:{address}" if address.startswith("[") else f"ipv4:{address}"
-
-
-class Channel(grpc.Channel):  # type: ignore[misc]
+class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
     """A drop-in ``grpc.Channel`` over every pod of a headless service."""
 
     def __init__(
@@ -87,25 +61,13 @@ class Channel(grpc.Channel):  # type: ignore[misc]
         rng: random.Random | None = None,
     ) -> None:
         self._pid = os.getpid()
-        self._target = parse_target(target)
-        self._settings = settings or Settings.load()
-        self._credentials = credentials
-        self._options = pod_channel_options(self._target, options, credentials is not None)
-        self._clock = clock
-        self._hash_key = self._settings.hash_key
+        self._set_up(target, credentials, options, settings, meter_provider, clock, rng)
         self._changed = threading.Condition()
         self._version = 0
         self._dirty = False
         self._to_close: list[Connection] = []
         self._subscribers: dict[Callable[[grpc.ChannelConnectivity], None], Any] = {}
         self._resolver = Resolver(self._target, self._settings.dns_timeout)
-        self._balancer = Balancer(self._target, self._settings, self, clock=clock, rng=rng)
-        self._balancer.telemetry = telemetry_for(
-            self._target.text,
-            meter_provider,
-            self._settings.metrics_endpoint_limit,
-            self._balancer.observe,
-        )
         # The thread holds the channel weakly, so a channel dropped without close() is
         # collected (and closed by __del__), as a plain grpcio channel would be.
         self._thread = threading.Thread(
@@ -116,8 +78,7 @@ class Channel(grpc.Channel):  # type: ignore[misc]
         )
         self._thread.start()
 
-    def __repr__(self) -> str:
-        return repr(self._balancer).replace("<grpclb", "<grpclb.Channel", 1)
+    _label = "grpclb.Channel"
 
     # --- grpc.Channel -----------------------------------------------------------
 
@@ -202,14 +163,6 @@ class Channel(grpc.Channel):  # type: ignore[misc]
                 self._close_in_background(balancer.shutdown())
 
     # --- grpclb ------------------------------------------------------------------
-
-    def stats(self) -> Any:
-        """A snapshot of every pod and of the channel (see ``ChannelStats``)."""
-        return self._balancer.stats()
-
-    @property
-    def settings(self) -> Settings:
-        return self._settings
 
     # --- the call path's helpers (used by grpclb.calls) ----------------------------
 

@@ -21,9 +21,9 @@ from typing import Any
 import grpc
 
 import grpclb
-from grpclb.channel import dial_address
 from grpclb.parsing import parse_duration
 from grpclb.settings import SETTINGS, Setting, Settings
+from grpclb.shell import dial_address
 from grpclb.stats import ChannelStats
 from grpclb.target import Target, parse_target
 

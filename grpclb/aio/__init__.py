@@ -14,8 +14,8 @@ import grpc.aio
 from opentelemetry.metrics import MeterProvider
 
 from grpclb.aio.channel import Channel
-from grpclb.channel import ChannelOptions
 from grpclb.settings import Settings
+from grpclb.shell import ChannelOptions
 
 __all__ = ["Channel", "channel"]
 

@@ -24,20 +24,17 @@ from opentelemetry.metrics import MeterProvider
 
 from grpclb.admission import Metadata, request_hash, wait_for_pods
 from grpclb.aio import calls
-from grpclb.balancer import Balancer, Clock
-from grpclb.channel import ChannelOptions, dial_address, pod_channel_options
+from grpclb.balancer import Clock
 from grpclb.endpoints import READY, Connection, Endpoint
 from grpclb.errors import LocalRpcError
 from grpclb.resolver import AsyncResolver, RefreshSchedule
 from grpclb.settings import Settings
-from grpclb.stats import ChannelStats
-from grpclb.target import parse_target
-from grpclb.telemetry import telemetry_for
+from grpclb.shell import ChannelOptions, ChannelShell, dial_address
 
 log = logging.getLogger("grpclb")
 
 
-class Channel(grpc.aio.Channel):  # type: ignore[misc]
+class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
     """A drop-in ``grpc.aio.Channel`` over every pod of a headless service."""
 
     def __init__(
@@ -52,29 +49,16 @@ class Channel(grpc.aio.Channel):  # type: ignore[misc]
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
-        self._target = parse_target(target)
-        self._settings = settings or Settings.load()
-        self._credentials = credentials
         self._interceptors = list(interceptors or ())
-        self._options = pod_channel_options(self._target, options, credentials is not None)
-        self._clock = clock
-        self._hash_key = self._settings.hash_key
+        self._set_up(target, credentials, options, settings, meter_provider, clock, rng)
         self._resolver = AsyncResolver(self._target, self._settings.dns_timeout)
-        self._balancer = Balancer(self._target, self._settings, self, clock=clock, rng=rng)
-        self._balancer.telemetry = telemetry_for(
-            self._target.text,
-            meter_provider,
-            self._settings.metrics_endpoint_limit,
-            self._balancer.observe,
-        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None
         self._background: set[asyncio.Task[None]] = set()
 
-    def __repr__(self) -> str:
-        return repr(self._balancer).replace("<grpclb", "<grpclb.aio.Channel", 1)
+    _label = "grpclb.aio.Channel"
 
     def _ensure_started(self) -> asyncio.AbstractEventLoop:
         """Start background work in the running loop, on first use."""
@@ -196,14 +180,6 @@ class Channel(grpc.aio.Channel):  # type: ignore[misc]
         await self.close(None)
 
     # --- grpclb ---------------------------------------------------------------------
-
-    def stats(self) -> ChannelStats:
-        """A snapshot of every pod and of the channel."""
-        return self._balancer.stats()
-
-    @property
-    def settings(self) -> Settings:
-        return self._settings
 
     # --- the call path's helpers (used by grpclb.aio.calls) ------------------------------
 

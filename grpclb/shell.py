@@ -1,0 +1,94 @@
+"""What the sync and asyncio channels share around the balancer core.
+
+Both are thin shells: they parse the target and settings the same way, give
+every pod channel the same options, own one ``Balancer`` with its telemetry,
+and answer ``stats()`` and ``repr()`` the same way. Only their I/O (threads or
+tasks, grpcio or grpc.aio channels) and call paths differ.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from opentelemetry.metrics import MeterProvider
+
+from grpclb.balancer import Balancer, Clock
+from grpclb.settings import Settings
+from grpclb.stats import ChannelStats
+from grpclb.target import Target, parse_target
+from grpclb.telemetry import telemetry_for
+
+ChannelOptions = Sequence[tuple[str, Any]]
+
+
+def pod_channel_options(
+    target: Target, options: ChannelOptions, secure: bool
+) -> list[tuple[str, Any]]:
+    """Options for one pod's channel: its own TCP connection, the service's name.
+
+    The call authority and the TLS name stay the service's, so a certificate
+    for the service verifies while we dial a pod's IP; verification is never
+    switched off.
+    """
+    merged = list(options)
+    names = {name for name, _ in merged}
+    merged.append(("grpc.use_local_subchannel_pool", 1))
+    if not target.is_static and "grpc.default_authority" not in names:
+        merged.append(("grpc.default_authority", target.authority))
+    if secure and not target.is_static and "grpc.ssl_target_name_override" not in names:
+        merged.append(("grpc.ssl_target_name_override", target.host))
+    return merged
+
+
+def dial_address(address: str) -> str:
+    """A grpcio target for one pod that grpcio will not resolve again."""
+    return f"ipv6:{address}" if address.startswith("[") else f"ipv4:{address}"
+
+
+class ChannelShell:
+    """The parts of a balancing channel that do not depend on its flavour."""
+
+    _label = "grpclb"
+    _target: Target
+    _settings: Settings
+    _balancer: Balancer
+
+    def _set_up(
+        self,
+        target: str,
+        credentials: grpc.ChannelCredentials | None,
+        options: ChannelOptions,
+        settings: Settings | None,
+        meter_provider: MeterProvider | None,
+        clock: Clock,
+        rng: random.Random | None,
+    ) -> None:
+        self._target = parse_target(target)
+        self._settings = settings or Settings.load()
+        self._credentials = credentials
+        self._options = pod_channel_options(self._target, options, credentials is not None)
+        self._clock = clock
+        self._hash_key = self._settings.hash_key
+        # The flavour is the balancer's transport: it does the I/O the core asks for.
+        self._balancer = Balancer(self._target, self._settings, self, clock=clock, rng=rng)  # type: ignore[arg-type]
+        self._balancer.telemetry = telemetry_for(
+            self._target.text,
+            meter_provider,
+            self._settings.metrics_endpoint_limit,
+            self._balancer.observe,
+        )
+
+    def __repr__(self) -> str:
+        return repr(self._balancer).replace("<grpclb", f"<{self._label}", 1)
+
+    def stats(self) -> ChannelStats:
+        """A snapshot of every pod and of the channel, like Envoy's admin ``/clusters``."""
+        return self._balancer.stats()
+
+    @property
+    def settings(self) -> Settings:
+        """The validated settings this channel runs with."""
+        return self._settings
