@@ -32,6 +32,7 @@ from grpclb.endpoints import (
 from grpclb.errors import LocalRpcError
 from grpclb.outlier import OutlierDetector, OutlierRecord, Verdict
 from grpclb.pickers import NO_PICKER, Picker, PickerFactory, pick_avoiding
+from grpclb.recycling import ConnectionLifecycle
 from grpclb.resolver import Resolution
 from grpclb.retry import RetryPolicy
 from grpclb.settings import Settings
@@ -52,7 +53,7 @@ _Action = Callable[[], None]
 _CANCELLED = grpc.StatusCode.CANCELLED
 
 
-class Balancer:
+class Balancer(ConnectionLifecycle):
     """Owns the pods of one target and answers which connection serves a call."""
 
     def __init__(
@@ -149,39 +150,6 @@ class Balancer:
         self._records = [e.outlier for e in self._endpoints.values()]
         self._rebuild_locked()
 
-    def _remove_locked(self, endpoint: Endpoint, actions: list[_Action]) -> None:
-        endpoint.removed = True
-        now = self._clock()
-        for connection in (endpoint.connection, endpoint.replacement):
-            if connection is not None:
-                connection.draining_since = now
-                endpoint.draining.append(connection)
-        endpoint.connection = endpoint.replacement = None
-        self._departed.append(endpoint)
-        for connection in list(endpoint.draining):
-            self._close_if_drained_locked(connection, actions)
-
-    # --- connections ------------------------------------------------------------
-
-    def _open_locked(self, endpoint: Endpoint, actions: list[_Action]) -> Connection:
-        now = self._clock()
-        age = self.settings.max_connection_age
-        expires_at = None
-        if age is not None:
-            jitter = self.settings.max_connection_age_jitter
-            expires_at = now + age * (1.0 + self._rng.uniform(-jitter, jitter))
-        connection = Connection(endpoint, None, now, expires_at)
-        # Pickable as soon as the lock is released, so the channel must exist by then.
-        connection.channel = self._transport.dial(connection)
-        endpoint.connections_opened += 1
-        actions.append(lambda: self._transport.watch(connection))
-        return connection
-
-    def _recycle_locked(self, endpoint: Endpoint, actions: list[_Action]) -> None:
-        """Make before break: open a replacement; the old one serves until it is ready."""
-        if endpoint.replacement is None and not endpoint.removed:
-            endpoint.replacement = self._open_locked(endpoint, actions)
-
     def connectivity_changed(self, connection: Connection, state: grpc.ChannelConnectivity) -> None:
         """A channel's state changed (called from the flavour's watcher)."""
         actions: list[_Action] = []
@@ -205,35 +173,6 @@ class Balancer:
             ):
                 self._rebuild_locked()
         self._run(actions)
-
-    def _promote_locked(self, endpoint: Endpoint, actions: list[_Action]) -> None:
-        old, endpoint.connection, endpoint.replacement = (
-            endpoint.connection,
-            endpoint.replacement,
-            None,
-        )
-        self.counters["recycles"] += 1
-        self.telemetry.recycled(endpoint.address, len(self._endpoints))
-        log.debug("grpclb %s: connection to %s recycled", self.target.text, endpoint.address)
-        self._request_resolution_locked()  # recycling is also a chance to notice new pods
-        if old is not None:
-            old.draining_since = self._clock()
-            endpoint.draining.append(old)
-            self._close_if_drained_locked(old, actions)
-        self._rebuild_locked()
-
-    def _close_if_drained_locked(self, connection: Connection, actions: list[_Action]) -> None:
-        if connection.in_flight == 0 and not connection.closing:
-            self._close_locked(connection, actions)
-
-    def _close_locked(self, connection: Connection, actions: list[_Action]) -> None:
-        connection.closing = True
-        endpoint = connection.endpoint
-        if connection in endpoint.draining:
-            endpoint.draining.remove(connection)
-        if endpoint.removed and not endpoint.draining and endpoint in self._departed:
-            self._departed.remove(endpoint)
-        actions.append(lambda: self._transport.close_connection(connection))
 
     def _request_resolution_locked(self) -> None:
         self.resolve_requested = True
@@ -428,21 +367,7 @@ class Balancer:
                 self._apply_verdict_locked(self._detector.on_interval(self._records, now))
                 self._next_interval = now + self.settings.ejection_interval
                 due = [self._next_interval]
-            for endpoint in self._endpoints.values():
-                active = endpoint.connection
-                if active is not None and active.expires_at is not None:
-                    if now >= active.expires_at:
-                        self._recycle_locked(endpoint, actions)
-                    else:
-                        due.append(active.expires_at)
-            grace = self.settings.max_connection_age_grace
-            for endpoint in [*self._endpoints.values(), *self._departed]:
-                for connection in list(endpoint.draining):
-                    if grace is not None and connection.draining_since is not None:
-                        if now >= connection.draining_since + grace:
-                            self._close_locked(connection, actions)
-                        else:
-                            due.append(connection.draining_since + grace)
+            due += self._age_connections_locked(now, actions)
         self._run(actions)
         return min(due)
 
