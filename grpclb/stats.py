@@ -61,7 +61,9 @@ class ChannelStats:
         return len(self.endpoints)
 
     def by_address(self) -> dict[str, EndpointStats]:
-        return {e.address: e for e in self.endpoints}
+        """One row per address: a pod back in DNS while its old connection still drains
+        has two rows, and the live one (listed first) is the one kept."""
+        return {e.address: e for e in reversed(self.endpoints)}
 
 
 def endpoint_state(endpoint: Endpoint) -> str:

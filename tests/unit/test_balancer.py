@@ -1036,3 +1036,16 @@ def test_counts_balance_under_concurrent_calls() -> None:
 
 def _live(connections: Iterable[Connection]) -> list[Connection]:
     return [c for c in connections if not c.closing]
+
+
+def test_a_pod_back_in_dns_while_draining_is_found_by_address_as_live() -> None:
+    h = Harness(policy="round_robin")
+    h.resolve(A, B)
+    h.ready(A, B)
+    busy = h.call_on(A)  # keeps A's old connection draining
+    h.resolve(B)
+    h.resolve(A, B)
+    rows = [e for e in h.balancer.stats().endpoints if e.address == A]
+    assert sorted(r.state for r in rows) == ["draining", "idle"]
+    assert h.balancer.stats().by_address()[A].state == "idle"
+    h.balancer.finish_call(busy, C.OK)
