@@ -79,52 +79,9 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
         self._thread.start()
 
     _label = "grpclb.Channel"
+    _calls = calls
 
     # --- grpc.Channel -----------------------------------------------------------
-
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return calls.UnaryUnary(
-            self, method, request_serializer, response_deserializer, _registered_method
-        )
-
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return calls.UnaryStream(
-            self, method, request_serializer, response_deserializer, _registered_method
-        )
-
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return calls.StreamUnary(
-            self, method, request_serializer, response_deserializer, _registered_method
-        )
-
-    def stream_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return calls.StreamStream(
-            self, method, request_serializer, response_deserializer, _registered_method
-        )
 
     def subscribe(
         self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool = False

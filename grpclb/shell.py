@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Any
 
 import grpc
@@ -52,6 +53,7 @@ class ChannelShell:
     """The parts of a balancing channel that do not depend on its flavour."""
 
     _label = "grpclb"
+    _calls: ModuleType  # the flavour's call path: grpclb.calls or grpclb.aio.calls
     _target: Target
     _settings: Settings
     _balancer: Balancer
@@ -79,6 +81,51 @@ class ChannelShell:
             meter_provider,
             self._settings.metrics_endpoint_limit,
             self._balancer.observe,
+        )
+
+    # grpc.Channel's and grpc.aio.Channel's factories: the same in both flavours.
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        return self._calls.UnaryUnary(
+            self, method, request_serializer, response_deserializer, _registered_method
+        )
+
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        return self._calls.UnaryStream(
+            self, method, request_serializer, response_deserializer, _registered_method
+        )
+
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        return self._calls.StreamUnary(
+            self, method, request_serializer, response_deserializer, _registered_method
+        )
+
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        return self._calls.StreamStream(
+            self, method, request_serializer, response_deserializer, _registered_method
         )
 
     def __repr__(self) -> str:

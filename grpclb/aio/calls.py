@@ -87,17 +87,18 @@ class _Release:
 
 
 class _MultiCallable:
+    _kind = ""  # the grpc.aio.Channel factory a pod's multicallable comes from
+
     def __init__(
         self,
         channel: Channel,
-        kind: str,
         method: str,
         serializer: Any,
         deserializer: Any,
         registered: bool,
     ) -> None:
         self._channel = channel
-        self._key = (kind, method, serializer, deserializer, registered)
+        self._key = (self._kind, method, serializer, deserializer, registered)
 
     def _on(self, connection: Connection) -> Any:
         found = connection.multicallables.get(self._key)
@@ -111,21 +112,29 @@ class _MultiCallable:
 
 
 class UnaryUnary(_MultiCallable, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
+    _kind = "unary_unary"
+
     def __call__(self, request: Any, **kwargs: Any) -> UnaryUnaryCall:
         return UnaryUnaryCall(self, request, True, **kwargs)
 
 
 class UnaryStream(_MultiCallable, grpc.aio.UnaryStreamMultiCallable):  # type: ignore[misc]
+    _kind = "unary_stream"
+
     def __call__(self, request: Any, **kwargs: Any) -> UnaryStreamCall:
         return UnaryStreamCall(self, request, True, **kwargs)
 
 
 class StreamUnary(_MultiCallable, grpc.aio.StreamUnaryMultiCallable):  # type: ignore[misc]
+    _kind = "stream_unary"
+
     def __call__(self, request_iterator: Any = None, **kwargs: Any) -> StreamUnaryCall:
         return StreamUnaryCall(self, request_iterator, False, **kwargs)
 
 
 class StreamStream(_MultiCallable, grpc.aio.StreamStreamMultiCallable):  # type: ignore[misc]
+    _kind = "stream_stream"
+
     def __call__(self, request_iterator: Any = None, **kwargs: Any) -> StreamStreamCall:
         return StreamStreamCall(self, request_iterator, False, **kwargs)
 

@@ -59,6 +59,7 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
         self._background: set[asyncio.Task[None]] = set()
 
     _label = "grpclb.aio.Channel"
+    _calls = calls
 
     def _ensure_started(self) -> asyncio.AbstractEventLoop:
         """Start background work in the running loop, on first use."""
@@ -75,70 +76,6 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
         return self._loop
 
     # --- grpc.aio.Channel -----------------------------------------------------------
-
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return calls.UnaryUnary(
-            self,
-            "unary_unary",
-            method,
-            request_serializer,
-            response_deserializer,
-            _registered_method,
-        )
-
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return calls.UnaryStream(
-            self,
-            "unary_stream",
-            method,
-            request_serializer,
-            response_deserializer,
-            _registered_method,
-        )
-
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return calls.StreamUnary(
-            self,
-            "stream_unary",
-            method,
-            request_serializer,
-            response_deserializer,
-            _registered_method,
-        )
-
-    def stream_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return calls.StreamStream(
-            self,
-            "stream_stream",
-            method,
-            request_serializer,
-            response_deserializer,
-            _registered_method,
-        )
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         """READY while any pod is; pods connect on their own, so try_to_connect adds nothing."""
