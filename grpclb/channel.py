@@ -119,8 +119,6 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
             with contextlib.suppress(Exception):  # e.g. at interpreter exit
                 self._close_in_background(balancer.shutdown())
 
-    # --- grpclb ------------------------------------------------------------------
-
     # --- the call path's helpers (used by grpclb.calls) ----------------------------
 
     def _begin(

@@ -254,9 +254,6 @@ class _Observers:
     def add(self, telemetry: Telemetry) -> None:
         self._channels.add(telemetry)
 
-    def discard(self, telemetry: Telemetry) -> None:
-        self._channels.discard(telemetry)
-
     def _each(self, method: str) -> Callable[[Any], Iterable[metrics.Observation]]:
         def observe(options: Any) -> Iterable[metrics.Observation]:
             return [o for t in list(self._channels) for o in getattr(t, method)(options)]
