@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 
 from benchmarks.common import Config, Section, Table, Target, median, spread
 from benchmarks.report import figure, save_plot
-from grpclb.hashing import HashTable, MaglevTable, RingHashTable, hash_key
-from grpclb.settings import Settings
+from grpclb.config.settings import Settings
+from grpclb.core.hashing import HashTable, MaglevTable, RingHashTable, hash_key
 
 NAME = "hashing"
 TITLE = "Consistent hashing: key movement and balance (ring_hash, maglev)"

@@ -22,12 +22,12 @@ import grpc
 from benchmarks.common import Config, Section, Table, Target
 from benchmarks.hashing import addresses
 from benchmarks.report import figure, save_plot
-from grpclb.balancer import Balancer
-from grpclb.hashing import MaglevTable, RingHashTable, hash_key
-from grpclb.pickers import HashPicker, LeastRequestPicker, RandomPicker, RoundRobinPicker
+from grpclb.config.settings import Settings
+from grpclb.config.target import parse_target
+from grpclb.core.balancer import Balancer
+from grpclb.core.hashing import MaglevTable, RingHashTable, hash_key
+from grpclb.core.pickers import HashPicker, LeastRequestPicker, RandomPicker, RoundRobinPicker
 from grpclb.resolver import Resolution
-from grpclb.settings import Settings
-from grpclb.target import parse_target
 
 NAME = "scale"
 TITLE = "Scale: pick cost and memory per endpoint, 10 to 1,000 endpoints"

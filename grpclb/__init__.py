@@ -12,11 +12,11 @@ from typing import Any
 import grpc
 from opentelemetry.metrics import MeterProvider
 
-from grpclb.channel import Channel
+from grpclb.config.settings import SETTINGS, Settings
 from grpclb.errors import ConfigError, LocalRpcError
-from grpclb.settings import SETTINGS, Settings
 from grpclb.shell import ChannelOptions
 from grpclb.stats import ChannelStats, EndpointStats
+from grpclb.sync.channel import Channel
 
 __all__ = [
     "SETTINGS",

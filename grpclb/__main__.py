@@ -10,7 +10,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from grpclb.cli import main as cli_main
+    from grpclb.tools.cli import main as cli_main
 
     return cli_main(argv)
 

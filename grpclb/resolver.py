@@ -26,7 +26,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from grpclb.target import Target, format_address
+from grpclb.config.target import Target, format_address
 
 _FAMILIES = (dns.rdatatype.A, dns.rdatatype.AAAA)
 

@@ -16,10 +16,10 @@ from typing import Any
 import grpc
 from opentelemetry.metrics import MeterProvider
 
-from grpclb.balancer import Balancer, Clock
-from grpclb.settings import Settings
+from grpclb.config.settings import Settings
+from grpclb.config.target import Target, parse_target
+from grpclb.core.balancer import Balancer, Clock
 from grpclb.stats import ChannelStats
-from grpclb.target import Target, parse_target
 from grpclb.telemetry import telemetry_for
 
 ChannelOptions = Sequence[tuple[str, Any]]

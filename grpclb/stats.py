@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from grpclb.endpoints import CONNECTING, IDLE, READY, TRANSIENT_FAILURE, Endpoint
+from grpclb.core.endpoints import CONNECTING, IDLE, READY, TRANSIENT_FAILURE, Endpoint
 
 if TYPE_CHECKING:
-    from grpclb.balancer import Balancer
+    from grpclb.core.balancer import Balancer
 
 
 @dataclass(frozen=True)

@@ -8,4 +8,4 @@ for p in grpclb tests benchmarks examples; do [ -e "$p" ] && paths+=("$p"); done
 .venv/bin/ruff check "${paths[@]}"
 .venv/bin/ruff format --check "${paths[@]}"
 .venv/bin/mypy
-.venv/bin/python -m grpclb.docgen --check
+.venv/bin/python -m grpclb.tools.docgen --check

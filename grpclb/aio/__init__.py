@@ -14,7 +14,7 @@ import grpc.aio
 from opentelemetry.metrics import MeterProvider
 
 from grpclb.aio.channel import Channel
-from grpclb.settings import Settings
+from grpclb.config.settings import Settings
 from grpclb.shell import ChannelOptions
 
 __all__ = ["Channel", "channel"]

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
-from grpc import _common as grpc_common
 
-from grpclb.admission import Metadata
-from grpclb.endpoints import Connection, Endpoint
+from grpclb._grpcio import aio_finished_status
+from grpclb.core.admission import Metadata
+from grpclb.core.endpoints import Connection, Endpoint
 from grpclb.errors import LocalRpcError
 
 if TYPE_CHECKING:
@@ -39,12 +39,7 @@ def as_aio_error(error: LocalRpcError) -> grpc.aio.AioRpcError:
     )
 
 
-def finished_status(call: Any) -> grpc.StatusCode | None:
-    """A finished grpc.aio call's status without awaiting ``code()``, when grpcio shows it."""
-    try:
-        return grpc_common.CYGRPC_STATUS_CODE_TO_STATUS_CODE[call._cython_call._status.code()]
-    except Exception:
-        return None
+finished_status = aio_finished_status
 
 
 class _Release:

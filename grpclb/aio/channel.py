@@ -22,13 +22,13 @@ import grpc
 import grpc.aio
 from opentelemetry.metrics import MeterProvider
 
-from grpclb.admission import Metadata, request_hash, wait_for_pods
 from grpclb.aio import calls
-from grpclb.balancer import Clock
-from grpclb.endpoints import READY, Connection, Endpoint
+from grpclb.config.settings import Settings
+from grpclb.core.admission import Metadata, request_hash, wait_for_pods
+from grpclb.core.balancer import Clock
+from grpclb.core.endpoints import READY, Connection, Endpoint
 from grpclb.errors import LocalRpcError
 from grpclb.resolver import AsyncResolver, RefreshSchedule
-from grpclb.settings import Settings
 from grpclb.shell import ChannelOptions, ChannelShell, dial_address
 
 log = logging.getLogger("grpclb")

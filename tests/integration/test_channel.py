@@ -343,7 +343,9 @@ def test_a_call_made_at_once_after_creation_waits_for_the_first_answer(pods, dns
 def test_a_forked_child_is_told_to_make_its_own_channel(fleet, dns_server, monkeypatch):
     # A real fork() of this process (grpcio servers and threads inside) can deadlock in
     # grpcio's own fork handlers; what grpclb decides depends only on the process id.
-    channel_module = importlib.import_module("grpclb.channel")  # the package's channel() hides it
+    channel_module = importlib.import_module(
+        "grpclb.sync.channel"
+    )  # the package's channel() hides it
 
     with grpclb.channel(target(dns_server, fleet)) as channel:
         wait_ready(channel, 5)

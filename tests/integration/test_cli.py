@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from grpclb import cli
 from grpclb.__main__ import main
-from grpclb.settings import SETTINGS
+from grpclb.config.settings import SETTINGS
 from grpclb.testing import SERVICE_NAME
+from grpclb.tools import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 ROW = re.compile(r"^(\d+\.\d+\.\d+\.\d+:\d+)\s+(\S+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\S+)(.*)$")

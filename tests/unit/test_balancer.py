@@ -18,14 +18,14 @@ from collections.abc import Iterable
 import grpc
 import pytest
 
-from grpclb.balancer import Balancer
-from grpclb.endpoints import Connection, Endpoint
+from grpclb.config.settings import Settings
+from grpclb.config.target import parse_target
+from grpclb.core.balancer import Balancer
+from grpclb.core.endpoints import Connection, Endpoint
+from grpclb.core.hashing import hash_key
 from grpclb.errors import LocalRpcError
-from grpclb.hashing import hash_key
 from grpclb.resolver import Resolution
-from grpclb.settings import Settings
 from grpclb.stats import EndpointStats
-from grpclb.target import parse_target
 
 S = grpc.ChannelConnectivity
 C = grpc.StatusCode

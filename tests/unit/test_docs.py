@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from grpclb import docgen, telemetry
-from grpclb.settings import SETTINGS, Settings
+from grpclb import telemetry
+from grpclb.config.settings import SETTINGS, Settings
+from grpclb.tools import docgen
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -22,7 +23,9 @@ LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
 def test_configuration_reference_is_current():
     text = (DOCS / "configuration.md").read_text(encoding="utf-8")
-    assert docgen.is_current(text), "docs/configuration.md is stale: run python -m grpclb.docgen"
+    assert docgen.is_current(text), (
+        "docs/configuration.md is stale: run python -m grpclb.tools.docgen"
+    )
     assert docgen.main(["--check", "--file", str(DOCS / "configuration.md")]) == 0
 
 

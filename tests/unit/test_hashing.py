@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 
-from grpclb.hashing import MaglevTable, RingHashTable, _maglev_hashes, hash_key, is_prime
+from grpclb.core.hashing import MaglevTable, RingHashTable, _maglev_hashes, hash_key, is_prime
 
 KEYS = [hash_key(f"user-{i}") for i in range(1000)]
 
@@ -45,7 +45,7 @@ def test_hash_key_is_a_fixed_64_bit_function() -> None:
 
 
 def test_hash_key_ignores_the_interpreter_hash_seed() -> None:
-    code = "from grpclb.hashing import hash_key; print(hash_key('user-1'))"
+    code = "from grpclb.core.hashing import hash_key; print(hash_key('user-1'))"
     for seed in ("1", "2"):
         out = subprocess.run(
             [sys.executable, "-c", code],

@@ -12,14 +12,14 @@ from collections.abc import Sequence
 
 import pytest
 
-from grpclb.outlier import (
+from grpclb.config.settings import Settings
+from grpclb.core.outlier import (
     OutlierDetector,
     OutlierRecord,
     Verdict,
     failure_percentage_outliers,
     success_rate_outliers,
 )
-from grpclb.settings import Settings
 
 INTERVAL = 10.0  # the default ejection_interval
 BASE = 30.0  # the default base_ejection_time

@@ -17,8 +17,8 @@ from math import comb
 
 import pytest
 
-from grpclb.hashing import MaglevTable, RingHashTable, hash_key
-from grpclb.pickers import (
+from grpclb.core.hashing import MaglevTable, RingHashTable, hash_key
+from grpclb.core.pickers import (
     HashPicker,
     LeastRequestPicker,
     Picker,
@@ -354,9 +354,9 @@ def test_pick_avoiding_with_hash_retries_elsewhere() -> None:
 
 
 def test_a_maglev_table_outgrown_by_its_pods_grows_to_a_prime() -> None:
-    from grpclb.hashing import is_prime
-    from grpclb.pickers import PickerFactory, maglev_size
-    from grpclb.settings import Settings
+    from grpclb.config.settings import Settings
+    from grpclb.core.hashing import is_prime
+    from grpclb.core.pickers import PickerFactory, maglev_size
 
     assert maglev_size(65537, 10) == 65537
     grown = maglev_size(3, 3)

@@ -12,8 +12,8 @@ import random
 import grpc
 import pytest
 
-from grpclb.retry import RetryPolicy
-from grpclb.settings import Settings
+from grpclb.config.settings import Settings
+from grpclb.core.retry import RetryPolicy
 
 C = grpc.StatusCode
 

@@ -14,9 +14,9 @@ import logging
 import grpc
 import pytest
 
+from grpclb.config.parsing import parse_duration
+from grpclb.config.settings import POLICIES, SETTINGS, SETTINGS_BY_NAME, Settings
 from grpclb.errors import ConfigError
-from grpclb.parsing import parse_duration
-from grpclb.settings import POLICIES, SETTINGS, SETTINGS_BY_NAME, Settings
 
 C = grpc.StatusCode
 ALL_NAMES = [s.name for s in SETTINGS]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from grpclb.config.target import Target, format_address, parse_target
 from grpclb.errors import ConfigError
-from grpclb.target import Target, format_address, parse_target
 
 GOOD: list[tuple[str, dict[str, object]]] = [
     # dns:///host:port - the system resolver

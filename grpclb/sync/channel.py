@@ -21,14 +21,15 @@ from typing import Any
 import grpc
 from opentelemetry.metrics import MeterProvider
 
-from grpclb import calls
-from grpclb.admission import Metadata, request_hash, wait_for_pods
-from grpclb.balancer import Clock
-from grpclb.endpoints import Connection, Endpoint
+from grpclb._grpcio import request_connection
+from grpclb.config.settings import Settings
+from grpclb.core.admission import Metadata, request_hash, wait_for_pods
+from grpclb.core.balancer import Clock
+from grpclb.core.endpoints import Connection, Endpoint
 from grpclb.errors import LocalRpcError
 from grpclb.resolver import RefreshSchedule, Resolver
-from grpclb.settings import Settings
 from grpclb.shell import ChannelOptions, ChannelShell, dial_address
+from grpclb.sync import calls
 
 log = logging.getLogger("grpclb")
 # Held while a pod's multicallable is registered and while a pod channel starts closing:
@@ -199,11 +200,8 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
         # grpcio's subscribe(try_to_connect=True) leaves a flag that its polling thread
         # acts on later, possibly after the channel closed (a ValueError in that thread);
         # asking the core channel directly has no such after-effect.
-        core = getattr(connection.channel, "_channel", None)
         try:
-            if core is not None:
-                core.check_connectivity_state(True)
-            else:  # pragma: no cover - other grpcio internals
+            if not request_connection(connection.channel):  # pragma: no cover - grpcio changed
                 connection.channel.subscribe(_ignore_state, try_to_connect=True)
                 connection.channel.unsubscribe(_ignore_state)
         except ValueError:

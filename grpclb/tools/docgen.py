@@ -1,6 +1,6 @@
 """The configuration reference in ``docs/configuration.md``, generated from ``SETTINGS``.
 
-``python -m grpclb.docgen`` rewrites the table between the markers
+``python -m grpclb.tools.docgen`` rewrites the table between the markers
 ``<!-- settings:begin -->`` and ``<!-- settings:end -->``; ``--check`` only
 compares and exits 1 when the file is stale, so a test (or CI) can tell that
 the docs drifted from the code. Everything in the table comes from the code:
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import grpc
 
-from grpclb.settings import SETTINGS, Setting, Settings
+from grpclb.config.settings import SETTINGS, Setting, Settings
 
 BEGIN = "<!-- settings:begin -->"
 END = "<!-- settings:end -->"
-DEFAULT_FILE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+DEFAULT_FILE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 HEADERS = ("Setting", "Environment variable", "Type", "Default", "Meaning", "Reference")
 _AT_LEAST = re.compile(r"at least (-?[\d.]+)s?(?: and at most (-?[\d.]+))?")
 _BETWEEN = re.compile(r"between (-?[\d.]+) and (-?[\d.]+)")
@@ -140,7 +140,7 @@ def render_table(settings: Sequence[Setting] = SETTINGS) -> str:
 def block(settings: Sequence[Setting] = SETTINGS) -> str:
     """What goes between the markers, markers included."""
     note = (
-        "<!-- Generated from grpclb.settings.SETTINGS by `python -m grpclb.docgen`; "
+        "<!-- Generated from grpclb.config.settings.SETTINGS by `python -m grpclb.tools.docgen`; "
         "edits between these markers are overwritten. -->"
     )
     return f"{BEGIN}\n{note}\n\n{render_table(settings)}\n\n{END}"
@@ -160,8 +160,8 @@ def is_current(text: str, settings: Sequence[Setting] = SETTINGS) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m grpclb.docgen",
-        description="Regenerate the configuration reference from grpclb.settings.SETTINGS.",
+        prog="python -m grpclb.tools.docgen",
+        description="Regenerate the configuration reference from grpclb.config.settings.SETTINGS.",
     )
     parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
     parser.add_argument("--file", type=Path, default=DEFAULT_FILE, help="the Markdown file")
@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"docgen: {args.file} is up to date")
         return 0
     if args.check:
-        print(f"docgen: {args.file} is stale; run: python -m grpclb.docgen", file=sys.stderr)
+        print(f"docgen: {args.file} is stale; run: python -m grpclb.tools.docgen", file=sys.stderr)
         return 1
     args.file.write_text(updated, encoding="utf-8")
     print(f"docgen: {args.file} rewritten")

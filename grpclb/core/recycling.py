@@ -17,11 +17,11 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from grpclb.endpoints import Connection, Endpoint, Transport
-from grpclb.settings import Settings
+from grpclb.config.settings import Settings
+from grpclb.core.endpoints import Connection, Endpoint, Transport
 
 if TYPE_CHECKING:
-    from grpclb.target import Target
+    from grpclb.config.target import Target
     from grpclb.telemetry import Telemetry
 
 log = logging.getLogger("grpclb")

@@ -18,9 +18,7 @@ from typing import Any
 
 import grpc
 
-from grpclb.errors import ConfigError
-from grpclb.hashing import is_prime
-from grpclb.parsing import (
+from grpclb.config.parsing import (
     Invalid,
     boolean,
     choice,
@@ -30,6 +28,8 @@ from grpclb.parsing import (
     number,
     status_codes,
 )
+from grpclb.core.hashing import is_prime
+from grpclb.errors import ConfigError
 
 POLICIES = ("round_robin", "least_request", "random", "pick_first", "ring_hash", "maglev")
 HASH_POLICIES = ("ring_hash", "maglev")

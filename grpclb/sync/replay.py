@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from grpclb.endpoints import Connection, Endpoint
+from grpclb.core.endpoints import Connection, Endpoint
 from grpclb.errors import LocalRpcError
 
 log = logging.getLogger("grpclb")

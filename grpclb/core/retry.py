@@ -12,7 +12,7 @@ from __future__ import annotations
 import grpc
 import tenacity
 
-from grpclb.settings import Settings
+from grpclb.config.settings import Settings
 
 
 class RetryPolicy:

@@ -21,11 +21,11 @@ from typing import Any
 import grpc
 
 import grpclb
-from grpclb.parsing import parse_duration
-from grpclb.settings import SETTINGS, Setting, Settings
+from grpclb.config.parsing import parse_duration
+from grpclb.config.settings import SETTINGS, Setting, Settings
+from grpclb.config.target import Target, parse_target
 from grpclb.shell import dial_address
 from grpclb.stats import ChannelStats
-from grpclb.target import Target, parse_target
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
@@ -288,7 +288,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from grpclb import demo  # the demo needs the testing extra; the other commands do not
+    from grpclb.tools import demo  # the demo needs the testing extra; the other commands do not
 
     return demo.run(args.pods, args.calls)
 

@@ -19,10 +19,10 @@ import random
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from grpclb.hashing import HashTable, MaglevTable, RingHashTable, next_prime
+from grpclb.core.hashing import HashTable, MaglevTable, RingHashTable, next_prime
 
 if TYPE_CHECKING:
-    from grpclb.settings import Settings
+    from grpclb.config.settings import Settings
 
 log = logging.getLogger("grpclb")
 

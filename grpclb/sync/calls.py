@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from grpclb.admission import Metadata
-from grpclb.endpoints import Connection, Endpoint
+from grpclb.core.admission import Metadata
+from grpclb.core.endpoints import Connection, Endpoint
 from grpclb.errors import LocalRpcError
-from grpclb.replay import RetryingFuture, RetryingStream
+from grpclb.sync.replay import RetryingFuture, RetryingStream
 
 if TYPE_CHECKING:
-    from grpclb.channel import Channel
+    from grpclb.sync.channel import Channel
 
 log = logging.getLogger("grpclb")
 _OK = grpc.StatusCode.OK

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import grpc
 
-from grpclb.balancer import Balancer
+from grpclb.core.balancer import Balancer
+from grpclb.core.hashing import hash_key
 from grpclb.errors import LocalRpcError
-from grpclb.hashing import hash_key
 
 Metadata = Sequence[tuple[str, str | bytes]] | None
 

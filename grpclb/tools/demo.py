@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 import grpclb
-from grpclb.cli import format_duration, render_table
+from grpclb.tools.cli import format_duration, render_table
 
 POLICIES = ("round_robin", "least_request", "random", "pick_first", "ring_hash", "maglev")
 HASH_KEY = "x-user"

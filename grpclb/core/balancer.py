@@ -20,7 +20,9 @@ from collections.abc import Callable, Collection, Sequence
 
 import grpc
 
-from grpclb.endpoints import (
+from grpclb.config.settings import Settings
+from grpclb.config.target import Target
+from grpclb.core.endpoints import (
     IDLE,
     READY,
     SHUTDOWN,
@@ -29,13 +31,12 @@ from grpclb.endpoints import (
     Endpoint,
     Transport,
 )
+from grpclb.core.outlier import OutlierDetector, OutlierRecord, Verdict
+from grpclb.core.pickers import NO_PICKER, Picker, PickerFactory, pick_avoiding
+from grpclb.core.recycling import ConnectionLifecycle
+from grpclb.core.retry import RetryPolicy
 from grpclb.errors import LocalRpcError
-from grpclb.outlier import OutlierDetector, OutlierRecord, Verdict
-from grpclb.pickers import NO_PICKER, Picker, PickerFactory, pick_avoiding
-from grpclb.recycling import ConnectionLifecycle
 from grpclb.resolver import Resolution
-from grpclb.retry import RetryPolicy
-from grpclb.settings import Settings
 from grpclb.stats import (
     ChannelStats,
     EndpointStats,
@@ -44,7 +45,6 @@ from grpclb.stats import (
     endpoint_rows,
     summary_line,
 )
-from grpclb.target import Target
 from grpclb.telemetry import NULL_TELEMETRY, Telemetry, trace_attempt, trace_retry
 
 log = logging.getLogger("grpclb")

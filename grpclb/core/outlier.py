@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from grpclb.settings import Settings
+from grpclb.config.settings import Settings
 
 
 @dataclass

@@ -1,0 +1,44 @@
+"""grpcio's private API that grpclb relies on (all of it is in grpclb._grpcio).
+
+These fail loudly when a grpcio upgrade moves what grpclb reaches into, so the
+change is noticed here rather than as a silent fallback in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import grpc
+import grpc.aio
+from grpc import _common as grpc_common
+
+from grpclb import _grpcio
+
+
+def test_status_code_table_covers_every_status() -> None:
+    assert set(grpc_common.CYGRPC_STATUS_CODE_TO_STATUS_CODE.values()) == set(grpc.StatusCode)
+
+
+def test_sync_channel_exposes_its_core_channel() -> None:
+    channel = grpc.insecure_channel("ipv4:127.0.0.1:1")
+    try:
+        core = _grpcio.core_channel(channel)
+        assert core is not None, "grpc.Channel no longer has _channel"
+        assert hasattr(core, "check_connectivity_state")
+        assert _grpcio.request_connection(channel) is True
+    finally:
+        channel.close()
+
+
+def test_finished_aio_call_status_is_readable_without_awaiting() -> None:
+    async def scenario() -> grpc.StatusCode | None:
+        async with grpc.aio.insecure_channel("ipv4:127.0.0.1:1") as channel:
+            call = channel.unary_unary("/x.Y/Z")(b"", timeout=0.01)
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await call
+            assert call._cython_call is not None, "grpc.aio call no longer has _cython_call"
+            return _grpcio.aio_finished_status(call)
+
+    status = asyncio.run(scenario())
+    assert status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
