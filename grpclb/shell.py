@@ -9,7 +9,8 @@ tasks, grpcio or grpc.aio channels) and call paths differ.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -19,6 +20,8 @@ from opentelemetry.metrics import MeterProvider
 from grpclb.config.settings import Settings
 from grpclb.config.target import Target, parse_target
 from grpclb.core.balancer import Balancer, Clock
+from grpclb.core.retry import CallPolicy, method_policy
+from grpclb.core.throttle import RetryThrottle
 from grpclb.stats import ChannelStats
 from grpclb.telemetry import telemetry_for
 
@@ -74,6 +77,11 @@ class ChannelShell:
         self._options = pod_channel_options(self._target, options, credentials is not None)
         self._clock = clock
         self._hash_key = self._settings.hash_key
+        self._rng = rng or random.Random()
+        self._policies: dict[tuple[str, bool], CallPolicy] = {}
+        config = getattr(self._settings, "service_config", None)
+        throttling = getattr(config, "retry_throttling", None)
+        self._throttle = None if throttling is None else RetryThrottle(throttling)
         # The flavour is the balancer's transport: it does the I/O the core asks for.
         self._balancer = Balancer(self._target, self._settings, self, clock=clock, rng=rng)  # type: ignore[arg-type]
         self._balancer.telemetry = telemetry_for(
@@ -127,6 +135,32 @@ class ChannelShell:
         return self._calls.StreamStream(
             self, method, request_serializer, response_deserializer, _registered_method
         )
+
+    # --- what both call paths ask of their channel ------------------------------------
+
+    def _policy_for(self, method: str, replayable: bool) -> CallPolicy:
+        """The retry or hedging policy of ``method``'s calls, resolved once per method."""
+        key = (method, replayable)
+        policy = self._policies.get(key)
+        if policy is None:
+            policy = method_policy(self._settings, method, replayable, self._rng, self._throttle)
+            self._policies[key] = policy
+        return policy
+
+    def _call_finished(self, method: str, code: grpc.StatusCode | None, started: float) -> None:
+        """A logical call (retries and hedges inside) ended: gRFC A66's call duration."""
+        telemetry = self._balancer.telemetry
+        if telemetry.enabled:
+            record = getattr(telemetry, "call_finished", None)
+            if record is not None:
+                record(method, code, time.perf_counter() - started)
+
+    def _call_timer(self, method: str) -> Callable[[grpc.StatusCode | None], None] | None:
+        """``_call_finished`` bound to a call starting now; None when nothing records it."""
+        if not self._balancer.telemetry.enabled:
+            return None
+        started = time.perf_counter()
+        return lambda code: self._call_finished(method, code, started)
 
     def __repr__(self) -> str:
         return repr(self._balancer).replace("<grpclb", f"<{self._label}", 1)

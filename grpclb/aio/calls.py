@@ -2,11 +2,19 @@
 
 A grpc.aio call object is returned before its outcome is known, and may be
 returned before any pod is known (before the first DNS answer, or while
-``wait_for_ready`` waits), so every call is a small stand-in that starts its
-attempt on a pod at once when it can, later when it must, and, for
-unary-request calls, moves a failed attempt to another pod. The decisions
-(who may wait, what is retried, the budget) are the core's, as in the sync
-path.
+``wait_for_ready`` waits for a READY pod), so every call is a small stand-in
+that starts its attempt at once when it can, later when it must. What
+follows a failure is the core's decision (``core.retry``): the task awaiting
+a unary-request call retries, or hedges, as the decision says.
+
+Two grpc.aio behaviours shape this module (GRPCIO_NOTES):
+- ``Call.__del__`` runs done-callbacks synchronously, inside the garbage
+  collector, on whatever the loop thread was doing, possibly while it holds
+  the balancer's lock. So an attempt's done-callback never takes that lock:
+  it defers the release to the loop, and holds its call only weakly.
+- grpc.aio's reads and writes await outside their own cancel handling, so a
+  task cancelled there leaves the RPC running. Every await here on an
+  attempt cancels the attempt when the awaiting task is cancelled.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -22,14 +31,18 @@ import grpc
 import grpc.aio
 
 from grpclb._grpcio import aio_finished_status
-from grpclb.core.admission import Metadata
-from grpclb.core.endpoints import Connection, Endpoint
+from grpclb.core.admission import Metadata, request_hash
+from grpclb.core.attempt import Attempt
+from grpclb.core.retry import CallRun
 from grpclb.errors import LocalRpcError
+from grpclb.telemetry import trace_retry
 
 if TYPE_CHECKING:
     from grpclb.aio.channel import Channel
 
 log = logging.getLogger("grpclb")
+_OK = grpc.StatusCode.OK
+_CANCELLED = grpc.StatusCode.CANCELLED
 
 
 def as_aio_error(error: LocalRpcError) -> grpc.aio.AioRpcError:
@@ -39,50 +52,63 @@ def as_aio_error(error: LocalRpcError) -> grpc.aio.AioRpcError:
     )
 
 
-finished_status = aio_finished_status
+def _cancelled_error() -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        _CANCELLED,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details="Locally cancelled by application!",
+    )
 
 
-class _Release:
-    """Done-callback of one attempt: release its count once, then tell its call; never raises.
+class _AttemptEnded:
+    """An attempt's done-callback: defer its release to the loop; never take a lock, never raise.
 
-    One callback per attempt, not two: this runs for every call on the event loop.
+    It holds the logical call weakly (no reference cycle: an abandoned call is
+    freed by reference counting and cancelled by grpc.aio).
     """
 
-    __slots__ = ("channel", "connection", "method", "owner", "retry", "started")
+    __slots__ = ("attempt", "loop", "owner")
 
-    def __init__(
-        self, owner: _Call, connection: Connection, retry: bool, method: str, started: float
-    ) -> None:
-        self.owner, self.channel, self.connection = owner, owner._channel, connection
-        self.retry, self.method, self.started = retry, method, started
+    def __init__(self, owner: _Call, attempt: Attempt, loop: asyncio.AbstractEventLoop) -> None:
+        self.owner = weakref.ref(owner)
+        self.attempt, self.loop = attempt, loop
 
     def __call__(self, call: Any) -> None:
         try:
-            code = finished_status(call)
-            if code is None and not call.cancelled():
-                # Interceptors hide grpcio's call; ask it the slow way.
-                self.channel._spawn(self._later(call))
-            else:
-                self._finish(code)
-            self.owner._attempt_done(call)
+            attempt = self.attempt
+            if not attempt.released:
+                code = aio_finished_status(call)
+                if code is None and not call.cancelled():
+                    # Interceptors hide grpcio's call: ask it the slow way, on the loop.
+                    self.loop.call_soon(_spawn_release, attempt, call)
+                else:
+                    self.loop.call_soon(attempt.release, code)
+            owner = self.owner()
+            if owner is not None:
+                owner._attempt_done(call)
         except Exception:  # pragma: no cover - defensive
-            log.exception("grpclb: releasing a call failed")
+            log.exception("grpclb: ending an attempt failed")
 
-    async def _later(self, call: Any) -> None:
+
+def _spawn_release(attempt: Attempt, call: Any) -> None:
+    async def release() -> None:
         try:
             code = await call.code()
         except BaseException:
             code = None
-        self._finish(code)
+        attempt.release(code)
 
-    def _finish(self, code: grpc.StatusCode | None) -> None:
-        self.channel._balancer.finish_call(
-            self.connection, code, retry=self.retry, method=self.method, started=self.started
-        )
+    asyncio.get_running_loop().create_task(release())
+
+
+def _constant(value: Any) -> Callable[[], Any]:
+    return lambda: value
 
 
 class _MultiCallable:
     _kind = ""  # the grpc.aio.Channel factory a pod's multicallable comes from
+    _replayable = True
 
     def __init__(
         self,
@@ -93,9 +119,12 @@ class _MultiCallable:
         registered: bool,
     ) -> None:
         self._channel = channel
+        self._method = method
         self._key = (self._kind, method, serializer, deserializer, registered)
+        self.policy = channel._policy_for(method, self._replayable)
 
-    def _on(self, connection: Connection) -> Any:
+    def on(self, attempt: Attempt) -> Any:
+        connection = attempt.connection
         found = connection.multicallables.get(self._key)
         if found is None:  # one event loop thread: no lock needed
             kind, method, serializer, deserializer, registered = self._key
@@ -110,28 +139,30 @@ class UnaryUnary(_MultiCallable, grpc.aio.UnaryUnaryMultiCallable):  # type: ign
     _kind = "unary_unary"
 
     def __call__(self, request: Any, **kwargs: Any) -> UnaryUnaryCall:
-        return UnaryUnaryCall(self, request, True, **kwargs)
+        return UnaryUnaryCall(self, request, **kwargs)
 
 
 class UnaryStream(_MultiCallable, grpc.aio.UnaryStreamMultiCallable):  # type: ignore[misc]
     _kind = "unary_stream"
 
     def __call__(self, request: Any, **kwargs: Any) -> UnaryStreamCall:
-        return UnaryStreamCall(self, request, True, **kwargs)
+        return UnaryStreamCall(self, request, **kwargs)
 
 
 class StreamUnary(_MultiCallable, grpc.aio.StreamUnaryMultiCallable):  # type: ignore[misc]
     _kind = "stream_unary"
+    _replayable = False
 
     def __call__(self, request_iterator: Any = None, **kwargs: Any) -> StreamUnaryCall:
-        return StreamUnaryCall(self, request_iterator, False, **kwargs)
+        return StreamUnaryCall(self, request_iterator, **kwargs)
 
 
 class StreamStream(_MultiCallable, grpc.aio.StreamStreamMultiCallable):  # type: ignore[misc]
     _kind = "stream_stream"
+    _replayable = False
 
     def __call__(self, request_iterator: Any = None, **kwargs: Any) -> StreamStreamCall:
-        return StreamStreamCall(self, request_iterator, False, **kwargs)
+        return StreamStreamCall(self, request_iterator, **kwargs)
 
 
 class _Call:
@@ -141,7 +172,6 @@ class _Call:
         self,
         owner: _MultiCallable,
         request: Any,
-        replayable: bool,
         *,
         timeout: float | None = None,
         metadata: Metadata = None,
@@ -149,39 +179,46 @@ class _Call:
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> None:
-        self._owner, self._channel = owner, owner._channel
+        channel = owner._channel
+        self._owner, self._channel = owner, channel
         self._request = request
-        self._metadata, self._wait_for_ready = metadata, wait_for_ready
+        policy = owner.policy
+        if policy.timeout is not None and (timeout is None or policy.timeout < timeout):
+            timeout = policy.timeout  # the shorter of the call's and the service config's
+        if wait_for_ready is None:
+            wait_for_ready = policy.wait_for_ready
+        self._metadata, self._wait_for_ready = metadata, bool(wait_for_ready)
         self._credentials, self._compression = credentials, compression
-        self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._retries = self._channel.settings.retries if replayable else 0
-        self._tried: list[Endpoint] = []
-        self._attempt: Any = None
-        self._connection: Connection | None = None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._run = CallRun(policy, deadline)
+        self._digest = request_hash(metadata, channel._hash_key)
+        self._attempt: Any = None  # the current grpc.aio call
+        self._handle: Attempt | None = None  # its hold on a pod
         self._error: grpc.aio.AioRpcError | None = None
         self._callbacks: list[Callable[[Any], None]] = []
         self._settled = False
         self._driven = False  # someone awaits or iterates, and so decides retries
-        self._method = owner._key[1]
+        self._began = time.perf_counter()
         self._starter: asyncio.Task[None] | None = None
+        self._loop = channel._ensure_started()
         try:
-            connection = self._channel._start_now(metadata, self._method)
+            attempt = channel._start_now(self._digest, owner._method, self._wait_for_ready)
         except LocalRpcError as error:
             self._fail(as_aio_error(error))
             return
-        if connection is not None:
-            self._invoke(connection)
+        if attempt is not None:
+            self._invoke(attempt)
         else:
             # No pod yet: start as soon as there is one, awaited or not, as grpc.aio
             # starts every call when it is made.
-            self._starter = self._channel._spawn(self._start_attempt())
+            self._starter = channel._spawn(self._start_attempt(False))
 
-    def _invoke(self, connection: Connection) -> None:
-        remaining = None if self._deadline is None else max(self._deadline - time.monotonic(), 0)
-        balancer = self._channel._balancer
-        started = time.perf_counter() if balancer.telemetry.enabled else 0.0
+    def _invoke(self, attempt: Attempt) -> Any:
+        deadline = self._run.deadline
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        self._run.tried.append(attempt.endpoint)
         try:
-            call = self._owner._on(connection)(
+            call = self._owner.on(attempt)(
                 self._request,
                 timeout=remaining,
                 metadata=self._metadata,
@@ -190,28 +227,30 @@ class _Call:
                 compression=self._compression,
             )
         except BaseException:
-            balancer.finish_call(connection, None, retry=bool(self._tried))
+            attempt.release(None)
             raise
-        call.add_done_callback(_Release(self, connection, bool(self._tried), self._method, started))
-        self._attempt, self._connection = call, connection
+        call.add_done_callback(_AttemptEnded(self, attempt, self._loop))
+        self._attempt, self._handle = call, attempt
+        return call
 
-    async def _start_attempt(self) -> None:
+    async def _start_attempt(self, retry: bool) -> None:
         """Wait for a pod and start an attempt there; a failure becomes the call's error."""
         try:
-            connection = await self._channel._begin(
-                self._metadata,
-                self._deadline,
-                bool(self._wait_for_ready),
-                self._tried,
-                self._method,
+            attempt = await self._channel._begin(
+                self._digest,
+                self._run.deadline,
+                self._wait_for_ready,
+                self._run.tried,
+                self._owner._method,
+                retry,
             )
         except LocalRpcError as error:
             self._fail(as_aio_error(error))
             return
         if self._error is None:  # not cancelled meanwhile
-            self._invoke(connection)
+            self._invoke(attempt)
         else:
-            self._channel._balancer.finish_call(connection, None, retry=bool(self._tried))
+            attempt.release(None)
 
     async def _started(self) -> Any:
         """The current attempt, after waiting for a pod if there was none."""
@@ -222,23 +261,34 @@ class _Call:
                 # the call starts once; cancel() cancels it, and so every waiter.
                 await asyncio.shield(starter)
             else:
-                await self._start_attempt()  # a retry, started by the call's one driver
+                await self._start_attempt(True)  # a retry, started by the call's one driver
         if self._attempt is None:
             assert self._error is not None
-            if self._error.code() is grpc.StatusCode.CANCELLED:
+            if self._error.code() is _CANCELLED:
                 raise asyncio.CancelledError()  # as grpc.aio's cancelled calls do
             raise self._error
         return self._attempt
 
+    async def _on_attempt(self, work: Any) -> Any:
+        """Await ``work`` on the current attempt; a cancelled task cancels the attempt too."""
+        try:
+            return await work
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+
     async def _retry_after(self, error: grpc.aio.AioRpcError) -> bool:
         """Prepare the next attempt after a failure; False when the failure is final."""
-        if len(self._tried) >= self._retries or self._connection is None:
-            return False
-        delay = self._channel._balancer.retry_delay(error.code(), len(self._tried), self._deadline)
+        run = self._run
+        delay = run.retry_delay(error.code(), error.trailing_metadata, time.monotonic())
         if delay is None:
             return False
-        self._tried.append(self._connection.endpoint)
-        self._attempt = None
+        if not self._channel._balancer.reserve_retry():
+            trace_retry(error.code(), None)
+            return False
+        trace_retry(error.code(), delay)
+        run.attempts += 1
+        self._attempt = self._handle = None
         try:
             await asyncio.sleep(delay)
             if self._error is not None:  # cancelled during the backoff
@@ -252,16 +302,20 @@ class _Call:
         if self._settled:
             return  # the first outcome stands (a cancel is not overwritten by a deadline)
         self._error = error
-        self._settle()
+        self._settle(error.code())
 
     def _attempt_done(self, call: Any) -> None:
         if not self._driven or call.cancelled():
-            self._settle()  # nobody will retry it: this attempt is the call's outcome
+            # Nobody will retry it: this attempt is the call's outcome.
+            self._settle(aio_finished_status(call))
 
-    def _settle(self) -> None:
+    def _settle(self, code: grpc.StatusCode | None) -> None:
         if self._settled:
             return
         self._settled = True
+        if code is _OK:
+            self._run.succeeded()
+        self._channel._call_finished(self._owner._method, code, self._began)
         callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             try:
@@ -277,20 +331,13 @@ class _Call:
             return False
         if self._starter is not None:
             self._starter.cancel()
-        self._fail(
-            grpc.aio.AioRpcError(
-                grpc.StatusCode.CANCELLED,
-                grpc.aio.Metadata(),
-                grpc.aio.Metadata(),
-                details="Locally cancelled by application!",
-            )
-        )
+        self._fail(_cancelled_error())
         return True
 
     def cancelled(self) -> bool:
         if self._attempt is not None:
             return bool(self._attempt.cancelled())
-        return self._error is not None and self._error.code() is grpc.StatusCode.CANCELLED
+        return self._error is not None and self._error.code() is _CANCELLED
 
     def done(self) -> bool:
         return self._settled or (
@@ -298,7 +345,8 @@ class _Call:
         )
 
     def time_remaining(self) -> float | None:
-        return None if self._deadline is None else max(self._deadline - time.monotonic(), 0.0)
+        deadline = self._run.deadline
+        return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         if self._settled:
@@ -307,40 +355,35 @@ class _Call:
             self._callbacks.append(callback)
 
     # grpc.aio.Call
-    async def _final(self) -> Any:
-        """The attempt that decides the call's status (after it ended), or raise the local error."""
-        return await self._started()
-
     async def initial_metadata(self) -> Any:
-        return await (await self._final()).initial_metadata()
+        return await (await self._started()).initial_metadata()
 
     async def trailing_metadata(self) -> Any:
         if self._error is not None:
             return self._error.trailing_metadata()
-        return await (await self._final()).trailing_metadata()
+        return await (await self._started()).trailing_metadata()
 
     async def code(self) -> grpc.StatusCode:
-        if self._error is not None:
-            return self._error.code()
-        await self._wait_settled()
+        if self._error is None:
+            await self._wait_settled()
         return self._error.code() if self._error is not None else await self._attempt.code()
 
     async def details(self) -> str:
-        if self._error is not None:
-            return str(self._error.details())
-        await self._wait_settled()
+        if self._error is None:
+            await self._wait_settled()
         if self._error is not None:
             return str(self._error.details())
         return str(await self._attempt.details())
 
     async def wait_for_connection(self) -> None:
-        await (await self._final()).wait_for_connection()
+        await self._on_attempt((await self._started()).wait_for_connection())
 
     async def _wait_settled(self) -> None:
-        await (await self._final()).code()
+        with contextlib.suppress(grpc.RpcError):
+            await (await self._started()).code()
 
     def __repr__(self) -> str:
-        return f"<grpclb.aio call {self._owner._key[1]} attempt={self._attempt!r}>"
+        return f"<grpclb.aio call {self._owner._method} attempt={self._attempt!r}>"
 
 
 class _UnaryResponse(_Call):
@@ -361,28 +404,90 @@ class _UnaryResponse(_Call):
                 raise self._outcome[1]
             return self._outcome[0]
         self._driven = True
+        code = None
         try:
-            while True:
-                attempt = self._attempt  # the common case: started when the call was made
-                if attempt is None:
-                    attempt = await self._started()
-                try:
-                    response = await attempt
-                except grpc.aio.AioRpcError as error:
-                    if await self._retry_after(error):
-                        continue
-                    self._outcome = (None, error)
-                    raise
-                self._outcome = (response, None)
-                return response
+            if self._run.policy.hedging:
+                response = await self._hedged()
+            else:
+                response = await self._retried()
+            self._outcome = (response, None)
+            code = _OK
+            return response
         except BaseException as error:
             if self._outcome is None:
                 self._outcome = (None, error)
+            code = error.code() if isinstance(error, grpc.aio.AioRpcError) else _CANCELLED
             raise
         finally:
-            self._settle()
+            self._settle(code)
             if self._finished is not None:
                 self._finished.set()
+
+    async def _retried(self) -> Any:
+        while True:
+            attempt = self._attempt  # the common case: started when the call was made
+            if attempt is None:
+                attempt = await self._started()
+            try:
+                response = await self._on_attempt(attempt)
+            except grpc.aio.AioRpcError as error:
+                if await self._retry_after(error):
+                    continue
+                raise
+            handle = self._handle
+            if handle is not None:
+                handle.release(_OK)  # here, not in the done-callback: one loop turn sooner
+            return response
+
+    async def _hedged(self) -> Any:
+        """A6 hedging: attempts on distinct pods, the first final answer wins."""
+        run, clock = self._run, self._loop.time
+        hedging_delay = run.policy.hedging_delay or 0.0
+        changed = asyncio.Event()
+        running: dict[Any, Attempt] = {}
+
+        def track(call: Any) -> None:
+            assert self._handle is not None
+            running[call] = self._handle
+            call.add_done_callback(lambda _: changed.set())
+
+        track(await self._started())
+        next_hedge = clock() + hedging_delay
+        last: Any = None
+        try:
+            while True:
+                if run.may_hedge() and clock() >= next_hedge:
+                    attempt = self._channel._pick_hedge(self._digest, self._owner._method, run)
+                    if attempt is None:
+                        run.attempts = run.policy.max_attempts  # no budget or no pod: stop
+                    else:
+                        track(self._invoke(attempt))
+                        next_hedge = clock() + hedging_delay
+                if not running:
+                    self._attempt = last
+                    return await last  # no hedge left: the last failure stands
+                timeout = max(next_hedge - clock(), 0.0) if run.may_hedge() else None
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(changed.wait(), timeout)
+                changed.clear()
+                for call in [c for c in running if c.done()]:
+                    handle = running.pop(call)
+                    code = aio_finished_status(call) or await call.code()
+                    if code is _OK:
+                        handle.release(_OK)
+                        self._attempt, self._handle = call, handle
+                        return await call
+                    trailing = await call.trailing_metadata()
+                    final, delay = run.hedge_failed(code, _constant(trailing))
+                    last = self._attempt = call
+                    if final:
+                        return await call  # raises its error
+                    if delay is not None:
+                        next_hedge = clock() + delay  # A6: at once, or after the pushback
+        finally:
+            for call in running:
+                call.cancel()  # the losers: a cancel is no verdict on their pods
+
 
     async def _wait_settled(self) -> None:
         with contextlib.suppress(grpc.RpcError, asyncio.CancelledError):
@@ -395,10 +500,12 @@ class UnaryUnaryCall(_UnaryResponse, grpc.aio.UnaryUnaryCall):  # type: ignore[m
 
 class _Writes:
     async def write(self, request: Any) -> None:
-        await (await self._started()).write(request)  # type: ignore[attr-defined]
+        call: Any = self
+        await call._on_attempt((await call._started()).write(request))
 
     async def done_writing(self) -> None:
-        await (await self._started()).done_writing()  # type: ignore[attr-defined]
+        call: Any = self
+        await call._on_attempt((await call._started()).done_writing())
 
 
 class StreamUnaryCall(_Writes, _UnaryResponse, grpc.aio.StreamUnaryCall):  # type: ignore[misc]
@@ -422,6 +529,7 @@ class _StreamResponse(_Call):
     async def _messages(self) -> AsyncIterator[Any]:
         self._driven = True
         received = False
+        code = None
         try:
             while True:
                 attempt = await self._started()
@@ -429,13 +537,19 @@ class _StreamResponse(_Call):
                     async for message in attempt:
                         received = True
                         yield message
+                    code = _OK
                     return
                 except grpc.aio.AioRpcError as error:
                     # What was read cannot be replayed: retry only before the first message.
                     if received or not await self._retry_after(error):
+                        code = error.code()
                         raise
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancel()  # the reader went away: so does the RPC
+            code = _CANCELLED
+            raise
         finally:
-            self._settle()
+            self._settle(code)
 
 
 class UnaryStreamCall(_StreamResponse, grpc.aio.UnaryStreamCall):  # type: ignore[misc]

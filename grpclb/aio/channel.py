@@ -24,9 +24,11 @@ from opentelemetry.metrics import MeterProvider
 
 from grpclb.aio import calls
 from grpclb.config.settings import Settings
-from grpclb.core.admission import Metadata, request_hash, wait_for_pods
-from grpclb.core.balancer import Clock
+from grpclb.core.admission import wait_for_pods
+from grpclb.core.attempt import Attempt
+from grpclb.core.balancer import Balancer, Clock
 from grpclb.core.endpoints import READY, Connection, Endpoint
+from grpclb.core.retry import CallRun
 from grpclb.errors import LocalRpcError
 from grpclb.resolver import AsyncResolver, RefreshSchedule
 from grpclb.shell import ChannelOptions, ChannelShell, dial_address
@@ -72,7 +74,10 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
                 ) from None
             self._loop = loop
             self._wakeup, self._changed = asyncio.Event(), asyncio.Event()
-            self._task = loop.create_task(self._maintain(), name=f"grpclb {self._target.text}")
+            self._task = loop.create_task(
+                _maintain(self._balancer, self._resolver, self._wakeup, self._clock),
+                name=f"grpclb {self._target.text}",
+            )
         return self._loop
 
     # --- grpc.aio.Channel -----------------------------------------------------------
@@ -120,30 +125,46 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
 
     # --- the call path's helpers (used by grpclb.aio.calls) ------------------------------
 
-    def _start_now(self, metadata: Metadata, method: str) -> Connection | None:
-        """A counted connection if a pod is at hand, without waiting."""
+    def _start_now(self, digest: int | None, method: str, wait_for_ready: bool) -> Attempt | None:
+        """An attempt if a pod is at hand, without waiting."""
         if self._balancer.closed:
             raise grpc.aio.UsageError("Cannot invoke RPC on closed channel!")
-        self._ensure_started()
-        return self._balancer.start_call(request_hash(metadata, self._hash_key), (), method)
+        return self._balancer.start_call(digest, (), method, ready_only=wait_for_ready)
+
+    def _pick_hedge(self, digest: int | None, method: str, run: CallRun) -> Attempt | None:
+        """A hedged attempt on a pod not tried yet, now, with a budget grant; None if not."""
+        balancer = self._balancer
+        if balancer.closed or not balancer.reserve_retry():
+            return None
+        try:
+            attempt = balancer.start_call(digest, run.tried, method, retry=True)
+        except LocalRpcError:
+            attempt = None
+        if attempt is None:
+            balancer.cancel_retry()
+        else:
+            run.attempts += 1
+        return attempt
 
     async def _begin(
         self,
-        metadata: Metadata,
+        digest: int | None,
         deadline: float | None,
         wait_for_ready: bool,
         tried: Sequence[Endpoint],
         method: str = "",
-    ) -> Connection:
-        """A counted connection for one attempt, waiting for pods when the call may wait."""
+        retry: bool = False,
+    ) -> Attempt:
+        """An attempt on a pod, waiting for pods when the call may wait."""
         self._ensure_started()
-        digest = request_hash(metadata, self._hash_key)
         balancer = self._balancer
         try:
             while True:
-                connection = balancer.start_call(digest, tried, method)
-                if connection is not None:
-                    return connection
+                attempt = balancer.start_call(
+                    digest, tried, method, retry=retry, ready_only=wait_for_ready
+                )
+                if attempt is not None:
+                    return attempt
                 try:
                     wait = wait_for_pods(balancer, wait_for_ready, deadline, time.monotonic())
                 except ValueError:  # closed while this call waited: cancelled, as grpc.aio does
@@ -152,8 +173,8 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._next_change(), wait)
         except BaseException:
-            if tried:
-                balancer.cancel_retry()  # the retry reserved by retry_delay never started
+            if retry:
+                balancer.cancel_retry()  # the granted retry never started
             raise
 
     async def _next_change(self) -> None:
@@ -175,21 +196,7 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
 
     def watch(self, connection: Connection) -> None:
         loop = self._ensure_started()
-        connection.watcher = loop.create_task(self._watch(connection))
-
-    async def _watch(self, connection: Connection) -> None:
-        channel = connection.channel
-        try:
-            while not connection.closing:
-                # get_state(True) also asks an IDLE channel to connect again.
-                state = channel.get_state(try_to_connect=True)
-                self._balancer.connectivity_changed(connection, state)
-                await channel.wait_for_state_change(state)
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            if not connection.closing:
-                log.exception("grpclb: watching %s failed", connection)
+        connection.watcher = loop.create_task(_watch(self._balancer, connection))
 
     def connect(self, connection: Connection) -> None:
         if connection.channel is not None:
@@ -223,29 +230,72 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
 
     # --- the background task -------------------------------------------------------------
 
-    async def _maintain(self) -> None:
-        balancer, settings = self._balancer, self._settings
-        assert self._wakeup is not None
-        schedule = RefreshSchedule(
-            settings.dns_refresh_interval,
-            settings.dns_min_refresh_interval,
-            settings.dns_respect_ttl,
-        )
-        while not balancer.closed:
-            self._wakeup.clear()
-            try:
-                if self._clock() >= schedule.due_at(balancer.resolve_requested):
-                    balancer.resolve_requested = False
-                    schedule.started(self._clock())
-                    resolution = await self._resolver.resolve()
-                    schedule.finished(resolution, self._clock())
-                    balancer.update(resolution)
-                due = min(balancer.maintain(), schedule.due_at(balancer.resolve_requested))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("grpclb: background maintenance failed; retrying")
-                due = self._clock() + 1.0
-            timeout = min(max(due - self._clock(), 0.0), 1.0)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+    def __del__(self) -> None:
+        """Dropped without close(): stop the background work, as the sync channel does."""
+        balancer = getattr(self, "_balancer", None)
+        if balancer is None or balancer.closed:
+            return
+        try:
+            connections = balancer.shutdown()
+            if self._task is not None:
+                self._task.cancel()
+            for connection in connections:
+                if connection.watcher is not None:
+                    connection.watcher.cancel()
+        except Exception:  # pragma: no cover - e.g. the loop is already closed
+            pass
+
+
+async def _maintain(
+    balancer: Balancer,
+    resolver: AsyncResolver,
+    wakeup: asyncio.Event,
+    clock: Clock,
+) -> None:
+    """The background task: DNS on its schedule and the balancer's timers.
+
+    It holds the balancer, never the channel (the balancer holds its channel
+    weakly), so a channel dropped without close() is collected and stops this.
+    """
+    settings = balancer.settings
+    schedule = RefreshSchedule(
+        settings.dns_refresh_interval,
+        settings.dns_min_refresh_interval,
+        settings.dns_respect_ttl,
+    )
+    while not balancer.closed:
+        wakeup.clear()
+        try:
+            if clock() >= schedule.due_at(balancer.resolve_requested):
+                balancer.resolve_requested = False
+                schedule.started(clock())
+                resolution = await resolver.resolve()
+                schedule.finished(resolution, clock())
+                balancer.update(resolution)
+            due = min(balancer.maintain(), schedule.due_at(balancer.resolve_requested))
+        except asyncio.CancelledError:
+            raise
+        except ReferenceError:
+            return  # the channel was collected
+        except Exception:
+            log.exception("grpclb: background maintenance failed; retrying")
+            due = clock() + 1.0
+        timeout = min(max(due - clock(), 0.0), 1.0)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(wakeup.wait(), timeout)
+
+
+async def _watch(balancer: Balancer, connection: Connection) -> None:
+    """Follow one pod channel's connectivity (holding the balancer, not the channel)."""
+    channel = connection.channel
+    try:
+        while not connection.closing:
+            # get_state(True) also asks an IDLE channel to connect again.
+            state = channel.get_state(try_to_connect=True)
+            balancer.connectivity_changed(connection, state)
+            await channel.wait_for_state_change(state)
+    except (asyncio.CancelledError, ReferenceError):
+        pass
+    except Exception:
+        if not connection.closing:
+            log.exception("grpclb: watching %s failed", connection)

@@ -37,7 +37,7 @@ def wait_for_pods(
     """Seconds to wait before looking for a pod again; raises when the call must fail now."""
     if balancer.closed:
         raise ValueError("Cannot invoke RPC on closed channel!")
-    answered, has_pods = balancer.admission_view()
+    answered, has_pods = balancer.admission_view(ready_only=wait_for_ready)
     if has_pods:
         return 0.0  # pods arrived after this call looked: look again now
     if not (wait_for_ready or not answered):

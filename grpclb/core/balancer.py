@@ -22,6 +22,7 @@ import grpc
 
 from grpclb.config.settings import Settings
 from grpclb.config.target import Target
+from grpclb.core.attempt import Attempt
 from grpclb.core.endpoints import (
     IDLE,
     READY,
@@ -34,7 +35,6 @@ from grpclb.core.endpoints import (
 from grpclb.core.outlier import OutlierDetector, OutlierRecord, Verdict
 from grpclb.core.pickers import NO_PICKER, Picker, PickerFactory, pick_avoiding
 from grpclb.core.recycling import ConnectionLifecycle
-from grpclb.core.retry import RetryPolicy
 from grpclb.errors import LocalRpcError
 from grpclb.resolver import Resolution
 from grpclb.stats import (
@@ -45,7 +45,7 @@ from grpclb.stats import (
     endpoint_rows,
     summary_line,
 )
-from grpclb.telemetry import NULL_TELEMETRY, Telemetry, trace_attempt, trace_retry
+from grpclb.telemetry import NULL_TELEMETRY, Telemetry, trace_attempt
 
 log = logging.getLogger("grpclb")
 Clock = Callable[[], float]
@@ -69,7 +69,6 @@ class Balancer(ConnectionLifecycle):
         self.target = target
         self.settings = settings
         self.telemetry = telemetry
-        self.retry_policy = RetryPolicy(settings)
         # Weakly: the flavour's channel owns the balancer, and grpcio's threads reach the
         # balancer through connection watchers; a strong link back would keep a dropped
         # channel alive for good.
@@ -90,6 +89,7 @@ class Balancer(ConnectionLifecycle):
         self._failure_codes = settings.failure_codes
         self._in_flight = 0
         self._retries_in_flight = 0
+        self._retries_waiting = 0  # granted, attempt not started yet (backoff, waiting)
         self.panic = False
         self._wake_later = False
         self._dns_failing = False
@@ -194,6 +194,10 @@ class Balancer(ConnectionLifecycle):
             )
         self.panic = panic
         candidates = members if self.panic else healthy
+        if members and not healthy:
+            # Every pod is ejected (a scale-down can leave only an ejected one): an
+            # ejection must never leave the set empty, so serve from all of them.
+            candidates = members
         usable = [e for e in candidates if e.state is READY]
         if not usable:  # nothing connected yet: let calls queue on pods that may connect
             usable = [e for e in candidates if e.state is not TRANSIENT_FAILURE] or candidates
@@ -201,9 +205,20 @@ class Balancer(ConnectionLifecycle):
         self._wake_later = True
 
     def start_call(
-        self, request_hash: int | None, avoid: Collection[Endpoint] = (), method: str = ""
-    ) -> Connection | None:
-        """Pick a pod and count the call on it; None when there is no pod at all."""
+        self,
+        request_hash: int | None,
+        avoid: Collection[Endpoint] = (),
+        method: str = "",
+        *,
+        retry: bool = False,
+        ready_only: bool = False,
+    ) -> Attempt | None:
+        """Pick a pod and count an attempt on it; None when no pod can take it now.
+
+        ``retry``: the attempt uses a retry-budget grant (``reserve_retry``).
+        ``ready_only``: only a READY pod will do (a wait_for_ready call must not be
+        handed to a connecting pod's grpcio channel: grpcio would never move it).
+        """
         limit = self._max_requests
         for _ in range(4):  # a racing removal can retire the picked pod; pick again
             picker, usable = self._snapshot
@@ -211,7 +226,7 @@ class Balancer(ConnectionLifecycle):
                 endpoint = pick_avoiding(picker, usable, request_hash, avoid, self._rng)
             else:
                 endpoint = picker.pick(request_hash)
-            if endpoint is None:
+            if endpoint is None or (ready_only and endpoint.state is not READY):
                 return None
             with self._lock:
                 connection = endpoint.connection
@@ -230,6 +245,8 @@ class Balancer(ConnectionLifecycle):
                 endpoint.in_flight += 1
                 endpoint.calls += 1
                 self._in_flight += 1
+                if retry:
+                    self._retries_waiting -= 1  # the granted retry is now an attempt
                 self.counters["calls"] += 1
                 cap = self._max_requests_per_connection
                 recycle = cap is not None and connection.requests >= cap
@@ -238,40 +255,35 @@ class Balancer(ConnectionLifecycle):
                     self._recycle_locked(endpoint, actions)
             if recycle:
                 self._run(actions)
+            started = 0.0
             if self.telemetry.enabled:
+                started = time.perf_counter()
                 self.telemetry.attempt_started(method, endpoint.address, len(self._endpoints))
             trace_attempt(endpoint.address, len(avoid) + 1)
-            return connection
+            return Attempt(self, connection, retry, method, started)
         return None
 
-    def finish_call(
-        self,
-        connection: Connection,
-        code: grpc.StatusCode | None,
-        *,
-        retry: bool = False,
-        method: str = "",
-        started: float = 0.0,
-    ) -> None:
-        """Release a call's counts and learn from its outcome (None: no status, e.g. cancelled).
-
-        ``started`` is the ``time.perf_counter()`` of the pick, when telemetry is enabled.
-        """
-        if self.telemetry.enabled and started:
+    def release(self, attempt: Attempt, code: grpc.StatusCode | None) -> None:
+        """End an attempt (see ``Attempt.release``): release its counts, learn from its outcome."""
+        connection = attempt.connection
+        if self.telemetry.enabled and attempt.started and not attempt.released:
             self.telemetry.attempt_finished(
-                method,
+                attempt.method,
                 connection.endpoint.address,
                 len(self._endpoints),
                 code,
-                time.perf_counter() - started,
+                time.perf_counter() - attempt.started,
             )
         actions: list[_Action] = []
         with self._lock:
+            if attempt.released:
+                return
+            attempt.released = True
             endpoint = connection.endpoint
             connection.in_flight -= 1
             endpoint.in_flight -= 1
             self._in_flight -= 1
-            if retry:
+            if attempt.retry:
                 self._retries_in_flight -= 1
             # A cancel (by the caller, or at close) says nothing about the pod.
             if code is not None and code is not _CANCELLED:
@@ -291,45 +303,36 @@ class Balancer(ConnectionLifecycle):
     def reserve_retry(self) -> bool:
         """Envoy's retry budget: retries in flight stay under a share of calls in flight.
 
-        A granted retry counts from now (its backoff included) until
-        ``finish_call(..., retry=True)`` or ``cancel_retry()``, so retries
-        decided at the same moment cannot all pass the same check. The call
-        asking is counted as in flight, as Envoy counts the request it retries,
-        although its failed attempt has already been released.
+        A call waiting out its backoff is still a call in flight, and so is the
+        call asking (as Envoy counts the request it retries): the base is
+        attempts in flight plus granted retries not yet started plus one, so a
+        burst of failures does not shrink the base its retries are measured
+        against. The share is truncated, as Envoy's is. A granted retry counts
+        from now (its backoff included) until its attempt is released or
+        ``cancel_retry()``, so retries decided at the same moment cannot all
+        pass the same check. Hedges are granted the same way.
         """
         s = self.settings
         with self._lock:
-            active = self._in_flight + 1
-            allowed = max(s.retry_budget_min_concurrency, s.retry_budget_percent / 100.0 * active)
+            active = self._in_flight + self._retries_waiting + 1
+            allowed = max(
+                s.retry_budget_min_concurrency, int(s.retry_budget_percent * active / 100)
+            )
             granted = self._retries_in_flight < allowed
             if granted:
                 self._retries_in_flight += 1
+                self._retries_waiting += 1
                 self.counters["retries"] += 1
             else:
                 self.counters["retries_refused"] += 1
             self.telemetry.retry(granted)
             return granted
 
-    def retry_delay(
-        self, code: grpc.StatusCode | None, retries_done: int, deadline: float | None
-    ) -> float | None:
-        """Seconds before the next attempt of a failed call, or None: it fails as it is.
-
-        A granted retry holds a place in the budget: see ``reserve_retry``.
-        """
-        delay = self.retry_policy.delay_before_retry(code, retries_done, time.monotonic(), deadline)
-        if delay is None:
-            return None
-        if not self.reserve_retry():
-            trace_retry(code, None)
-            return None  # over budget: the caller sees the original error
-        trace_retry(code, delay)
-        return delay
-
     def cancel_retry(self) -> None:
         """A granted retry that never started (no pod, deadline, cancelled)."""
         with self._lock:
             self._retries_in_flight -= 1
+            self._retries_waiting -= 1
 
     def _apply_verdict_locked(self, verdict: Verdict) -> None:
         for _ in range(verdict.overflow):
@@ -380,14 +383,17 @@ class Balancer(ConnectionLifecycle):
 
     # --- views ----------------------------------------------------------------------
 
-    def admission_view(self) -> tuple[bool, bool]:
+    def admission_view(self, ready_only: bool = False) -> tuple[bool, bool]:
         """(DNS has answered at least once, there are pods to pick), read together.
 
         A call that found no pod asks this under the lock, so a first answer
         landing between its pick and its decision is seen whole, not half.
+        ``ready_only``: only READY pods count (a wait_for_ready call's view).
         """
         with self._lock:
-            return self.counters["resolutions"] > 0, bool(self._snapshot[1])
+            usable = self._snapshot[1]
+            has_pods = any(e.state is READY for e in usable) if ready_only else bool(usable)
+            return self.counters["resolutions"] > 0, has_pods
 
     def aggregate_state(self) -> grpc.ChannelConnectivity:
         """The channel's state as grpcio would report it: the best of its pods'."""

@@ -1,45 +1,217 @@
-"""Retry decisions: whether a failed attempt is tried again, and after how long.
+"""Retry and hedging decisions for one logical call: values in, decisions out, no I/O.
 
-The decision is a pure function of the outcome, the attempt count and the
-deadline, shared by the sync and asyncio call paths; only their drivers
-differ (a blocking sleep or an ``await``). The backoff is tenacity's fully
-jittered exponential, which is Envoy's: a random wait between 0 and
-``base * 2**(n-1)``, capped at ``retry_backoff_max``.
+Each method's calls follow one ``CallPolicy``, built once per multicallable:
+the service config's ``retryPolicy`` or ``hedgingPolicy`` for that method
+(gRFC A6), else grpclb's channel-wide ``retries``. A ``CallRun`` holds one
+call's progress and answers the drivers' two questions, "retry after how
+long, or fail?" and "hedge now?"; the drivers (blocking, future, stream,
+asyncio) only execute the answers, as tenacity's drivers execute its
+``iter()``. The retry budget (Envoy's) is the balancer's and is asked by the
+drivers when a decision says "retry" or "hedge".
+
+tenacity supplies the backoff: ``wait_exponential`` is A6's ceiling
+``min(initialBackoff * multiplier**(n-1), maxBackoff)`` and the full jitter
+draws between 0 and it (A6: "random(0, min(...))"), from the injected random
+source so tests control it.
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
 import grpc
 import tenacity
 
-from grpclb.config.settings import Settings
+if TYPE_CHECKING:
+    from grpclb.config.settings import Settings
+    from grpclb.core.endpoints import Endpoint
+    from grpclb.core.throttle import RetryThrottle
+
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+# The failed attempt's trailing metadata, read only when a decision needs it.
+Trailing = Callable[[], Sequence[tuple[str, Any]] | None]
+_STOP = -1.0  # a pushback telling the client not to retry
 
 
-class RetryPolicy:
-    """One channel's retry rules, built once."""
+class _FullJitter(tenacity.wait.wait_base):
+    """A6's backoff: uniform between 0 and tenacity's exponential ceiling, injected randomness."""
 
-    __slots__ = ("_wait", "codes", "max_retries")
-
-    def __init__(self, settings: Settings) -> None:
-        self.max_retries = settings.retries
-        self.codes = settings.retry_codes
-        self._wait = tenacity.wait_random_exponential(
-            multiplier=settings.retry_backoff_base, max=settings.retry_backoff_max
+    def __init__(self, initial: float, maximum: float, multiplier: float, rng: random.Random):
+        self._ceiling = tenacity.wait_exponential(
+            multiplier=initial, max=maximum, exp_base=multiplier
         )
+        self._rng = rng
 
-    def backoff(self, retry_number: int) -> float:
-        """Seconds to wait before retry number ``retry_number`` (1 for the first)."""
-        state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]
-        state.attempt_number = retry_number
-        return float(self._wait(state))
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        return self._rng.uniform(0.0, float(self._ceiling(retry_state)))
 
-    def delay_before_retry(
-        self, code: grpc.StatusCode | None, retries_done: int, now: float, deadline: float | None
+
+@dataclass(frozen=True)
+class CallPolicy:
+    """What a method's calls do on failure, and the service config's per-method limits."""
+
+    max_attempts: int  # attempts in all, the first included; 1: none after it
+    codes: frozenset[grpc.StatusCode]  # retryable (retries) or non-fatal (hedging)
+    hedging_delay: float | None  # None: retries; otherwise hedges after this delay
+    retrying: tenacity.Retrying | None  # holds the backoff: tenacity's wait for its attempt n
+    timeout: float | None = None  # the service config's; a call's own deadline may be shorter
+    wait_for_ready: bool | None = None
+    throttle: RetryThrottle | None = None  # A6 retryThrottling, shared by the channel
+    origin: str = "grpclb retries"
+
+    @property
+    def hedging(self) -> bool:
+        return self.hedging_delay is not None
+
+
+NO_RETRIES = CallPolicy(1, frozenset(), None, None, origin="no retries")
+
+
+def _backoff(initial: float, maximum: float, multiplier: float, rng: random.Random) -> Any:
+    return tenacity.Retrying(wait=_FullJitter(initial, maximum, multiplier, rng))
+
+
+def channel_policy(settings: Settings, rng: random.Random) -> CallPolicy:
+    """grpclb's channel-wide retries (Envoy's retry_on, num_retries and backoff)."""
+    if settings.retries == 0:
+        return NO_RETRIES
+    wait = _backoff(settings.retry_backoff_base, settings.retry_backoff_max, 2.0, rng)
+    return CallPolicy(settings.retries + 1, settings.retry_codes, None, wait)
+
+
+def method_policy(
+    settings: Settings,
+    method: str,
+    replayable: bool,
+    rng: random.Random,
+    throttle: RetryThrottle | None = None,
+) -> CallPolicy:
+    """The policy of ``method``'s calls: its service config entry, else the channel's retries.
+
+    Calls whose requests cannot be replayed (a request stream) get no retries
+    and no hedges, whatever the config says; their timeout and waitForReady
+    still apply.
+    """
+    config: Any = getattr(settings, "service_config", None)
+    entry = config.method_config(method) if config is not None else None
+    base = channel_policy(settings, rng) if replayable else NO_RETRIES
+    if entry is None:
+        return base
+    limits: dict[str, Any] = {"timeout": entry.timeout, "wait_for_ready": entry.wait_for_ready}
+    if not replayable or entry.retries_off:
+        return CallPolicy(1, frozenset(), None, None, **limits, origin="no retries")
+    if entry.retry_policy is not None:
+        p = entry.retry_policy
+        wait = _backoff(p.initial_backoff, p.max_backoff, p.backoff_multiplier, rng)
+        return CallPolicy(
+            p.max_attempts, p.retryable_status_codes, None, wait, **limits,
+            throttle=throttle, origin="service config retryPolicy",
+        )  # fmt: skip
+    if entry.hedging_policy is not None:
+        h = entry.hedging_policy
+        return CallPolicy(
+            h.max_attempts, h.non_fatal_status_codes, h.hedging_delay, None, **limits,
+            throttle=throttle, origin="service config hedgingPolicy",
+        )  # fmt: skip
+    return CallPolicy(
+        base.max_attempts, base.codes, None, base.retrying, **limits, origin=base.origin
+    )
+
+
+def pushback(trailing_metadata: Sequence[tuple[str, Any]] | None) -> float | None:
+    """The server's ``grpc-retry-pushback-ms`` in seconds; ``_STOP`` for "do not retry".
+
+    A6: "If the value ... is not a non-negative integer, the client will not retry."
+    """
+    for key, value in trailing_metadata or ():
+        if key == PUSHBACK_KEY:
+            text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+            if text.isascii() and text.isdigit():
+                return int(text) / 1000.0
+            return _STOP
+    return None
+
+
+class CallRun:
+    """One logical call's progress through its policy; the drivers do what it decides."""
+
+    __slots__ = ("_state", "attempts", "deadline", "policy", "tried")
+
+    def __init__(self, policy: CallPolicy, deadline: float | None) -> None:
+        self.policy = policy
+        self.deadline = deadline
+        self.attempts = 1  # started so far
+        self.tried: list[Endpoint] = []  # pods of earlier attempts, avoided by later ones
+        self._state: tenacity.RetryCallState | None = None  # made on the first backoff
+
+    def retry_delay(
+        self, code: grpc.StatusCode | None, trailing: Trailing, now: float
     ) -> float | None:
-        """The wait before the next attempt, or None when the call must not be retried."""
-        if code not in self.codes or retries_done >= self.max_retries:
+        """Seconds to wait before the next attempt of a failed call, or None: it fails.
+
+        A grant from the retry budget is still needed before the retry starts.
+        """
+        policy = self.policy
+        if code not in policy.codes:
             return None
-        delay = self.backoff(retries_done + 1)
-        if deadline is not None and now + delay >= deadline:
+        throttle = policy.throttle
+        if throttle is not None:
+            throttle.record_failure()
+        server_says = pushback(trailing())
+        if server_says == _STOP or self.attempts >= policy.max_attempts:
+            return None
+        if throttle is not None and not throttle.allows():
+            return None
+        if server_says is not None:
+            delay = server_says
+            self._state = None  # A6: after a pushback, backoff starts again from the first
+        else:
+            delay = self._backoff()
+        if self.deadline is not None and now + delay >= self.deadline:
             return None  # a retry never outlives the call's deadline
         return delay
+
+    def _backoff(self) -> float:
+        retrying = self.policy.retrying
+        assert retrying is not None
+        state = self._state
+        if state is None:
+            state = self._state = tenacity.RetryCallState(retrying, None, (), {})
+        else:
+            state.prepare_for_next_attempt()
+        return float(retrying.wait(state))
+
+    def succeeded(self) -> None:
+        """The call ended well: A6's throttle earns a token back."""
+        if self.policy.throttle is not None:
+            self.policy.throttle.record_success()
+
+    # --- hedging (A6) -----------------------------------------------------------------
+
+    def may_hedge(self) -> bool:
+        """Another hedged attempt may start (a budget grant is still needed)."""
+        throttle = self.policy.throttle
+        return self.attempts < self.policy.max_attempts and (throttle is None or throttle.allows())
+
+    def hedge_failed(
+        self, code: grpc.StatusCode | None, trailing: Trailing
+    ) -> tuple[bool, float | None]:
+        """A hedged attempt failed: (is it the call's final answer?, the next hedge's delay).
+
+        A6: a fatal status commits the call at once; after a non-fatal one the
+        next hedge is sent at once, unless the server's pushback says when
+        (or, negative, that no more hedges may be sent).
+        """
+        if code not in self.policy.codes:
+            return True, None
+        throttle = self.policy.throttle
+        if throttle is not None:
+            throttle.record_failure()
+        server_says = pushback(trailing())
+        if server_says == _STOP:
+            self.attempts = self.policy.max_attempts  # no further hedges
+            return False, None
+        return False, server_says if server_says is not None else 0.0

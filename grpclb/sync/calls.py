@@ -1,10 +1,11 @@
 """The sync call path: grpc multicallables that choose a pod per call.
 
-Each call picks a connection from the balancer, counts itself in flight there,
-and runs on that pod's real grpcio multicallable; its end (in any way: OK,
-error, cancel, deadline) releases the count exactly once. Blocking
-unary-request calls are retried on another pod when the retry policy allows;
-streams stay on their pod until they end.
+Each attempt is an ``Attempt`` from the balancer, released exactly once when
+the attempt ends in any way (OK, error, cancel, deadline). What happens after
+a failure is the core's decision (``core.retry``); this module only executes
+it in the three shapes grpcio's sync API has: a blocking call retries in a
+loop in the caller's thread, and futures and response streams hand off to
+``sync.replay``, which never blocks the caller while it waits for a pod.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from grpclb.core.admission import Metadata
-from grpclb.core.endpoints import Connection, Endpoint
+from grpclb.core.admission import Metadata, request_hash
+from grpclb.core.attempt import Attempt
+from grpclb.core.endpoints import Connection
+from grpclb.core.retry import CallRun
 from grpclb.errors import LocalRpcError
-from grpclb.sync.replay import RetryingFuture, RetryingStream
+from grpclb.telemetry import trace_retry
 
 if TYPE_CHECKING:
     from grpclb.sync.channel import Channel
@@ -47,6 +50,16 @@ def pod_outcome(code: grpc.StatusCode | None, details: Callable[[], Any]) -> grp
     return code
 
 
+def call_outcome(call: Any) -> grpc.StatusCode | None:
+    """A finished grpcio call's status as charged to its pod (None: a cancel, or unknown)."""
+    try:
+        if call.cancelled():
+            return None
+        return pod_outcome(call.code(), call.details)
+    except Exception:
+        return None
+
+
 def connection_closed(connection: Connection) -> LocalRpcError:
     """A call counted on a connection that closed before the call was sent."""
     return LocalRpcError(
@@ -56,28 +69,26 @@ def connection_closed(connection: Connection) -> LocalRpcError:
 
 
 def release_when_done(
-    channel: Channel, connection: Connection, retry: bool, method: str, started: float, call: Any
+    attempt: Attempt, call: Any, ended: Callable[[grpc.StatusCode | None], None] | None = None
 ) -> None:
-    """Release a future's or stream's count once, when it ends in any way.
+    """Release a future's or stream's attempt when its call ends in any way.
 
     Registered with ``add_callback`` and holding the call only weakly:
     ``add_done_callback`` would bind the call to the callback and keep a call
     the caller abandoned alive, never cancelled. A dead reference means the
-    call was collected (grpcio cancels it then). It must never raise: an
-    exception here can kill grpcio's polling thread and hang the channel.
+    call was collected (grpcio cancels it then). It never raises: an exception
+    here can kill grpcio's polling thread and hang the channel. ``ended``
+    hears the status too (the logical call's telemetry).
     """
     call_ref = weakref.ref(call)
 
     def release() -> None:
         try:
-            ended = call_ref()
-            code = None if ended is None else pod_outcome(ended.code(), ended.details)
-        except Exception:
-            code = None
-        try:
-            channel._balancer.finish_call(
-                connection, code, retry=retry, method=method, started=started
-            )
+            finished = call_ref()
+            code = None if finished is None else call_outcome(finished)
+            attempt.release(code)
+            if ended is not None:
+                ended(code)
         except Exception:  # pragma: no cover - defensive, see docstring
             log.exception("grpclb: releasing a call failed")
 
@@ -85,10 +96,15 @@ def release_when_done(
         release()  # it ended already
 
 
+def remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
 class _MultiCallable:
-    """What the four kinds share: the method's identity and its per-pod multicallables."""
+    """What the four kinds share: the method, its policy and its per-pod multicallables."""
 
     _kind = ""
+    _replayable = True  # the request is one message, so an attempt can be repeated
 
     def __init__(
         self,
@@ -99,72 +115,47 @@ class _MultiCallable:
         registered: bool,
     ) -> None:
         self._channel = channel
+        self._balancer = channel._balancer
         self._method = method
-        self._telemetry = channel._balancer.telemetry
         self._key = (self._kind, method, request_serializer, response_deserializer, registered)
+        self.policy = channel._policy_for(method, self._replayable)
 
-    def _on(self, connection: Connection) -> Any:
+    def on(self, connection: Connection) -> Any:
+        """The pod's own grpcio multicallable for this method, created once."""
         found = connection.multicallables.get(self._key)
         return found if found is not None else self._channel._multicallable(connection, self._key)
 
-    def _start(
-        self,
-        metadata: Metadata,
-        deadline: float | None,
-        wait_for_ready: bool | None,
-        tried: Sequence[Endpoint] = (),
-    ) -> Connection:
-        return self._channel._begin(metadata, deadline, bool(wait_for_ready), tried, self._method)
+    def _prepare(
+        self, timeout: float | None, metadata: Metadata, wait_for_ready: bool | None
+    ) -> tuple[float | None, bool, int | None]:
+        """(deadline, wait_for_ready, request hash): the call's own values, then its config's."""
+        self._channel._check_usable()
+        policy = self.policy
+        if policy.timeout is not None and (timeout is None or policy.timeout < timeout):
+            timeout = policy.timeout  # the shorter of the call's and the service config's
+        if wait_for_ready is None:
+            wait_for_ready = policy.wait_for_ready
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return deadline, bool(wait_for_ready), request_hash(metadata, self._channel._hash_key)
+
+    def invoke(
+        self, attempt: Attempt, future: bool, request: Any, deadline: float | None, *args: Any
+    ) -> Any:
+        """Start ``attempt`` as a grpcio future or response stream; nothing is released here."""
+        try:
+            multicallable = self.on(attempt.connection)
+            if future:
+                multicallable = multicallable.future
+            return multicallable(request, remaining(deadline), *args)
+        except BaseException as error:
+            attempt.release(None)
+            if isinstance(error, ValueError) and attempt.connection.closing:
+                raise connection_closed(attempt.connection) from None
+            raise
 
     def _nonblocking(
         self,
         future: bool,
-        replayable: bool,
-        request: Any,
-        timeout: float | None,
-        metadata: Metadata,
-        *rest: Any,
-    ) -> Any:
-        """A future or a response stream; on a failure before any pod, the error itself."""
-        channel = self._channel
-        deadline = None if timeout is None else time.monotonic() + timeout
-        wait_for_ready = rest[1] if len(rest) > 1 else None
-
-        def start(tried: Sequence[Endpoint]) -> tuple[Any, Connection]:
-            retry = bool(tried)
-            connection = self._start(metadata, deadline, wait_for_ready, tried)
-            started = time.perf_counter() if self._telemetry.enabled else 0.0
-            try:
-                multicallable = self._on(connection)
-                call = (multicallable.future if future else multicallable)(
-                    request, _remaining(deadline), metadata, *rest
-                )
-            except BaseException as error:
-                channel._balancer.finish_call(connection, None, retry=retry)
-                if isinstance(error, ValueError) and connection.closing:
-                    raise connection_closed(connection) from None
-                raise
-            release_when_done(channel, connection, retry, self._method, started, call)
-            return call, connection
-
-        try:
-            if replayable and channel.settings.retries:
-
-                def delay(code: grpc.StatusCode | None, retries_done: int) -> float | None:
-                    return channel._balancer.retry_delay(code, retries_done, deadline)
-
-                if future:
-                    return RetryingFuture(start, delay, channel._balancer.cancel_retry)
-                return RetryingStream(start, delay, channel._balancer.cancel_retry)
-            return start(())[0]
-        except LocalRpcError as error:
-            # grpcio's future() and streams never raise: the error is a finished call.
-            return error
-
-    def _blocking(
-        self,
-        with_call: bool,
-        replayable: bool,
         request: Any,
         timeout: float | None,
         metadata: Metadata,
@@ -172,53 +163,99 @@ class _MultiCallable:
         wait_for_ready: bool | None,
         compression: grpc.Compression | None,
     ) -> Any:
-        channel = self._channel
-        deadline = None if timeout is None else time.monotonic() + timeout
-        tried: list[Endpoint] = []
+        """A future or a response stream; never blocks, as grpcio's never do."""
+        from grpclb.sync.replay import LogicalFuture, LogicalStream
+
+        deadline, wait, digest = self._prepare(timeout, metadata, wait_for_ready)
+        args = (metadata, credentials, wait, compression)
+        if self.policy.max_attempts == 1:
+            # Nothing to decide after the first attempt: grpcio's own object, when a pod
+            # is at hand now (otherwise a stand-in that starts it later).
+            try:
+                attempt = self._balancer.start_call(digest, (), self._method, ready_only=wait)
+            except LocalRpcError as error:
+                return error  # grpcio's future() and streams never raise: a finished call
+            if attempt is not None:
+                call = self.invoke(attempt, future, request, deadline, *args)
+                release_when_done(attempt, call, self._channel._call_timer(self._method))
+                return call
+        run = CallRun(self.policy, deadline)
+        if future:
+            return LogicalFuture(self, run, request, digest, args)
+        return LogicalStream(self, run, request, digest, args)
+
+    def _blocking(
+        self,
+        with_call: bool,
+        request: Any,
+        timeout: float | None,
+        metadata: Metadata,
+        credentials: grpc.CallCredentials | None,
+        wait_for_ready: bool | None,
+        compression: grpc.Compression | None,
+    ) -> Any:
+        deadline, wait, digest = self._prepare(timeout, metadata, wait_for_ready)
+        run = CallRun(self.policy, deadline)
+        if run.policy.hedging:  # attempts side by side: the future's machinery, waited on
+            from grpclb.sync.replay import LogicalFuture
+
+            call = LogicalFuture(
+                self, run, request, digest, (metadata, credentials, wait, compression)
+            )
+            result = call.result()
+            return (result, call) if with_call else result
+        channel, balancer, method = self._channel, self._balancer, self._method
+        started = time.perf_counter()
+        retry = False
         while True:
-            connection = self._start(metadata, deadline, wait_for_ready, tried)
-            started = time.perf_counter() if self._telemetry.enabled else 0.0
+            try:
+                attempt = channel._begin(digest, deadline, wait, run.tried, method, retry)
+            except LocalRpcError as error:
+                channel._call_finished(method, error.code(), started)
+                raise
             code = None
             try:
-                multicallable = self._on(connection)
+                multicallable = self.on(attempt.connection)
                 if with_call:
                     multicallable = multicallable.with_call
                 result = multicallable(
-                    request,
-                    _remaining(deadline),
-                    metadata,
-                    credentials,
-                    wait_for_ready,
-                    compression,
+                    request, remaining(deadline), metadata, credentials, wait, compression
                 )
                 code = _OK
-                return result
             except LocalRpcError as error:  # its connection closed before it was sent
-                failure = error
+                failure: Any = error
             except grpc.RpcError as error:
                 failure = error
                 code = pod_outcome(error.code(), error.details)
             except ValueError:
-                if not connection.closing:
+                if not attempt.connection.closing:
+                    attempt.release(None)
                     raise
-                failure = connection_closed(connection)  # closed by a grace or close()
-            finally:
-                channel._balancer.finish_call(
-                    connection, code, retry=bool(tried), method=self._method, started=started
-                )
-            # Decided after the release, as futures and aio calls do, so the failed attempt
-            # no longer counts in the retry budget's calls in flight.
-            delay = None
-            if replayable:
-                delay = channel._balancer.retry_delay(failure.code(), len(tried), deadline)
-            if delay is None:
+                failure = connection_closed(attempt.connection)  # closed by a grace or close()
+            except BaseException:
+                attempt.release(None)  # KeyboardInterrupt and the like: no verdict
+                raise
+            attempt.release(code)
+            if code is _OK:
+                run.succeeded()
+                channel._call_finished(method, _OK, started)
+                return result
+            # Decided after the release, as futures and aio calls do.
+            run.tried.append(attempt.endpoint)
+            delay = run.retry_delay(failure.code(), failure.trailing_metadata, time.monotonic())
+            if delay is None or not balancer.reserve_retry():
+                if delay is not None:
+                    trace_retry(failure.code(), None)  # over budget
+                channel._call_finished(method, failure.code(), started)
                 raise failure
-            tried.append(connection.endpoint)
-            time.sleep(delay)
-
-
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            trace_retry(failure.code(), delay)
+            run.attempts += 1
+            retry = True
+            try:
+                time.sleep(delay)
+            except BaseException:
+                balancer.cancel_retry()
+                raise
 
 
 class UnaryUnary(_MultiCallable, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
@@ -234,7 +271,7 @@ class UnaryUnary(_MultiCallable, grpc.UnaryUnaryMultiCallable):  # type: ignore[
         compression: grpc.Compression | None = None,
     ) -> Any:
         return self._blocking(
-            False, True, request, timeout, metadata, credentials, wait_for_ready, compression
+            False, request, timeout, metadata, credentials, wait_for_ready, compression
         )
 
     def with_call(
@@ -247,7 +284,7 @@ class UnaryUnary(_MultiCallable, grpc.UnaryUnaryMultiCallable):  # type: ignore[
         compression: grpc.Compression | None = None,
     ) -> Any:
         return self._blocking(
-            True, True, request, timeout, metadata, credentials, wait_for_ready, compression
+            True, request, timeout, metadata, credentials, wait_for_ready, compression
         )
 
     def future(
@@ -260,7 +297,7 @@ class UnaryUnary(_MultiCallable, grpc.UnaryUnaryMultiCallable):  # type: ignore[
         compression: grpc.Compression | None = None,
     ) -> Any:
         return self._nonblocking(
-            True, True, request, timeout, metadata, credentials, wait_for_ready, compression
+            True, request, timeout, metadata, credentials, wait_for_ready, compression
         )
 
 
@@ -277,12 +314,13 @@ class UnaryStream(_MultiCallable, grpc.UnaryStreamMultiCallable):  # type: ignor
         compression: grpc.Compression | None = None,
     ) -> Any:
         return self._nonblocking(
-            False, True, request, timeout, metadata, credentials, wait_for_ready, compression
+            False, request, timeout, metadata, credentials, wait_for_ready, compression
         )
 
 
 class StreamUnary(_MultiCallable, grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
     _kind = "stream_unary"
+    _replayable = False  # a request iterator is read once
 
     def __call__(
         self,
@@ -294,14 +332,7 @@ class StreamUnary(_MultiCallable, grpc.StreamUnaryMultiCallable):  # type: ignor
         compression: grpc.Compression | None = None,
     ) -> Any:
         return self._blocking(
-            False,
-            False,
-            request_iterator,
-            timeout,
-            metadata,
-            credentials,
-            wait_for_ready,
-            compression,
+            False, request_iterator, timeout, metadata, credentials, wait_for_ready, compression
         )
 
     def with_call(
@@ -314,14 +345,7 @@ class StreamUnary(_MultiCallable, grpc.StreamUnaryMultiCallable):  # type: ignor
         compression: grpc.Compression | None = None,
     ) -> Any:
         return self._blocking(
-            True,
-            False,
-            request_iterator,
-            timeout,
-            metadata,
-            credentials,
-            wait_for_ready,
-            compression,
+            True, request_iterator, timeout, metadata, credentials, wait_for_ready, compression
         )
 
     def future(
@@ -334,19 +358,13 @@ class StreamUnary(_MultiCallable, grpc.StreamUnaryMultiCallable):  # type: ignor
         compression: grpc.Compression | None = None,
     ) -> Any:
         return self._nonblocking(
-            True,
-            False,
-            request_iterator,
-            timeout,
-            metadata,
-            credentials,
-            wait_for_ready,
-            compression,
+            True, request_iterator, timeout, metadata, credentials, wait_for_ready, compression
         )
 
 
 class StreamStream(_MultiCallable, grpc.StreamStreamMultiCallable):  # type: ignore[misc]
     _kind = "stream_stream"
+    _replayable = False
 
     def __call__(
         self,
@@ -358,12 +376,5 @@ class StreamStream(_MultiCallable, grpc.StreamStreamMultiCallable):  # type: ign
         compression: grpc.Compression | None = None,
     ) -> Any:
         return self._nonblocking(
-            False,
-            False,
-            request_iterator,
-            timeout,
-            metadata,
-            credentials,
-            wait_for_ready,
-            compression,
+            False, request_iterator, timeout, metadata, credentials, wait_for_ready, compression
         )

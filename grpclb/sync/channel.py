@@ -23,7 +23,8 @@ from opentelemetry.metrics import MeterProvider
 
 from grpclb._grpcio import request_connection
 from grpclb.config.settings import Settings
-from grpclb.core.admission import Metadata, request_hash, wait_for_pods
+from grpclb.core.admission import wait_for_pods
+from grpclb.core.attempt import Attempt
 from grpclb.core.balancer import Clock
 from grpclb.core.endpoints import Connection, Endpoint
 from grpclb.errors import LocalRpcError
@@ -122,31 +123,39 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
 
     # --- the call path's helpers (used by grpclb.calls) ----------------------------
 
-    def _begin(
-        self,
-        metadata: Metadata,
-        deadline: float | None,
-        wait_for_ready: bool,
-        tried: Sequence[Endpoint],
-        method: str = "",
-    ) -> Connection:
-        """A counted connection for one attempt, waiting for pods when the call may wait."""
+    def _check_usable(self) -> None:
+        """Raise as grpcio does for a channel that can take no call (closed, or forked)."""
         if _forked and os.getpid() != self._pid:
             # grpcio channels do not survive fork(); failing is better than hanging.
             raise ValueError(
                 "grpclb.Channel was created in process "
                 f"{self._pid} and cannot be used after fork(); create one in the child"
             )
-        balancer = self._balancer
-        if balancer.closed and not tried:
+        if self._balancer.closed:
             raise ValueError("Cannot invoke RPC on closed channel!")  # grpcio's words
-        digest = request_hash(metadata, self._hash_key)
+
+    def _begin(
+        self,
+        digest: int | None,
+        deadline: float | None,
+        wait_for_ready: bool,
+        tried: Sequence[Endpoint],
+        method: str = "",
+        retry: bool = False,
+    ) -> Attempt:
+        """An attempt on a pod, waiting for pods when the call may wait.
+
+        ``retry``: the attempt uses a granted retry, given back if it never starts.
+        """
+        balancer = self._balancer
         try:
             while True:
                 version = self._version
-                connection = balancer.start_call(digest, tried, method)
-                if connection is not None:
-                    return connection
+                attempt = balancer.start_call(
+                    digest, tried, method, retry=retry, ready_only=wait_for_ready
+                )
+                if attempt is not None:
+                    return attempt
                 try:
                     wait = wait_for_pods(balancer, wait_for_ready, deadline, time.monotonic())
                 except ValueError:  # closed while this call waited: cancelled, as grpcio does
@@ -155,8 +164,8 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
                     if wait and self._version == version:
                         self._changed.wait(timeout=wait)
         except BaseException:
-            if tried:
-                balancer.cancel_retry()  # the retry reserved by retry_delay never started
+            if retry:
+                balancer.cancel_retry()  # the granted retry never started
             raise
 
     def _multicallable(self, connection: Connection, key: tuple[Any, ...]) -> Any:

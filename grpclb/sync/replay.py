@@ -1,15 +1,21 @@
-"""Retries for the non-blocking call styles: futures and response streams.
+"""Stand-ins for grpcio's futures and response streams whose attempts may move.
 
-A blocking call retries in a loop (see ``calls``). A future or a stream has
-returned to the caller before its outcome is known, so each needs a stand-in
-that looks like grpcio's object and starts the next attempt on another pod:
+A future or a stream is returned to the caller before its outcome is known,
+and sometimes before any pod can take it. These objects look like grpcio's,
+start their attempts without ever blocking the caller (a pod now, or a short
+waiting thread when none is at hand), and follow the core's decisions:
 
-- a future: when an attempt fails with a retryable code, the next one starts
-  after the backoff (on a timer thread, never inside grpcio's callback);
-- a response stream: only before its first message, since what was already
-  read cannot be replayed; the retry happens in the reader's ``next()``.
+- ``LogicalFuture``: retries after a backoff on a timer thread, or, under a
+  hedging policy, attempts side by side on different pods, the first final
+  answer winning and the others cancelled (gRFC A6). Blocking hedged calls
+  wait on one of these.
+- ``LogicalStream``: a response stream retried only before its first message,
+  since what was read cannot be replayed (A6: a message commits the call).
 
-Each attempt releases its own in-flight count through its own done-callback.
+Every attempt is released by its own callback, which holds neither the call
+nor the stand-in strongly, so an abandoned call is collected and cancelled as
+grpcio's own would be. Their callbacks (``add_callback``,
+``add_done_callback``) run once, for the final outcome.
 """
 
 from __future__ import annotations
@@ -17,124 +23,293 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
+import time
 import weakref
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from grpclb.core.endpoints import Connection, Endpoint
+from grpclb.core.admission import wait_for_pods
+from grpclb.core.attempt import Attempt
+from grpclb.core.retry import CallRun
 from grpclb.errors import LocalRpcError
+from grpclb.sync.calls import call_outcome
+from grpclb.telemetry import trace_retry
+
+if TYPE_CHECKING:
+    from grpclb.sync.calls import _MultiCallable
 
 log = logging.getLogger("grpclb")
-
-# (endpoints tried so far) -> (the attempt's grpcio call, its connection)
-StartAttempt = Callable[[Sequence[Endpoint]], tuple[Any, Connection]]
-# (status code, retries done) -> seconds to wait before retrying, or None
-RetryDelay = Callable[[grpc.StatusCode | None, int], float | None]
+_OK = grpc.StatusCode.OK
 
 
-class RetryingFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
-    """A unary call's future whose attempts may move to other pods."""
+def _cancelled() -> LocalRpcError:
+    return LocalRpcError(grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
 
-    def __init__(self, start: StartAttempt, delay: RetryDelay, abandon: Callable[[], None]) -> None:
-        self._start, self._delay, self._abandon = start, delay, abandon
-        # Later attempts run on grpcio's and timer threads: keep the caller's context
-        # (its current span) so their trace events land where the call was made.
+
+def _in_context(context: contextvars.Context, function: Callable[..., None], *args: Any) -> None:
+    """Run in the caller's context (its current span), unless another thread is in it."""
+    try:
+        context.run(function, *args)
+    except RuntimeError as error:
+        if "context" not in str(error):
+            raise
+        function(*args)
+
+
+class _Logical:
+    """What futures and streams share: starting attempts without blocking, final callbacks."""
+
+    def __init__(self, owner: _MultiCallable, run: CallRun, request: Any, digest: Any, args: Any):
+        self._owner, self._run, self._request = owner, run, request
+        self._digest, self._args = digest, args  # args: metadata, credentials, wfr, compression
+        self._balancer = owner._balancer
+        # Later attempts run on grpcio's and timer threads: keep the caller's context (its
+        # current span) so their trace events land where the call was made.
         self._context = contextvars.copy_context()
         self._lock = threading.Lock()
         self._done = threading.Event()
-        self._tried: list[Endpoint] = []
-        self._callbacks: list[Callable[[Any], None]] = []
-        self._current: Any = None
+        self._final: Any = None  # the grpcio call, or the LocalRpcError, that decides
+        self._callbacks: list[Callable[[], None]] = []
+        self._started = time.perf_counter()
         self._cancelled = False
-        self._attempt()
 
-    def _attempt(self) -> None:
-        with self._lock:
-            if self._cancelled:
-                if self._tried:
-                    self._abandon()  # the retry granted before the cancel never starts
-                return
+    def _pick(self, retry: bool) -> Attempt | None:
+        """An attempt now, or None after arranging one on a waiting thread; may raise."""
+        run = self._run
+        wait = bool(self._args[2])
         try:
-            call, connection = self._start(self._tried)
+            attempt = self._balancer.start_call(
+                self._digest, run.tried, self._owner._method, retry=retry, ready_only=wait
+            )
+            if attempt is None:
+                try:
+                    wait_for_pods(self._balancer, wait, run.deadline, time.monotonic())
+                except ValueError:  # closed meanwhile: cancelled, as grpcio does
+                    raise LocalRpcError(grpc.StatusCode.CANCELLED, "Channel closed!") from None
+        except BaseException:
+            if retry:
+                self._balancer.cancel_retry()
+            raise
+        if attempt is None:  # it may wait: do so on a thread, never in the caller's
+            waiter = threading.Thread(target=self._wait_for_pod, args=(retry,), daemon=True)
+            waiter.start()
+        return attempt
+
+    def _wait_for_pod(self, retry: bool) -> None:
+        try:
+            channel, run = self._owner._channel, self._run
+            attempt = channel._begin(
+                self._digest,
+                run.deadline,
+                bool(self._args[2]),
+                run.tried,
+                self._owner._method,
+                retry,
+            )
         except LocalRpcError as error:
             self._finish(error)
             return
-        except Exception as error:  # never leave the future pending on a timer thread
-            self._finish(LocalRpcError(grpc.StatusCode.UNKNOWN, f"grpclb: retry failed: {error}"))
+        except Exception as error:
+            self._finish(LocalRpcError(grpc.StatusCode.UNAVAILABLE, f"grpclb: {error}"))
             return
-        with self._lock:
-            if self._done.is_set():  # cancelled while this attempt was starting
-                call.cancel()
-                return
-            self._current = call
-        # Weak references only (see calls.release_when_done): a future the caller drops
-        # must be collected, and so cancelled, as grpcio's own would be.
-        future_ref, call_ref = weakref.ref(self), weakref.ref(call)
+        _in_context(self._context, self._launch, attempt)
 
-        def ended() -> None:
-            future, attempt = future_ref(), call_ref()
-            if future is not None and attempt is not None:
-                future._in_context(future._attempt_done, attempt, connection)
+    def _launch(self, attempt: Attempt) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
 
-        if not call.add_callback(ended):
-            ended()
-
-    def _in_context(self, function: Callable[..., None], *args: Any) -> None:
-        entered = False
-
-        def run() -> None:
-            nonlocal entered
-            entered = True
-            function(*args)
-
-        try:
-            self._context.run(run)
-        except RuntimeError:
-            if entered:
-                raise
-            function(*args)  # the context is busy in another thread: run without it
-
-    def _attempt_done(self, call: Any, connection: Connection) -> None:
-        # Runs on grpcio's thread: decide quickly, never raise, never block.
-        try:
-            code = None if call.cancelled() else call.code()
-            delay = (
-                None
-                if self._cancelled or code is grpc.StatusCode.OK
-                else self._delay(code, len(self._tried))
-            )
-            if delay is None:
-                self._finish(call)
-                return
-            self._tried.append(connection.endpoint)
-            timer = threading.Timer(delay, self._in_context, (self._attempt,))
-            timer.daemon = True
-            timer.start()
-        except Exception:
-            log.exception("grpclb: deciding a retry failed")
-            self._finish(call)
-
-    def _finish(self, call: Any) -> None:
+    def _finish(self, final: Any) -> None:
         with self._lock:
             if self._done.is_set():
                 return  # finished already (a cancel won the race)
-            self._current = call
+            self._final = final
             callbacks, self._callbacks = self._callbacks, []
             self._done.set()
+        code = _OK if final is None else _code_of(final)
+        if code is _OK:
+            self._run.succeeded()
+        self._owner._channel._call_finished(self._owner._method, code, self._started)
         for callback in callbacks:
             try:
-                callback(self)
+                callback()
             except Exception:
-                log.exception("grpclb: a future's done-callback raised")
+                log.exception("grpclb: a call's callback raised")
 
-    def _final(self, timeout: float | None) -> Any:
-        if not self._done.wait(timeout):
-            raise grpc.FutureTimeoutError()
-        if self._cancelled and self._current is None:
-            raise grpc.FutureCancelledError()
-        return self._current
+    # grpc.Call's callbacks, for the final outcome
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        with self._lock:
+            if self._done.is_set():
+                return False  # ended: grpcio's contract
+            self._callbacks.append(callback)
+            return True
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        if not self.add_callback(lambda: fn(self)):
+            fn(self)
+
+    def is_active(self) -> bool:
+        return not self._done.is_set()
+
+    def time_remaining(self) -> float | None:
+        deadline = self._run.deadline
+        return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
+def _code_of(final: Any) -> grpc.StatusCode | None:
+    try:
+        return final.code()
+    except Exception:
+        return None
+
+
+class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
+    """A unary-response call's future over one or more attempts (retries or hedges)."""
+
+    def __init__(self, owner: _MultiCallable, run: CallRun, request: Any, digest: Any, args: Any):
+        super().__init__(owner, run, request, digest, args)
+        self._running: dict[int, Any] = {}  # id(attempt) -> its grpcio future
+        self._failed: Any = None  # the latest failed attempt, the answer if no hedge can follow
+        self._timer: threading.Timer | None = None
+        try:
+            attempt = self._pick(retry=False)
+        except LocalRpcError as error:
+            self._finish(error)
+            return
+        if attempt is not None:
+            self._launch(attempt)
+
+    def _launch(self, attempt: Attempt) -> None:
+        owner, run = self._owner, self._run
+        run.tried.append(attempt.endpoint)
+        try:
+            call = owner.invoke(attempt, True, self._request, run.deadline, *self._args)
+        except LocalRpcError as error:
+            self._attempt_failed_to_start(error)
+            return
+        except Exception as error:  # never leave the future pending on a timer thread
+            self._finish(LocalRpcError(grpc.StatusCode.UNKNOWN, f"grpclb: {error}"))
+            return
+        with self._lock:
+            if self._done.is_set():  # cancelled, or answered, while this attempt started
+                late = True
+            else:
+                late = False
+                self._running[id(attempt)] = call
+        if late:
+            call.cancel()
+        # Weak references only: a future the caller drops must be collected, and so
+        # cancelled, as grpcio's own would be; the attempt is released regardless.
+        future_ref, call_ref = weakref.ref(self), weakref.ref(call)
+
+        def ended() -> None:
+            try:
+                finished = call_ref()
+                code = None if finished is None else call_outcome(finished)
+                attempt.release(code)
+                future = future_ref()
+                if future is not None and finished is not None:
+                    _in_context(future._context, future._attempt_done, attempt, finished, code)
+            except Exception:
+                log.exception("grpclb: handling an attempt's end failed")
+
+        if not call.add_callback(ended):
+            ended()
+        if run.policy.hedging and not late:
+            self._arm_hedge(run.policy.hedging_delay or 0.0)
+
+    def _attempt_failed_to_start(self, error: LocalRpcError) -> None:
+        with self._lock:
+            others = bool(self._running)
+        if not others:
+            self._finish(error)
+
+    def _attempt_done(self, attempt: Attempt, call: Any, code: grpc.StatusCode | None) -> None:
+        # Runs on grpcio's thread: decide quickly, never block.
+        with self._lock:
+            self._running.pop(id(attempt), None)
+            others = list(self._running.values())
+            if self._done.is_set():
+                return
+        run = self._run
+        if code is _OK or self._cancelled or call.cancelled():
+            self._commit(call, others)
+            return
+        status = call.code()
+        if run.policy.hedging:
+            self._failed = call
+            final, delay = run.hedge_failed(status, call.trailing_metadata)
+            if final or (not others and not run.may_hedge()):
+                self._commit(call, others)
+            elif delay is not None:
+                self._arm_hedge(delay)
+            return
+        delay = run.retry_delay(status, call.trailing_metadata, time.monotonic())
+        if delay is None or not self._balancer.reserve_retry():
+            if delay is not None:
+                trace_retry(status, None)
+            self._commit(call, others)
+            return
+        trace_retry(status, delay)
+        run.attempts += 1
+        self._after(delay, self._retry)
+
+    def _commit(self, call: Any, others: list[Any]) -> None:
+        """The call's answer is ``call``: the other attempts are cancelled (no verdict on pods)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._finish(call)
+        for other in others:
+            other.cancel()
+
+    def _after(self, delay: float, action: Callable[[], None]) -> None:
+        timer = threading.Timer(delay, _in_context, (self._context, action))
+        timer.daemon = True
+        self._timer = timer
+        timer.start()
+
+    def _retry(self) -> None:
+        """A granted retry's turn (its budget grant is given back if it never starts)."""
+        if self._done.is_set():
+            self._balancer.cancel_retry()
+            return
+        try:
+            attempt = self._pick(retry=True)
+        except LocalRpcError as error:
+            self._finish(error)
+            return
+        if attempt is not None:
+            self._launch(attempt)
+
+    def _arm_hedge(self, delay: float) -> None:
+        """A6: the next hedge after ``delay``, if the call has no final answer by then."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._run.may_hedge() and not self._done.is_set():
+            self._after(delay, self._hedge)
+
+    def _hedge(self) -> None:
+        run = self._run
+        if self._done.is_set():
+            return
+        if not run.may_hedge() or not self._balancer.reserve_retry():
+            self._hedge_refused(None)
+            return
+        run.attempts += 1
+        try:
+            attempt = self._pick(retry=True)
+        except LocalRpcError as error:
+            self._hedge_refused(error)  # no pod for a hedge now
+            return
+        if attempt is not None:
+            self._launch(attempt)
+
+    def _hedge_refused(self, error: LocalRpcError | None) -> None:
+        """No further hedge: the running attempts carry on; with none, the last failure stands."""
+        with self._lock:
+            idle = not self._running
+        if idle:
+            self._commit(self._failed or error or _cancelled(), [])
 
     # grpc.Future
     def cancel(self) -> bool:
@@ -142,17 +317,183 @@ class RetryingFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
             if self._done.is_set():
                 return False
             self._cancelled = True
-            current = self._current
-        if current is not None and current.cancel():
-            self._finish(current)  # done when cancel() returns, as grpcio's future is
-            return True
-        # No attempt running (waiting out a backoff, or none started): end here; the
-        # pending attempt sees the cancel and gives its retry budget back.
-        self._finish(None)
+            running = list(self._running.values())
+        for call in running:
+            call.cancel()
+        # Done when cancel() returns, as grpcio's future is; a pending retry sees it.
+        self._finish(_cancelled())
         return True
 
     def cancelled(self) -> bool:
-        return self._cancelled and self._done.is_set()
+        return self._done.is_set() and self._cancelled
+
+    def running(self) -> bool:
+        return not self._done.is_set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def _outcome(self, timeout: float | None) -> Any:
+        if not self._done.wait(timeout):
+            raise grpc.FutureTimeoutError()
+        if self._cancelled:
+            raise grpc.FutureCancelledError()
+        return self._final
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._outcome(timeout).result()
+
+    def exception(self, timeout: float | None = None) -> Any:
+        return self._outcome(timeout).exception()
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        return self._outcome(timeout).traceback()
+
+    # grpc.Call, answered by the deciding attempt
+    def code(self) -> grpc.StatusCode:
+        self._done.wait()
+        return self._final.code()
+
+    def details(self) -> str:
+        self._done.wait()
+        return str(self._final.details())
+
+    def initial_metadata(self) -> Any:
+        self._done.wait()
+        return self._final.initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        self._done.wait()
+        return self._final.trailing_metadata()
+
+
+class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
+    """A response stream that may restart on another pod until its first message."""
+
+    def __init__(self, owner: _MultiCallable, run: CallRun, request: Any, digest: Any, args: Any):
+        super().__init__(owner, run, request, digest, args)
+        self._call: Any = None  # the current attempt's grpcio stream
+        self._attempt: Attempt | None = None
+        self._received = False
+        self._ready = threading.Event()  # an attempt started, or the call ended
+        self._wake = threading.Event()  # what a backoff waits on: set by cancel()
+        try:
+            attempt = self._pick(retry=False)
+        except LocalRpcError as error:
+            self._finish(error)
+            return
+        if attempt is not None:
+            self._launch(attempt)
+
+    def _launch(self, attempt: Attempt) -> None:
+        self._run.tried.append(attempt.endpoint)
+        try:
+            call = self._owner.invoke(
+                attempt, False, self._request, self._run.deadline, *self._args
+            )
+        except LocalRpcError as error:
+            self._finish(error)
+            return
+        with self._lock:
+            late = self._done.is_set()
+            self._call, self._attempt = call, attempt
+        if late:
+            call.cancel()
+        stream_ref, call_ref = weakref.ref(self), weakref.ref(call)
+
+        def ended() -> None:
+            try:
+                finished = call_ref()
+                code = None if finished is None else call_outcome(finished)
+                attempt.release(code)
+                stream = stream_ref()
+                if stream is None or finished is None:
+                    return
+                if stream._received or code is _OK or finished.cancelled():
+                    stream._finish(finished)  # final: it delivered, ended well, or was cancelled
+            except Exception:
+                log.exception("grpclb: handling an attempt's end failed")
+
+        if not call.add_callback(ended):
+            ended()
+        self._ready.set()
+
+    def _finish(self, final: Any) -> None:
+        super()._finish(final)
+        self._ready.set()
+
+    def _current(self) -> Any:
+        """The running attempt's stream (waiting for it to start), or the final error."""
+        self._ready.wait()
+        with self._lock:
+            return self._call if self._call is not None else self._final
+
+    def __iter__(self) -> LogicalStream:
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            current = self._current()
+            if isinstance(current, LocalRpcError):
+                raise current
+            try:
+                message = next(current)
+            except grpc.RpcError as error:
+                if self._received or not self._may_retry(error):
+                    if self._cancelled:  # cancelled during the backoff
+                        self._finish(_cancelled())
+                        raise self._final from None
+                    self._finish(current)
+                    raise
+                continue
+            except StopIteration:
+                self._finish(current)
+                raise
+            self._received = True
+            return message
+
+    next = __next__
+
+    def _may_retry(self, error: Any) -> bool:
+        """Retry before the first message; True when a new attempt is running or pending."""
+        run = self._run
+        delay = run.retry_delay(error.code(), error.trailing_metadata, time.monotonic())
+        if delay is None or self._done.is_set() or not self._balancer.reserve_retry():
+            return False
+        trace_retry(error.code(), delay)
+        run.attempts += 1
+        if self._wake.wait(delay):  # cancelled during the backoff
+            self._balancer.cancel_retry()
+            self._cancelled = True
+            return False
+        with self._lock:
+            self._call = None
+            self._ready.clear()
+        try:
+            attempt = self._pick(retry=True)
+        except LocalRpcError as error_now:
+            self._finish(error_now)
+            return True  # __next__ raises the final error
+        if attempt is not None:
+            self._launch(attempt)
+        return True
+
+    # grpc.Call and grpc.Future, answered by the current attempt
+    def cancel(self) -> bool:
+        self._wake.set()
+        with self._lock:
+            call = self._call
+            if call is None and self._done.is_set():
+                return False
+        if call is not None:
+            return bool(call.cancel())
+        self._cancelled = True
+        self._finish(_cancelled())
+        return True
+
+    def cancelled(self) -> bool:
+        current = self._current()
+        return self._cancelled or bool(current.cancelled())
 
     def running(self) -> bool:
         return not self._done.is_set()
@@ -161,165 +502,22 @@ class RetryingFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
         return self._done.is_set()
 
     def result(self, timeout: float | None = None) -> Any:
-        return self._final(timeout).result()
+        return self._current().result(timeout)
 
     def exception(self, timeout: float | None = None) -> Any:
-        return self._final(timeout).exception()
+        return self._current().exception(timeout)
 
     def traceback(self, timeout: float | None = None) -> Any:
-        return self._final(timeout).traceback()
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        with self._lock:
-            if not self._done.is_set():
-                self._callbacks.append(fn)
-                return
-        fn(self)
-
-    # grpc.Call, answered by the final attempt
-    def code(self) -> grpc.StatusCode:
-        return self._final(None).code()
-
-    def details(self) -> str:
-        return str(self._final(None).details())
-
-    def initial_metadata(self) -> Any:
-        return self._final(None).initial_metadata()
-
-    def trailing_metadata(self) -> Any:
-        return self._final(None).trailing_metadata()
-
-    def is_active(self) -> bool:
-        return not self._done.is_set()
-
-    def time_remaining(self) -> float | None:
-        current = self._current
-        return None if current is None else current.time_remaining()
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        current = self._current
-        return current is not None and bool(current.add_callback(callback))
-
-
-class RetryingStream(grpc.Call, grpc.Future):  # type: ignore[misc]
-    """A response stream that may restart on another pod until its first message.
-
-    Its callbacks (``add_callback``, ``add_done_callback``) run once, for the
-    stream's final outcome: an attempt that fails before its first message
-    may yet be replaced, so only the reader, deciding not to retry, ends it.
-    """
-
-    def __init__(self, start: StartAttempt, delay: RetryDelay, abandon: Callable[[], None]) -> None:
-        self._start, self._delay, self._abandon = start, delay, abandon
-        self._tried: list[Endpoint] = []
-        self._received = False
-        self._cancelled = threading.Event()  # also what a backoff waits on
-        self._lock = threading.Lock()
-        self._callbacks: list[Callable[[], None]] | None = []  # None once ended
-        self._call, self._connection = start(self._tried)
-        self._watch(self._call)
-
-    def _watch(self, call: Any) -> None:
-        stream_ref, call_ref = weakref.ref(self), weakref.ref(call)  # see release_when_done
-
-        def ended() -> None:
-            stream, attempt = stream_ref(), call_ref()
-            if stream is None or attempt is None:
-                return
-            if stream._received or attempt.code() is grpc.StatusCode.OK:
-                stream._end()  # a stream that delivered, or ended well, is final
-
-        if not call.add_callback(ended):
-            ended()
-
-    def _end(self) -> None:
-        with self._lock:
-            callbacks, self._callbacks = self._callbacks, None
-        for callback in callbacks or ():
-            try:
-                callback()
-            except Exception:
-                log.exception("grpclb: a stream's callback raised")
-
-    def __iter__(self) -> RetryingStream:
-        return self
-
-    def __next__(self) -> Any:
-        while True:
-            try:
-                message = next(self._call)
-            except grpc.RpcError as error:
-                delay = None if self._received else self._delay(error.code(), len(self._tried))
-                if delay is None:
-                    self._end()
-                    raise
-                self._tried.append(self._connection.endpoint)
-                if self._cancelled.wait(delay):
-                    self._abandon()  # the granted retry never starts
-                    self._end()
-                    raise LocalRpcError(
-                        grpc.StatusCode.CANCELLED, "Locally cancelled by application!"
-                    ) from None
-                try:
-                    self._call, self._connection = self._start(self._tried)
-                except BaseException:
-                    self._end()
-                    raise
-                self._watch(self._call)
-                continue
-            self._received = True
-            return message
-
-    next = __next__
-
-    # grpc.Call and grpc.Future, answered by the current attempt
-    def cancel(self) -> bool:
-        self._cancelled.set()
-        return bool(self._call.cancel())
-
-    def cancelled(self) -> bool:
-        return bool(self._call.cancelled())
-
-    def running(self) -> bool:
-        return bool(self._call.running())
-
-    def done(self) -> bool:
-        return bool(self._call.done())
-
-    def result(self, timeout: float | None = None) -> Any:
-        return self._call.result(timeout)
-
-    def exception(self, timeout: float | None = None) -> Any:
-        return self._call.exception(timeout)
-
-    def traceback(self, timeout: float | None = None) -> Any:
-        return self._call.traceback(timeout)
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        if not self.add_callback(lambda: fn(self)):
-            fn(self)
+        return self._current().traceback(timeout)
 
     def code(self) -> grpc.StatusCode:
-        return self._call.code()
+        return self._current().code()
 
     def details(self) -> str:
-        return str(self._call.details())
+        return str(self._current().details())
 
     def initial_metadata(self) -> Any:
-        return self._call.initial_metadata()
+        return self._current().initial_metadata()
 
     def trailing_metadata(self) -> Any:
-        return self._call.trailing_metadata()
-
-    def is_active(self) -> bool:
-        return bool(self._call.is_active())
-
-    def time_remaining(self) -> float | None:
-        return self._call.time_remaining()  # type: ignore[no-any-return]
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        with self._lock:
-            if self._callbacks is None:
-                return False  # ended: grpcio's contract
-            self._callbacks.append(callback)
-            return True
+        return self._current().trailing_metadata()
