@@ -14,7 +14,7 @@ from opentelemetry.metrics import MeterProvider
 
 from grpclb.config.settings import SETTINGS, Settings
 from grpclb.errors import ConfigError, LocalRpcError
-from grpclb.shell import ChannelOptions
+from grpclb.shell import ChannelOptions, settings_from_options
 from grpclb.stats import ChannelStats, EndpointStats
 from grpclb.sync.channel import Channel
 
@@ -45,10 +45,11 @@ def channel(
     (each also read from ``GRPCLB_<NAME>``); a bad value raises ConfigError
     here, never later.
     """
+    loaded, pod_options = settings_from_options(options, settings)
     return Channel(
         target,
         credentials=credentials,
-        options=options,
+        options=pod_options,
         meter_provider=meter_provider,
-        settings=Settings.load(settings),
+        settings=loaded,
     )
