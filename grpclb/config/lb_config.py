@@ -67,7 +67,7 @@ def _lb_config_list(read: Reader, path: str, raw: object) -> LbSettings:
         ((name, config),) = item.items()
         if name in SUPPORTED_POLICIES:
             where = f"{path}[{i}].{name}"
-            return _policy(read, where, name, read.mapping(where, config or {}))
+            return _policy(read, where, name, read.mapping(where, {} if config is None else config))
     names = sorted(next(iter(e)) for e in entries if isinstance(e, dict) and len(e) == 1)
     read.fail(
         path,
