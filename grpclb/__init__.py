@@ -43,7 +43,9 @@ def channel(
 
     ``settings`` are the keyword forms of the settings in ``grpclb.SETTINGS``
     (each also read from ``GRPCLB_<NAME>``); a bad value raises ConfigError
-    here, never later.
+    here, never later. A ``("grpc.service_config", json)`` option is read as
+    the ``service_config`` setting and, like ``grpc.lb_policy_name``, is not
+    given to the pod channels (docs/service-config.md).
     """
     loaded, pod_options = settings_from_options(options, settings)
     return Channel(

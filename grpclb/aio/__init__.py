@@ -31,7 +31,9 @@ def channel(
     """A balancing asyncio channel to every pod behind ``target``.
 
     It may be created outside a running loop; it starts its background work
-    in the loop that first uses it, and belongs to that loop.
+    in the loop that first uses it, and belongs to that loop. Options and
+    settings are read as ``grpclb.channel`` reads them, ``grpc.service_config``
+    included.
     """
     loaded, pod_options = settings_from_options(options, settings)
     return Channel(
