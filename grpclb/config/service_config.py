@@ -32,6 +32,8 @@ MAX_ATTEMPTS_CAP = 5  # gRFC A6: a maxAttempts above 5 is treated as 5, not reje
 _DURATION = re.compile(r"(-)?(\d*)(?:\.(\d{0,9}))?s")
 _MAX_DURATION_S = 315_576_000_000
 _CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+_MEMO_LIMIT = 4096
+_UNSEEN = object()
 
 
 # --- the parsed values (shapes shared with the call engine) ---------------------------
@@ -95,6 +97,7 @@ class ServiceConfig:
     _exact: dict[str, MethodConfig] = field(init=False, repr=False)
     _service: dict[str, MethodConfig] = field(init=False, repr=False)
     _default: MethodConfig | None = field(init=False, repr=False)
+    _memo: dict[str, MethodConfig | None] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         exact, service = {}, {}
@@ -106,9 +109,23 @@ class ServiceConfig:
         object.__setattr__(self, "_exact", exact)
         object.__setattr__(self, "_service", service)
         object.__setattr__(self, "_default", self.method_configs.get(("", "")))
+        object.__setattr__(self, "_memo", {})
 
     def method_config(self, method: str) -> MethodConfig | None:
-        """gRPC's match for ``/pkg.Service/Method``: exact, then the service, then the default."""
+        """gRPC's match for ``/pkg.Service/Method``: exact, then the service, then the default.
+
+        One dict lookup once a method was asked for: the answer is remembered (for at
+        most ``_MEMO_LIMIT`` method names, as a channel's methods are a fixed few).
+        """
+        found = self._memo.get(method, _UNSEEN)
+        if found is not _UNSEEN:
+            return found  # type: ignore[return-value]
+        found = self._match(method)
+        if len(self._memo) < _MEMO_LIMIT:
+            self._memo[method] = found  # a racing thread stores the same answer
+        return found
+
+    def _match(self, method: str) -> MethodConfig | None:
         found = self._exact.get(method)
         if found is not None:
             return found

@@ -785,3 +785,12 @@ def test_lb_settings_remember_their_json_path() -> None:
 def test_every_grpclb_policy_is_a_load_balancing_config_key() -> None:
     assert tuple(NATIVE_POLICY_FIELDS) == POLICIES
     assert set(POLICIES) <= set(SUPPORTED_POLICIES)
+
+
+def test_remembered_answers_are_bounded_and_stay_right() -> None:
+    config = parse_service_config({"methodConfig": [{"name": [{"service": "s"}], "timeout": "1s"}]})
+    for i in range(5000):
+        assert config.method_config(f"/s/m{i}") == MethodConfig(timeout=1.0)
+        assert config.method_config(f"/other/m{i}") is None
+    assert len(config._memo) == 4096
+    assert config.method_config("/s/m4999") == MethodConfig(timeout=1.0)
