@@ -14,7 +14,7 @@ from opentelemetry.metrics import MeterProvider
 
 from grpclb.config.settings import SETTINGS, Settings
 from grpclb.errors import ConfigError, LocalRpcError
-from grpclb.shell import ChannelOptions
+from grpclb.shell import ChannelOptions, settings_from_options
 from grpclb.stats import ChannelStats, EndpointStats
 from grpclb.sync.channel import Channel
 
@@ -43,12 +43,15 @@ def channel(
 
     ``settings`` are the keyword forms of the settings in ``grpclb.SETTINGS``
     (each also read from ``GRPCLB_<NAME>``); a bad value raises ConfigError
-    here, never later.
+    here, never later. A ``("grpc.service_config", json)`` option is read as
+    the ``service_config`` setting and, like ``grpc.lb_policy_name``, is not
+    given to the pod channels (docs/service-config.md).
     """
+    loaded, pod_options = settings_from_options(options, settings)
     return Channel(
         target,
         credentials=credentials,
-        options=options,
+        options=pod_options,
         meter_provider=meter_provider,
-        settings=Settings.load(settings),
+        settings=loaded,
     )

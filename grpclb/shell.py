@@ -10,22 +10,66 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
 import grpc
 from opentelemetry.metrics import MeterProvider
 
-from grpclb.config.settings import Settings
+from grpclb.config.settings import Settings, service_config_value
 from grpclb.config.target import Target, parse_target
 from grpclb.core.balancer import Balancer, Clock
 from grpclb.core.retry import CallPolicy, method_policy
 from grpclb.core.throttle import RetryThrottle
+from grpclb.errors import ConfigError
 from grpclb.stats import ChannelStats
 from grpclb.telemetry import telemetry_for
 
 ChannelOptions = Sequence[tuple[str, Any]]
+PodOptions = list[tuple[str, Any]]
+Fallbacks = dict[str, tuple[object, str]]
+
+
+def lift_grpc_options(
+    options: ChannelOptions, overrides: Mapping[str, object]
+) -> tuple[PodOptions, dict[str, object], Fallbacks]:
+    """Take the grpcio options that configure balancing out of what pod channels get.
+
+    ``grpc.service_config`` becomes the ``service_config`` setting (as if given
+    as that keyword): left on the pod channels, gRPC's own retries and policy
+    would run inside each pod's channel, nested under grpclb's. ``grpc.lb_policy_name``
+    becomes ``policy`` at the lowest precedence above the default. Returns the
+    pod options, the overrides and the fallbacks for ``Settings.load``.
+    """
+    pod_options: PodOptions = []
+    lifted = dict(overrides)
+    fallbacks: Fallbacks = {}
+    for name, value in options:
+        if name == "grpc.service_config":
+            if "service_config" in lifted:
+                other = "keyword service_config" if "service_config" in overrides else "again"
+                raise ConfigError(
+                    f"service config given twice: channel option grpc.service_config and {other}; "
+                    "give only one"
+                )
+            where = "channel option grpc.service_config"
+            lifted["service_config"] = service_config_value(value, where)
+        elif name == "grpc.lb_policy_name":
+            fallbacks["policy"] = (value, "channel option grpc.lb_policy_name")
+        else:
+            pod_options.append((name, value))
+    return pod_options, lifted, fallbacks
+
+
+def settings_from_options(
+    options: ChannelOptions,
+    overrides: Mapping[str, object],
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Settings, PodOptions]:
+    """The channel's settings (keywords, variables, lifted grpcio options) and pod options."""
+    pod_options, lifted, fallbacks = lift_grpc_options(options, overrides)
+    return Settings.load(lifted, environ, fallbacks), pod_options
 
 
 def pod_channel_options(
@@ -72,15 +116,24 @@ class ChannelShell:
         rng: random.Random | None,
     ) -> None:
         self._target = parse_target(target)
-        self._settings = settings or Settings.load()
+        if settings is None:
+            settings, options = settings_from_options(options, {})
+        else:
+            options, lifted, _ = lift_grpc_options(options, {})
+            if "service_config" in lifted:
+                raise ConfigError(
+                    "channel option grpc.service_config cannot be combined with settings=: "
+                    "give it as Settings.load({'service_config': ...}) instead"
+                )
+        self._settings = settings
         self._credentials = credentials
         self._options = pod_channel_options(self._target, options, credentials is not None)
         self._clock = clock
         self._hash_key = self._settings.hash_key
         self._rng = rng or random.Random()
         self._policies: dict[tuple[str, bool], CallPolicy] = {}
-        config = getattr(self._settings, "service_config", None)
-        throttling = getattr(config, "retry_throttling", None)
+        config = self._settings.service_config
+        throttling = None if config is None else config.retry_throttling
         self._throttle = None if throttling is None else RetryThrottle(throttling)
         # The flavour is the balancer's transport: it does the I/O the core asks for.
         self._balancer = Balancer(self._target, self._settings, self, clock=clock, rng=rng)  # type: ignore[arg-type]

@@ -14,8 +14,7 @@ import grpc.aio
 from opentelemetry.metrics import MeterProvider
 
 from grpclb.aio.channel import Channel
-from grpclb.config.settings import Settings
-from grpclb.shell import ChannelOptions
+from grpclb.shell import ChannelOptions, settings_from_options
 
 __all__ = ["Channel", "channel"]
 
@@ -32,13 +31,16 @@ def channel(
     """A balancing asyncio channel to every pod behind ``target``.
 
     It may be created outside a running loop; it starts its background work
-    in the loop that first uses it, and belongs to that loop.
+    in the loop that first uses it, and belongs to that loop. Options and
+    settings are read as ``grpclb.channel`` reads them, ``grpc.service_config``
+    included.
     """
+    loaded, pod_options = settings_from_options(options, settings)
     return Channel(
         target,
         credentials=credentials,
-        options=options,
+        options=pod_options,
         interceptors=interceptors,
         meter_provider=meter_provider,
-        settings=Settings.load(settings),
+        settings=loaded,
     )

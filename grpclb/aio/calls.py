@@ -488,7 +488,6 @@ class _UnaryResponse(_Call):
             for call in running:
                 call.cancel()  # the losers: a cancel is no verdict on their pods
 
-
     async def _wait_settled(self) -> None:
         with contextlib.suppress(grpc.RpcError, asyncio.CancelledError):
             await self

@@ -3,8 +3,11 @@
 Every setting is declared once in ``SETTINGS`` with its parser, default and the
 reference its default comes from; the docs' configuration table is generated
 from the same list, so code and docs cannot drift. Precedence is keyword
-argument, then the ``GRPCLB_<NAME>`` environment variable, then the default.
-A bad value is a ``ConfigError`` naming where it came from; never a fallback.
+argument, then the ``GRPCLB_<NAME>`` environment variable, then what the
+``service_config`` setting maps onto the setting (see docs/service-config.md),
+then a grpcio channel option lifted by the shell (``grpc.lb_policy_name``),
+then the default. A bad value is a ``ConfigError`` naming where it came from;
+never a fallback.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 
@@ -24,10 +27,12 @@ from grpclb.config.parsing import (
     choice,
     duration,
     integer,
+    is_off,
     metadata_key,
     number,
     status_codes,
 )
+from grpclb.config.service_config import ServiceConfig, parse_service_config
 from grpclb.core.hashing import is_prime
 from grpclb.errors import ConfigError
 
@@ -35,6 +40,18 @@ POLICIES = ("round_robin", "least_request", "random", "pick_first", "ring_hash",
 HASH_POLICIES = ("ring_hash", "maglev")
 ENV_PREFIX = "GRPCLB_"
 log = logging.getLogger("grpclb")
+SERVICE_CONFIG_ORIGIN = "service config "  # how origins of service-config values begin
+Fallbacks = Mapping[str, tuple[object, str]]  # setting -> (raw value, where it came from)
+
+
+def service_config_value(raw: object, where: str = "service_config") -> ServiceConfig | None:
+    """A parsed service config from JSON text, a dict, or one already parsed; off is None."""
+    if isinstance(raw, ServiceConfig):
+        return raw
+    if is_off(raw):
+        return None
+    return parse_service_config(raw, where)  # type: ignore[arg-type]
+
 
 # --- the table ---
 
@@ -312,6 +329,16 @@ SETTINGS: tuple[Setting, ...] = (
         "Most calls in flight across the channel; more fail at once.",
         "Envoy circuit breaker max_requests",
     ),
+    Setting(
+        "service_config",
+        service_config_value,
+        None,
+        "A gRPC service config (JSON text, or a dict as keyword): per-method timeouts, "
+        "wait_for_ready, retry and hedging policies, retry throttling, and a "
+        "loadBalancingConfig mapped onto these settings below keywords and variables; "
+        "see docs/service-config.md.",
+        "gRPC service config, gRFC A6",
+    ),
 )
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
@@ -356,13 +383,21 @@ class Settings:
     retry_budget_min_concurrency: int = 10
     metrics_endpoint_limit: int = 100
     max_requests: int | None = None
+    service_config: ServiceConfig | None = None
+
+    # Where each loaded value came from; None when the value was built directly.
+    _origin: ClassVar[Mapping[str, str] | None] = None
 
     @classmethod
     def load(
-        cls, overrides: Mapping[str, object] | None = None, environ: Mapping[str, str] | None = None
+        cls,
+        overrides: Mapping[str, object] | None = None,
+        environ: Mapping[str, str] | None = None,
+        fallbacks: Fallbacks | None = None,
     ) -> Settings:
-        """Keyword overrides, then ``GRPCLB_*`` variables, then defaults; validated."""
+        """Keywords, ``GRPCLB_*`` variables, the service config, ``fallbacks``, defaults."""
         overrides = dict(overrides or {})
+        fallbacks = fallbacks or {}
         environ = os.environ if environ is None else environ
         unknown = sorted(set(overrides) - SETTINGS_BY_NAME.keys())
         if unknown:
@@ -381,11 +416,21 @@ class Settings:
                 )
         values: dict[str, Any] = {}
         origin: dict[str, str] = {}
+        service_config = _load_service_config(overrides, environ, origin)
+        mapped = service_config.lb_settings if service_config is not None else {}
         for setting in SETTINGS:
+            if setting.name == "service_config":
+                values[setting.name] = service_config
+                continue
             if setting.name in overrides:
                 raw, where = overrides[setting.name], f"keyword {setting.name}"
             elif setting.env in environ:
                 raw, where = environ[setting.env], f"environment variable {setting.env}"
+            elif setting.name in mapped:
+                raw, path = mapped[setting.name]
+                where = SERVICE_CONFIG_ORIGIN + path
+            elif setting.name in fallbacks:
+                raw, where = fallbacks[setting.name]
             else:
                 values[setting.name] = setting.default
                 continue
@@ -396,7 +441,14 @@ class Settings:
             origin[setting.name] = where
         settings = cls(**values)
         settings._check_combinations(origin)
+        object.__setattr__(settings, "_origin", origin)
         return settings
+
+    def origin(self, name: str) -> str:
+        """Where a setting's value came from: a keyword, a variable, the service config..."""
+        if self._origin is None:
+            return "given directly"
+        return self._origin.get(name, "default")
 
     def _check_combinations(self, origin: Mapping[str, str]) -> None:
         def where(name: str) -> str:
@@ -424,7 +476,35 @@ class Settings:
             )
 
     def replace(self, **changes: object) -> Settings:
-        """A copy with some settings changed, validated like the original."""
-        merged = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """A copy with some settings changed, validated like the original.
+
+        Values that came from the service config or from defaults are derived
+        again, so replacing ``service_config`` changes what it maps.
+        """
+        merged: dict[str, object] = {}
+        fallbacks: dict[str, tuple[object, str]] = {}
+        for f in dataclasses.fields(self):
+            where = "keyword" if self._origin is None else self._origin.get(f.name)
+            if where is None or where.startswith(SERVICE_CONFIG_ORIGIN):
+                continue
+            if where.startswith("channel option"):
+                fallbacks[f.name] = (getattr(self, f.name), where)
+            else:
+                merged[f.name] = getattr(self, f.name)
         merged.update(changes)
-        return Settings.load(merged, environ={})
+        return Settings.load(merged, environ={}, fallbacks=fallbacks)
+
+
+def _load_service_config(
+    overrides: Mapping[str, object], environ: Mapping[str, str], origin: dict[str, str]
+) -> ServiceConfig | None:
+    """The ``service_config`` setting, first: it supplies values to the others."""
+    setting = SETTINGS_BY_NAME["service_config"]
+    if setting.name in overrides:
+        raw, where = overrides[setting.name], f"keyword {setting.name}"
+    elif setting.env in environ:
+        raw, where = environ[setting.env], f"environment variable {setting.env}"
+    else:
+        return None
+    origin[setting.name] = where
+    return service_config_value(raw, where)

@@ -95,7 +95,7 @@ def method_policy(
     and no hedges, whatever the config says; their timeout and waitForReady
     still apply.
     """
-    config: Any = getattr(settings, "service_config", None)
+    config = settings.service_config
     entry = config.method_config(method) if config is not None else None
     base = channel_policy(settings, rng) if replayable else NO_RETRIES
     if entry is None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 
+from grpclb.config.service_config import ServiceConfig
 from grpclb.config.settings import SETTINGS, Setting, Settings
 
 BEGIN = "<!-- settings:begin -->"
@@ -75,6 +76,8 @@ def describe_type(setting: Setting) -> str:
     """The type and format column: what a keyword or a variable may hold."""
     base, optional = _hint(setting)
     off = ", or `off`" if optional else ""
+    if base is ServiceConfig:
+        return "gRPC service config: JSON text, or a dict as keyword" + off
     if base is bool:
         return "boolean"
     if base is int:

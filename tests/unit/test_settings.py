@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from grpclb.config.parsing import parse_duration
+from grpclb.config.service_config import parse_service_config
 from grpclb.config.settings import POLICIES, SETTINGS, SETTINGS_BY_NAME, Settings
 from grpclb.errors import ConfigError
 
@@ -138,6 +139,10 @@ GOOD_ENV: dict[str, tuple[str, object]] = {
     "retry_budget_min_concurrency": ("3", 3),
     "metrics_endpoint_limit": ("20", 20),
     "max_requests": ("1000", 1000),
+    "service_config": (
+        '{"methodConfig": [{"name": [{}], "timeout": "1.5s"}]}',
+        parse_service_config({"methodConfig": [{"name": [{}], "timeout": "1.5s"}]}),
+    ),
 }
 
 
@@ -391,6 +396,7 @@ BAD: list[tuple[str, str]] = [
     ("metrics_endpoint_limit", "some"),
     ("max_requests", "-1"),
     ("max_requests", "lots"),
+    ("service_config", "[]"),
 ]
 BAD_IDS = [f"{n}={v}" for n, v in BAD]
 
