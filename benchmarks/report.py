@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -141,14 +142,78 @@ def render(
         "",
     ]
     for number, section in enumerate(sections, 1):
-        out += [f"## {number}. {section.title}", ""]
-        if section.intro:
-            out += [section.intro.strip(), ""]
-        for table in section.tables:
-            out += [table_md(table), ""]
-        for path, caption in section.plots:
-            out += [f"![{caption}]({path})", "", f"*{caption}*", ""]
-        for note in section.notes:
-            out += [note.strip(), ""]
-        out += [f"<sub>Scenario `{section.name}` took {section.seconds:.0f} s.</sub>", ""]
+        out += [render_section(number, section)]
     return "\n".join(out).rstrip() + "\n"
+
+
+def render_section(number: int, section: Section, run_note: str = "") -> str:
+    """One scenario's part of the report, ending with the line that names the scenario."""
+    out = [f"## {number}. {section.title}", ""]
+    if section.intro:
+        out += [section.intro.strip(), ""]
+    for table in section.tables:
+        out += [table_md(table), ""]
+    for path, caption in section.plots:
+        out += [f"![{caption}]({path})", "", f"*{caption}*", ""]
+    for note in section.notes:
+        out += [note.strip(), ""]
+    out += [f"<sub>Scenario `{section.name}` took {section.seconds:.0f} s.{run_note}</sub>", ""]
+    return "\n".join(out)
+
+
+_HEADING = re.compile(r"^## (\d+)\. ", re.MULTILINE)
+_NAME = re.compile(r"<sub>Scenario `([\w-]+)` took")
+
+
+def splice(
+    page: str, sections: Sequence[Section], order: Sequence[str], *, run_note: str = ""
+) -> str:
+    """``page`` with these scenarios' sections replaced, or added in ``order``'s place.
+
+    For a run of some scenarios that should not discard the rest of the report:
+    every other section, the machine table and the other targets stay as they
+    were. A section is known by its last line, which names its scenario; the
+    sections are renumbered, and targets of the same name replaced.
+    """
+    starts = [m.start() for m in _HEADING.finditer(page)]
+    if not starts:
+        raise ValueError("no numbered sections in the report to update")
+    head = page[: starts[0]]
+    blocks = [
+        page[a:b].rstrip() + "\n" for a, b in zip(starts, [*starts[1:], len(page)], strict=True)
+    ]
+    named: list[tuple[str, str]] = []
+    for block in blocks:
+        found = _NAME.search(block)
+        named.append((found.group(1) if found else "", block))
+    rank = {name: i for i, name in enumerate(order)}
+    for section in sections:
+        text = render_section(0, section, run_note)
+        at = [i for i, (name, _) in enumerate(named) if name == section.name]
+        if at:
+            named[at[0]] = (section.name, text)
+            continue
+        later = [i for i, (name, _) in enumerate(named) if rank.get(name, -1) > rank[section.name]]
+        named.insert(later[0] if later else len(named), (section.name, text))
+    body = [
+        _HEADING.sub(f"## {number}. ", block, count=1) for number, (_, block) in enumerate(named, 1)
+    ]
+    return _splice_targets(head, sections) + "\n".join(body)
+
+
+def _splice_targets(head: str, sections: Sequence[Section]) -> str:
+    """``head`` with the targets table's rows of these sections replaced or appended."""
+    new_rows = table_md(summary_table(sections)).splitlines()[2:]
+    if not new_rows:
+        return head
+    lines = head.splitlines()
+    header = lines.index(
+        "| Target | Measured | Target | Result | 95 % interval of the median | Range (n) |"
+    )
+    end = header + 2
+    while end < len(lines) and lines[end].startswith("| "):
+        end += 1
+    names = {row.split(" | ", 1)[0] for row in new_rows}
+    kept = [row for row in lines[header + 2 : end] if row.split(" | ", 1)[0] not in names]
+    lines[header + 2 : end] = kept + new_rows
+    return "\n".join(lines) + "\n"
