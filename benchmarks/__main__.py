@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = Config(quick=args.quick, plot_dir=out / "benchmarks")
 
-    from benchmarks import report  # matplotlib loads only for a real run
+    from benchmarks import report  # the report, for a real run only (not --list)
 
     box = report.machine()
     started = time.perf_counter()

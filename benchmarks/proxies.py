@@ -103,9 +103,9 @@ def haproxy_config(workdir: Path, port: int, upstreams: Sequence[str]) -> str:
     )
 
 
-def group_cpu_seconds(pgid: int, proc: Path = Path("/proc")) -> float:
-    """User plus system CPU seconds of every live process in process group ``pgid``."""
-    ticks = 0
+def _group_stats(pgid: int, proc: Path) -> dict[int, list[str]]:
+    """``/proc/<pid>/stat`` fields from the state on, for every live process of the group."""
+    found = {}
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
@@ -115,9 +115,20 @@ def group_cpu_seconds(pgid: int, proc: Path = Path("/proc")) -> float:
             continue
         # The command name (field 2) may hold spaces and parentheses: split after its end.
         fields = stat[stat.rindex(")") + 2 :].split()
-        # proc(5): state is field 3, pgrp field 5, utime field 14 and stime field 15.
-        if int(fields[2]) == pgid:
-            ticks += int(fields[11]) + int(fields[12])
+        if int(fields[2]) == pgid:  # proc(5): state is field 3, pgrp field 5
+            found[int(entry.name)] = fields
+    return found
+
+
+def group_members(pgid: int, proc: Path = Path("/proc")) -> list[int]:
+    """The ids of the live processes in process group ``pgid``, in ascending order."""
+    return sorted(_group_stats(pgid, proc))
+
+
+def group_cpu_seconds(pgid: int, proc: Path = Path("/proc")) -> float:
+    """User plus system CPU seconds of every live process in process group ``pgid``."""
+    # proc(5): utime is field 14 and stime field 15, in clock ticks.
+    ticks = sum(int(f[11]) + int(f[12]) for f in _group_stats(pgid, proc).values())
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

@@ -9,17 +9,25 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
-import matplotlib
-
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt
-from matplotlib.figure import Figure
 
 import grpclb
 from benchmarks.common import Config, Section, Table, load_average, spread
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _pyplot() -> Any:
+    """matplotlib, loaded when a plot is drawn: the markdown alone does not need it."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def cpu_model() -> str:
@@ -54,13 +62,13 @@ def save_plot(cfg: Config, fig: Figure, filename: str, caption: str) -> tuple[st
     cfg.plot_dir.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(cfg.plot_dir / filename, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return f"{cfg.plot_prefix}/{filename}", caption
 
 
 def figure(cols: int = 1, rows: int = 1, width: float = 6.4, height: float = 3.6) -> Any:
     """A new figure and its axes (matplotlib's own types are loose here)."""
-    return plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    return _pyplot().subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
 
 
 def _cell(value: Any) -> str:
