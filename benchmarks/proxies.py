@@ -222,7 +222,10 @@ class Proxies:
                 "nginx and haproxy are needed (Debian: nginx-light, haproxy); "
                 "scripts/bench.sh installs them"
             )
-        self._dir = Path(tempfile.mkdtemp(prefix="grpclb-proxies-"))
+        # Inside bench.sh's directory when there is one, which its exit trap removes.
+        shared = os.environ.get(PROXY_DIR_ENV)
+        parent = shared if shared and Path(shared).is_dir() else None
+        self._dir = Path(tempfile.mkdtemp(prefix="grpclb-proxies-", dir=parent))
         self._dir.chmod(0o755)  # nginx's workers may run as nobody
         self.versions = [version("nginx", nginx), version("HAProxy", haproxy)]
         self.all: list[Proxy] = []
