@@ -22,6 +22,7 @@ from benchmarks.drive import close_loop
 SCENARIOS = (
     "overhead",
     "native",
+    "proxy",
     "spread",
     "unequal",
     "failure",
@@ -49,6 +50,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help="directory for benchmarks.md and its plots (default: docs/ for a full run, "
         "build/bench/ for --quick or --only, so a partial run never replaces the report)",
+    )
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="with --only: replace these scenarios' sections in the existing report "
+        "(default docs/benchmarks.md) and keep the rest of it",
     )
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     return parser.parse_args(argv)
@@ -93,11 +100,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
         return 2
     names = [n for n in SCENARIOS if not only or n in only]
-    partial = args.quick or bool(only)
+    if args.update and not only:
+        print("--update needs --only: a whole run writes the whole report")
+        return 2
+    partial = (args.quick or bool(only)) and not args.update
     out = (args.out or (ROOT / ("build/bench" if partial else "docs"))).resolve()
+    if args.update and not (out / "benchmarks.md").is_file():
+        print(f"--update: no report at {out / 'benchmarks.md'} to update")
+        return 2
     cfg = Config(quick=args.quick, plot_dir=out / "benchmarks")
 
-    from benchmarks import report  # matplotlib loads only for a real run
+    from benchmarks import report  # the report, for a real run only (not --list)
 
     box = report.machine()
     started = time.perf_counter()
@@ -108,7 +121,15 @@ def main(argv: list[str] | None = None) -> int:
         close_loop()
     wall = time.perf_counter() - started
     command = "scripts/bench.sh" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
-    text = report.render(sections, box, command=command, wall_seconds=wall, quick=args.quick)
+    if args.update:
+        note = (
+            f" Measured apart from the rest of this page, by `{command}` on {box['Date']}; "
+            f"load average (1/5/15 min) {box['Load average at start (1/5/15 min)']} at start."
+        )
+        previous = (out / "benchmarks.md").read_text()
+        text = report.splice(previous, sections, SCENARIOS, run_note=note)
+    else:
+        text = report.render(sections, box, command=command, wall_seconds=wall, quick=args.quick)
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmarks.md").write_text(text)
     print(f"\nwrote {out / 'benchmarks.md'} in {wall / 60:.1f} min")
