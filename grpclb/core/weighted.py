@@ -91,30 +91,19 @@ class EdfRoundRobinPicker(Generic[E]):
 class _Cumulative(Generic[E]):
     """Endpoints with cumulative weights, for draws in proportion to weight."""
 
-    __slots__ = ("_cumulative", "_endpoints", "_n", "_random", "_total", "_weights")
+    __slots__ = ("_cumulative", "_endpoints", "_n", "_random", "_total")
 
     def __init__(self, endpoints: Sequence[E], weights: Sequence[float], rng: random.Random):
         _check(endpoints, weights)
         self._endpoints = tuple(endpoints)
-        self._weights = tuple(weights)
         self._n = len(self._endpoints)
-        self._cumulative = tuple(itertools.accumulate(self._weights))
+        self._cumulative = tuple(itertools.accumulate(weights))
         self._total = self._cumulative[-1] if self._n else 0.0
         self._random = rng.random
 
     def _draw(self) -> int:
         i = bisect.bisect_right(self._cumulative, self._random() * self._total)
         return min(i, self._n - 1)  # float rounding at the very top
-
-    def _draw_other(self, first: int) -> int:
-        """A second index, distinct from ``first``, in proportion to the others' weights."""
-        w = self._weights[first]
-        r = self._random() * (self._total - w)
-        if r >= self._cumulative[first] - w:
-            r += w  # skip over first's interval
-        i = bisect.bisect_right(self._cumulative, r)
-        i = min(i, self._n - 1)
-        return i if i != first else (first + 1) % self._n
 
 
 class WeightedRandomPicker(_Cumulative[E]):
@@ -131,16 +120,18 @@ class WeightedRandomPicker(_Cumulative[E]):
         return f"<WeightedRandomPicker [{self._n} endpoints]>"
 
 
-class WeightedLeastRequestPicker(_Cumulative[E]):
-    """least_request with unequal weights: candidates drawn by weight, fewest in flight wins.
+class WeightedLeastRequestPicker(Generic[E]):
+    """least_request with unequal weights: distinct random candidates, Envoy's load per weight.
 
-    Drawing the candidates in proportion to weight (distinct, as the plain
-    picker does) gives a pod a share close to its weight's when loads are even,
-    while a loaded pod still loses to an idle one. Ties go to the first drawn,
-    itself drawn by weight.
+    Candidates are drawn as the plain picker draws them; the winner has the
+    highest effective weight, Envoy least request's weight / (active requests + 1)
+    ** bias, with Envoy's default bias of 1.0. A pod at a quarter
+    weight thus wins only against a pod with four times its calls in flight: at
+    high concurrency its calls in flight follow its weight; at low concurrency
+    it gets few calls until its weight nears a full one. Ties go to the first drawn.
     """
 
-    __slots__ = ("_choices",)
+    __slots__ = ("_choices", "_endpoints", "_inverse", "_n", "_random")
 
     def __init__(
         self,
@@ -149,33 +140,32 @@ class WeightedLeastRequestPicker(_Cumulative[E]):
         rng: random.Random,
         choice_count: int = 2,
     ) -> None:
-        super().__init__(endpoints, weights, rng)
+        _check(endpoints, weights)
         if choice_count < 2:
             raise ValueError(f"least_request choice_count must be >= 2, got {choice_count}")
+        self._endpoints = tuple(endpoints)
+        self._inverse = tuple(1.0 / w for w in weights)
+        self._n = len(self._endpoints)
         self._choices = min(choice_count, self._n)
+        self._random = rng.random
 
     def pick(self, request_hash: int | None) -> E | None:
         n = self._n
         if n < 2:
             return self._endpoints[0] if n else None
-        endpoints = self._endpoints
-        first = self._draw()
-        best = endpoints[first]
-        if self._choices == 2:
-            second = endpoints[self._draw_other(first)]
-            return second if second.in_flight < best.in_flight else best
-        # More candidates: draw without replacement from what is left (rare, O(n) each).
-        left = [i for i in range(n) if i != first]
-        for _ in range(self._choices - 1):
-            total = sum(self._weights[i] for i in left)
-            r = self._random() * total
-            for k, i in enumerate(left):
-                r -= self._weights[i]
-                if r < 0 or k == len(left) - 1:
-                    break
-            left.pop(k)
-            if endpoints[i].in_flight < best.in_flight:
-                best = endpoints[i]
+        endpoints, inverse, rand = self._endpoints, self._inverse, self._random
+        i = int(rand() * n)
+        best = endpoints[i]
+        best_load = (best.in_flight + 1) * inverse[i]
+        drawn = [i]
+        while len(drawn) < self._choices:  # distinct draws; repeats are rare and redrawn
+            j = int(rand() * n)
+            if j in drawn:
+                continue
+            drawn.append(j)
+            load = (endpoints[j].in_flight + 1) * inverse[j]
+            if load < best_load:
+                best, best_load = endpoints[j], load
         return best
 
     def __repr__(self) -> str:
