@@ -179,7 +179,8 @@ def settle(channel: grpclb.Channel, timeout: float) -> ChannelStats:
     deadline = time.monotonic() + timeout
     while True:
         stats: ChannelStats = channel.stats()
-        if stats.resolutions and not any(e.state in UNSETTLED for e in stats.endpoints):
+        unsettled = [e for e in stats.endpoints if e.state in UNSETTLED or e.health == "pending"]
+        if stats.resolutions and not unsettled:
             return stats
         if time.monotonic() >= deadline:
             return stats

@@ -152,3 +152,22 @@ def test_asyncio_channel_follows_the_health_status(pods: FleetFactory, dns_serve
     assert first == after == set(fleet.addresses)
     assert during == set(fleet.addresses) - {flipped.address}
     assert bare.address in during
+
+
+def test_inspect_shows_each_pods_health(pods: FleetFactory, dns_server: Any, capsys: Any) -> None:
+    from grpclb.tools import cli
+
+    fleet, target = four_pods(pods, dns_server)
+    flipped = fleet[0]
+    assert isinstance(flipped, ThreadPod)
+    flipped.set_health("NOT_SERVING")
+    assert cli.main(["inspect", target, "--set", "health_check=true"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    health = {line.split()[0]: line.split()[-1] for line in lines if line[:1].isdigit()}
+    assert "HEALTH" in next(line for line in lines if line.startswith("ADDRESS"))
+    assert health == {
+        flipped.address: "not_serving",
+        fleet[1].address: "serving",
+        fleet[2].address: "serving",
+        fleet[3].address: "unimplemented",
+    }
