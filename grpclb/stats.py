@@ -6,13 +6,14 @@ a caller can keep, compare and print them without racing the call path.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
 
 from grpclb.core.endpoints import CONNECTING, IDLE, READY, TRANSIENT_FAILURE, Endpoint
+from grpclb.core.health import UNHEALTHY
 
 if TYPE_CHECKING:
     from grpclb.core.balancer import Balancer
@@ -25,8 +26,8 @@ class EndpointStats:
     address: str
     state: str
     """ready, connecting, idle, transient_failure or shutdown (its connection's state);
-    ejected (out of rotation by outlier detection); draining (gone from DNS, finishing
-    its calls)."""
+    ejected (out of rotation by outlier detection); unhealthy (out of rotation by its
+    health check); draining (gone from DNS, finishing its calls)."""
     in_flight: int
     calls: int
     failures: int
@@ -34,6 +35,12 @@ class EndpointStats:
     connection_age: float | None
     connection_requests: int
     connections_opened: int
+    health: str = "disabled"
+    """The gRFC A17 health check of the active connection: disabled (health_check off),
+    pending (no answer yet), serving, not_serving, service_unknown, unknown, or
+    unimplemented (no health service: kept in rotation)."""
+    weight: float = 1.0
+    """Slow start: the pod's share of a full weight, below 1.0 while it ramps up."""
 
 
 @dataclass(frozen=True)
@@ -71,11 +78,17 @@ def endpoint_state(endpoint: Endpoint) -> str:
         return "draining"
     if endpoint.outlier.ejected:
         return "ejected"
+    if endpoint.health in UNHEALTHY:
+        return "unhealthy"
     return str(endpoint.state.name.lower())
 
 
-def endpoint_rows(endpoints: Iterable[Endpoint], now: float) -> tuple[EndpointStats, ...]:
-    """One row per pod; call with the balancer's lock held."""
+def endpoint_rows(
+    endpoints: Iterable[Endpoint],
+    now: float,
+    weight: Callable[[Endpoint, float], float] | None = None,
+) -> tuple[EndpointStats, ...]:
+    """One row per pod; call with the balancer's lock held. ``weight``: slow start's."""
     rows = []
     for endpoint in endpoints:
         active = endpoint.connection
@@ -90,6 +103,8 @@ def endpoint_rows(endpoints: Iterable[Endpoint], now: float) -> tuple[EndpointSt
                 connection_age=None if active is None else now - active.opened_at,
                 connection_requests=0 if active is None else active.requests,
                 connections_opened=endpoint.connections_opened,
+                health=endpoint.health,
+                weight=1.0 if weight is None or endpoint.removed else weight(endpoint, now),
             )
         )
     return tuple(rows)

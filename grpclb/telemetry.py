@@ -37,6 +37,7 @@ RETRIES = "grpclb.retries"
 RETRIES_REFUSED = "grpclb.retries.refused"
 RESOLUTIONS = "grpclb.dns.resolutions"
 CIRCUIT_BREAKER_REFUSALS = "grpclb.circuit_breaker.refusals"
+HEALTH_TRANSITIONS = "grpclb.health.transitions"
 
 ATTR_TARGET = "grpc.target"
 ATTR_METHOD = "grpc.method"
@@ -47,6 +48,7 @@ ATTR_DETECTION = "grpc.lb.outlier_detection.detection_method"  # gRFC A91
 ATTR_UNENFORCED = "grpc.lb.outlier_detection.unenforced_reason"  # gRFC A91
 ATTR_OUTCOME = "grpclb.dns.outcome"
 ATTR_ATTEMPT = "grpclb.attempt"
+ATTR_HEALTH = "grpclb.health.state"
 
 # Seconds; gRFC A66's recommended latency buckets (abbreviated).
 DURATION_BUCKETS = (
@@ -152,6 +154,9 @@ class Telemetry:
         self._circuit = meter.create_counter(
             CIRCUIT_BREAKER_REFUSALS, "{call}", "Calls refused by max_requests."
         )
+        self._health = meter.create_counter(
+            HEALTH_TRANSITIONS, "{transition}", "Health check state changes, by the new state."
+        )
         _observers_of(meter_provider, meter).add(self)
 
     def _with_endpoint(self, address: str, count: int, **more: Any) -> dict[str, Any]:
@@ -197,6 +202,9 @@ class Telemetry:
 
     def recycled(self, address: str, pods: int) -> None:
         self._recycles.add(1, self._with_endpoint(address, pods))
+
+    def health_changed(self, address: str, pods: int, state: str) -> None:
+        self._health.add(1, self._with_endpoint(address, pods, **{ATTR_HEALTH: state}))
 
     def retry(self, granted: bool) -> None:
         (self._retries if granted else self._refused).add(1, self._target)
@@ -299,6 +307,9 @@ class NullTelemetry(Telemetry):
         pass
 
     def recycled(self, address: str, pods: int) -> None:
+        pass
+
+    def health_changed(self, address: str, pods: int, state: str) -> None:
         pass
 
     def retry(self, granted: bool) -> None:

@@ -23,6 +23,7 @@ import grpc.aio
 from opentelemetry.metrics import MeterProvider
 
 from grpclb.aio import calls
+from grpclb.aio.health import watch_health
 from grpclb.config.settings import Settings
 from grpclb.core.admission import wait_for_pods
 from grpclb.core.attempt import Attempt
@@ -197,6 +198,10 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
     def watch(self, connection: Connection) -> None:
         loop = self._ensure_started()
         connection.watcher = loop.create_task(_watch(self._balancer, connection))
+        if self._settings.health_check:  # gRFC A17: one Watch stream on this connection
+            service = self._settings.health_check_service_name
+            report = self._balancer.health_changed
+            connection.health_watch = loop.create_task(watch_health(connection, report, service))
 
     def connect(self, connection: Connection) -> None:
         if connection.channel is not None:
@@ -220,9 +225,9 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
         changed.set()
 
     async def _close_now(self, connection: Connection, grace: float | None) -> None:
-        watcher = connection.watcher
-        if watcher is not None:
-            watcher.cancel()
+        for task in (connection.watcher, connection.health_watch):
+            if task is not None:
+                task.cancel()
         try:
             await connection.channel.close(grace)
         except Exception:
@@ -240,8 +245,9 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
             if self._task is not None:
                 self._task.cancel()
             for connection in connections:
-                if connection.watcher is not None:
-                    connection.watcher.cancel()
+                for task in (connection.watcher, connection.health_watch):
+                    if task is not None:
+                        task.cancel()
         except Exception:  # pragma: no cover - e.g. the loop is already closed
             pass
 

@@ -131,6 +131,18 @@ def metadata_key(raw: object) -> str | None:
     return key
 
 
+def service_name(raw: object) -> str:
+    """A grpc.health.v1 service name: printable ASCII, no spaces ("" is the whole server)."""
+    if raw is None:
+        return ""
+    if not isinstance(raw, str):
+        raise Invalid("expected a service name such as 'my.package.MyService', or ''")
+    name = raw.strip()
+    if not re.fullmatch(r"[\x21-\x7e]*", name):
+        raise Invalid("expected printable ASCII without spaces, e.g. 'my.package.MyService'")
+    return name
+
+
 def status_codes(raw: object) -> frozenset[grpc.StatusCode]:
     if isinstance(raw, str):
         names: list[object] = list(raw.split(","))

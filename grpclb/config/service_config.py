@@ -282,8 +282,14 @@ def parse_service_config(
         if check.get("serviceName") is not None:
             health = read.string("healthCheckConfig.serviceName", check["serviceName"])
 
+    lb_settings = dict(parse_lb_settings(read, top))
+    if health is not None:
+        # gRFC A17: a healthCheckConfig turns client-side health checking on.
+        where = "healthCheckConfig.serviceName"
+        lb_settings["health_check"] = (True, where)
+        lb_settings["health_check_service_name"] = (health, where)
     return ServiceConfig(
-        lb_settings=parse_lb_settings(read, top),
+        lb_settings=lb_settings,
         method_configs=methods,
         retry_throttling=throttling,
         health_check_service_name=health,

@@ -30,6 +30,7 @@ from grpclb.config.parsing import (
     is_off,
     metadata_key,
     number,
+    service_name,
     status_codes,
 )
 from grpclb.config.service_config import ServiceConfig, parse_service_config
@@ -271,6 +272,44 @@ SETTINGS: tuple[Setting, ...] = (
         "Below this percentage of pods not ejected, balance over all pods (ejections ignored).",
         "Envoy healthy_panic_threshold",
     ),
+    # active health checking (gRFC A17) and slow start (Envoy slow_start_config)
+    Setting(
+        "health_check",
+        boolean,
+        False,
+        "Watch each pod's grpc.health.v1 status on its own connection; pods not SERVING "
+        "leave rotation, pods without a health service stay in it.",
+        "gRFC A17, off by default as in gRPC",
+    ),
+    Setting(
+        "health_check_service_name",
+        service_name,
+        "",
+        "Service name sent in the health Watch; empty asks for the whole server.",
+        "gRFC A17 healthCheckConfig.serviceName",
+    ),
+    Setting(
+        "slow_start_window",
+        duration(optional=True),
+        None,
+        "A pod that joins a running set, or returns from ejection or from an unhealthy "
+        "status, ramps its weight up over this window (round_robin, least_request, random).",
+        "Envoy slow_start_window",
+    ),
+    Setting(
+        "slow_start_aggression",
+        number(0.01, 100.0),
+        1.0,
+        "Shape of the ramp: weight grows as (time / window) ** (1 / aggression).",
+        "Envoy aggression",
+    ),
+    Setting(
+        "slow_start_min_weight_percent",
+        number(0.0, 100.0),
+        10.0,
+        "Least weight of a ramping pod, in percent of a full one.",
+        "Envoy min_weight_percent",
+    ),
     # retries and circuit breaking
     Setting(
         "retries",
@@ -375,6 +414,11 @@ class Settings:
     max_ejection_time: float = 300.0
     max_ejection_percent: float = 10.0
     panic_threshold: float = 50.0
+    health_check: bool = False
+    health_check_service_name: str = ""
+    slow_start_window: float | None = None
+    slow_start_aggression: float = 1.0
+    slow_start_min_weight_percent: float = 10.0
     retries: int = 2
     retry_codes: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE})
     retry_backoff_base: float = 0.025

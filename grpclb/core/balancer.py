@@ -32,9 +32,11 @@ from grpclb.core.endpoints import (
     Endpoint,
     Transport,
 )
+from grpclb.core.health import PENDING, UNHEALTHY, EndpointHealth
 from grpclb.core.outlier import OutlierDetector, OutlierRecord, Verdict
 from grpclb.core.pickers import NO_PICKER, Picker, PickerFactory, pick_avoiding
 from grpclb.core.recycling import ConnectionLifecycle
+from grpclb.core.slowstart import SlowStart
 from grpclb.errors import LocalRpcError
 from grpclb.resolver import Resolution
 from grpclb.stats import (
@@ -53,7 +55,7 @@ _Action = Callable[[], None]
 _CANCELLED = grpc.StatusCode.CANCELLED
 
 
-class Balancer(ConnectionLifecycle):
+class Balancer(ConnectionLifecycle, EndpointHealth):
     """Owns the pods of one target and answers which connection serves a call."""
 
     def __init__(
@@ -83,6 +85,8 @@ class Balancer(ConnectionLifecycle):
         self._detector = OutlierDetector(settings)
         self._records: list[OutlierRecord] = []  # every member's, for the detector
         self._next_interval = clock() + settings.ejection_interval
+        self._slow_start = SlowStart(settings)
+        self._ramp_due: float | None = None  # next weight refresh while a pod ramps up
         # Read on every call: plain attributes, not settings lookups.
         self._max_requests = settings.max_requests
         self._max_requests_per_connection = settings.max_requests_per_connection
@@ -141,9 +145,12 @@ class Balancer(ConnectionLifecycle):
         for address in [a for a in self._endpoints if a not in wanted]:
             log.info("grpclb %s: pod %s removed; draining", self.target.text, address)
             self._remove_locked(self._endpoints.pop(address), actions)
+        joining = bool(self._endpoints)  # slow start: only pods joining a running set ramp
         for address in sorted(wanted - self._endpoints.keys()):
             log.info("grpclb %s: pod %s added", self.target.text, address)
             endpoint = Endpoint(address)
+            if joining:
+                self._start_ramp_locked(endpoint)
             endpoint.outlier = OutlierRecord(address=address)
             self._endpoints[address] = endpoint
             endpoint.connection = self._open_locked(endpoint, actions)
@@ -182,7 +189,8 @@ class Balancer(ConnectionLifecycle):
 
     def _rebuild_locked(self) -> None:
         members = [self._endpoints[a] for a in sorted(self._endpoints)]
-        healthy = [e for e in members if not e.outlier.ejected]
+        # Active health (gRFC A17): an unhealthy pod leaves rotation as an ejected one does.
+        healthy = [e for e in members if not e.outlier.ejected and e.health not in UNHEALTHY]
         panic = bool(members) and len(healthy) * 100 < self.settings.panic_threshold * len(members)
         if panic != self.panic:
             (log.warning if panic else log.info)(
@@ -194,14 +202,17 @@ class Balancer(ConnectionLifecycle):
             )
         self.panic = panic
         candidates = members if self.panic else healthy
-        if members and not healthy:
-            # Every pod is ejected (a scale-down can leave only an ejected one): an
-            # ejection must never leave the set empty, so serve from all of them.
-            candidates = members
-        usable = [e for e in candidates if e.state is READY]
+        if members and not candidates:
+            # Every pod is ejected (a scale-down can leave only ejected ones): ejection
+            # must never empty the set, so those not unhealthy serve again.
+            candidates = [e for e in members if e.health not in UNHEALTHY]
+        # "The subchannel will stay in state CONNECTING until it receives the first
+        # health-check response" - A17: a pod awaiting its answer is not READY yet.
+        usable = [e for e in candidates if e.state is READY and e.health != PENDING]
         if not usable:  # nothing connected yet: let calls queue on pods that may connect
             usable = [e for e in candidates if e.state is not TRANSIENT_FAILURE] or candidates
-        self._snapshot = (self._pickers.build(members, usable), usable)
+        weights, self._ramp_due = self._slow_start.weights(usable, self._clock())
+        self._snapshot = (self._pickers.build(members, usable, weights), usable)
         self._wake_later = True
 
     def start_call(
@@ -352,6 +363,9 @@ class Balancer(ConnectionLifecycle):
             )
         for record in verdict.returned:
             log.info("grpclb %s: pod %s returned from ejection", self.target.text, record.address)
+            returned = self._endpoints.get(record.address)
+            if returned is not None:
+                self._start_ramp_locked(returned)
         self._rebuild_locked()
 
     @property
@@ -370,9 +384,18 @@ class Balancer(ConnectionLifecycle):
                 self._apply_verdict_locked(self._detector.on_interval(self._records, now))
                 self._next_interval = now + self.settings.ejection_interval
                 due = [self._next_interval]
+            if self._ramp_due is not None:  # slow start: weights move, rebuild the snapshot
+                if now >= self._ramp_due:
+                    self._rebuild_locked()
+                if self._ramp_due is not None:
+                    due.append(self._ramp_due)
             due += self._age_connections_locked(now, actions)
         self._run(actions)
         return min(due)
+
+    def _start_ramp_locked(self, endpoint: Endpoint) -> None:
+        """Slow start: the pod's weight ramps up from now (no-op when slow start is off)."""
+        self._slow_start.start(endpoint, self._clock())
 
     def _run(self, actions: list[_Action]) -> None:
         for action in actions:
@@ -412,7 +435,8 @@ class Balancer(ConnectionLifecycle):
     def endpoint_stats(self) -> tuple[EndpointStats, ...]:
         with self._lock:
             members = [self._endpoints[a] for a in sorted(self._endpoints)]
-            return endpoint_rows([*members, *self._departed], self._clock())
+            rows = [*members, *self._departed]
+            return endpoint_rows(rows, self._clock(), self._slow_start.weight_of)
 
     def stats(self) -> ChannelStats:
         return channel_stats(self, self.endpoint_stats())

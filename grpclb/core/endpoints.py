@@ -37,6 +37,8 @@ class Connection:
         "draining_since",
         "endpoint",
         "expires_at",
+        "health",
+        "health_watch",
         "id",
         "in_flight",
         "multicallables",
@@ -64,6 +66,10 @@ class Connection:
         # (kind, method, serializer, deserializer) -> grpcio multicallable; see call paths.
         self.multicallables: dict[tuple[Any, ...], Any] = {}
         self.watcher: Any = None  # the flavour's connectivity subscription
+        # gRFC A17 health of this connection (grpclb.core.health states), and the
+        # flavour's Watch stream handle; "disabled" while health checking is off.
+        self.health = "disabled"
+        self.health_watch: Any = None
 
     def __repr__(self) -> str:
         role = "draining" if self.draining_since is not None else "active"
@@ -83,8 +89,10 @@ class Endpoint:
         "connections_opened",
         "draining",
         "failures",
+        "health_warned",
         "in_flight",
         "outlier",
+        "ramp_from",
         "removed",
         "replacement",
     )
@@ -100,10 +108,18 @@ class Endpoint:
         self.connections_opened = 0
         self.removed = False
         self.outlier: Any = None  # the outlier detector's per-pod record
+        self.health_warned = False  # "no health service" is logged once per pod
+        # Slow start: when this pod's weight began ramping up (None: full weight).
+        self.ramp_from: float | None = None
 
     @property
     def state(self) -> State:
         return self.connection.state if self.connection is not None else SHUTDOWN
+
+    @property
+    def health(self) -> str:
+        """The health of the active connection (grpclb.core.health states)."""
+        return self.connection.health if self.connection is not None else "disabled"
 
     def connections(self) -> list[Connection]:
         current = [c for c in (self.connection, self.replacement) if c is not None]

@@ -327,10 +327,15 @@ class PickerFactory(Generic[E]):
         self._rng = rng
         self._table: tuple[tuple[str, ...], HashTable] | None = None
 
-    def build(self, members: Sequence[E], usable: Sequence[E]) -> Picker[E]:
+    def build(
+        self, members: Sequence[E], usable: Sequence[E], weights: Sequence[float] | None = None
+    ) -> Picker[E]:
+        """``weights`` (one per usable endpoint, slow start) are given only when they differ."""
         s = self._settings
         if not usable:
             return NO_PICKER
+        if weights is not None and s.policy in ("round_robin", "least_request", "random"):
+            return self._weighted(usable, weights)
         if s.policy == "round_robin":
             return RoundRobinPicker(usable, self._rng)
         if s.policy == "least_request":
@@ -349,3 +354,15 @@ class PickerFactory(Generic[E]):
             self._table = (addresses, table)
         in_use = set(map(id, usable))
         return HashPicker(self._table[1], members, [id(e) in in_use for e in members], self._rng)
+
+    def _weighted(self, usable: Sequence[E], weights: Sequence[float]) -> Picker[E]:
+        from grpclb.core import weighted  # weighted imports this module's types
+
+        policy = self._settings.policy
+        if policy == "round_robin":
+            return weighted.EdfRoundRobinPicker(usable, weights, self._rng)
+        if policy == "least_request":
+            return weighted.WeightedLeastRequestPicker(
+                usable, weights, self._rng, self._settings.choice_count
+            )
+        return weighted.WeightedRandomPicker(usable, weights, self._rng)

@@ -44,6 +44,7 @@ class ConnectionLifecycle:
     # Provided by Balancer:
     _request_resolution_locked: Callable[[], None]
     _rebuild_locked: Callable[[], None]
+    initial_health: Callable[[], str]
 
     def _remove_locked(self, endpoint: Endpoint, actions: list[_Action]) -> None:
         endpoint.removed = True
@@ -65,6 +66,7 @@ class ConnectionLifecycle:
             jitter = self.settings.max_connection_age_jitter
             expires_at = now + age * (1.0 + self._rng.uniform(-jitter, jitter))
         connection = Connection(endpoint, None, now, expires_at)
+        connection.health = self.initial_health()  # gRFC A17: pending until it answers
         # Pickable as soon as the lock is released, so the channel must exist by then.
         connection.channel = self._transport.dial(connection)
         endpoint.connections_opened += 1

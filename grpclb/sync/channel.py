@@ -31,6 +31,7 @@ from grpclb.errors import LocalRpcError
 from grpclb.resolver import RefreshSchedule, Resolver
 from grpclb.shell import ChannelOptions, ChannelShell, dial_address
 from grpclb.sync import calls
+from grpclb.sync.health import HealthWatch
 
 log = logging.getLogger("grpclb")
 # Held while a pod's multicallable is registered and while a pod channel starts closing:
@@ -170,17 +171,7 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
 
     def _multicallable(self, connection: Connection, key: tuple[Any, ...]) -> Any:
         """Create a pod's multicallable once; grpcio's registration is not thread-safe."""
-        with _REGISTRATION_LOCK:
-            if connection.closing:
-                # Registering a method on a closed grpcio channel crashes the process.
-                raise calls.connection_closed(connection)
-            found = connection.multicallables.get(key)
-            if found is None:
-                kind, method, serializer, deserializer, registered = key
-                factory = getattr(connection.channel, kind)
-                found = factory(method, serializer, deserializer, _registered_method=registered)
-                connection.multicallables[key] = found
-            return found
+        return _multicallable(connection, key)
 
     # --- Transport: the I/O the balancer asks for ------------------------------------
 
@@ -204,6 +195,10 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
         watch.delivered = delivered  # type: ignore[attr-defined]
         connection.watcher = watch
         connection.channel.subscribe(watch, try_to_connect=True)
+        if self._settings.health_check:  # gRFC A17: one Watch stream on this connection
+            service = self._settings.health_check_service_name
+            health = HealthWatch(connection, balancer.health_changed, _multicallable, service)
+            connection.health_watch = health.start()
 
     def connect(self, connection: Connection) -> None:
         # grpcio's subscribe(try_to_connect=True) leaves a flag that its polling thread
@@ -282,6 +277,8 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
             return
         with _REGISTRATION_LOCK:  # no method registration may race the close
             connection.closing = True
+        if connection.health_watch is not None:
+            connection.health_watch.stop()
         watcher = connection.watcher
         if watcher is not None:
             # grpcio's polling thread fails if the channel closes before its first check
@@ -298,6 +295,25 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
                 self._subscribers[callback] = state
         if due:  # on a thread of their own, as grpcio does: a slow one stalls nothing
             threading.Thread(target=_deliver, args=(due, state), daemon=True).start()
+
+
+def _multicallable(connection: Connection, key: tuple[Any, ...]) -> Any:
+    """A pod's multicallable, created once under the registration lock.
+
+    A function rather than a method, so the health watch's thread can register
+    its Watch method without holding the channel.
+    """
+    with _REGISTRATION_LOCK:
+        if connection.closing:
+            # Registering a method on a closed grpcio channel crashes the process.
+            raise calls.connection_closed(connection)
+        found = connection.multicallables.get(key)
+        if found is None:
+            kind, method, serializer, deserializer, registered = key
+            factory = getattr(connection.channel, kind)
+            found = factory(method, serializer, deserializer, _registered_method=registered)
+            connection.multicallables[key] = found
+        return found
 
 
 def _maintain_while_alive(

@@ -175,20 +175,36 @@ class PodServer:
     port: int
     control_port: int
     server: Any
-    health: health.HealthServicer
+    health: health.HealthServicer | None
     executor: futures.ThreadPoolExecutor
+
+    def set_health(self, status: str, service: str = "") -> None:
+        """Sets a grpc.health.v1 status by name (SERVING, NOT_SERVING, ...); Watch streams
+        see the change at once."""
+        if self.health is None:
+            raise RuntimeError("this pod serves no grpc.health.v1 service")
+        value = health_pb2.HealthCheckResponse.ServingStatus.Value(status)
+        self.health.set(service, value)
 
     def stop(self, grace: float | None = 0) -> None:
         """Stops serving; waits a bounded time for the handlers to be cancelled."""
-        self.health.enter_graceful_shutdown()
+        if self.health is not None:
+            self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait(timeout=(grace or 0) + 5)
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 def serve(
-    host: str, port: int, *, tls: tuple[bytes, bytes] | None = None, max_workers: int = 32
+    host: str,
+    port: int,
+    *,
+    tls: tuple[bytes, bytes] | None = None,
+    max_workers: int = 32,
+    health_service: bool = True,
 ) -> PodServer:
     """Starts a pod server on ``host:port``; ``tls`` is ``(private_key_pem, cert_chain_pem)``.
+
+    ``health_service=False`` serves no grpc.health.v1, as many real servers do not.
 
     Raises ``OSError`` when the address is taken: ``grpc.so_reuseport`` is off so
     two pods can never silently share one address.
@@ -203,7 +219,8 @@ def serve(
     add_control: Any = echo_pb2_grpc.add_ControlServicer_to_server
     add_echo(EchoServicer(state), server)
     add_control(ControlServicer(state), server)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if health_service:
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:
         if tls is None:
             bound = server.add_insecure_port(format_address(host, port))
@@ -217,7 +234,8 @@ def serve(
         raise OSError(f"cannot bind pod to {format_address(host, port)}: {exc}") from exc
     state.address = format_address(host, bound)
     server.start()
-    return PodServer(host, bound, control, server, health_servicer, executor)
+    served = health_servicer if health_service else None
+    return PodServer(host, bound, control, server, served, executor)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

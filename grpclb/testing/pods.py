@@ -147,15 +147,31 @@ def _stop_leftovers() -> None:
 
 
 class ThreadPod(Pod):
-    """A pod served by this process; ``port=0`` picks a free port."""
+    """A pod served by this process; ``port=0`` picks a free port.
+
+    ``health_service=False`` leaves out grpc.health.v1; ``set_health`` changes
+    the status its Watch streams report.
+    """
 
     def __init__(
-        self, host: str, port: int, *, tls: tuple[bytes, bytes] | None = None, max_workers: int = 32
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: tuple[bytes, bytes] | None = None,
+        max_workers: int = 32,
+        health_service: bool = True,
     ) -> None:
         super().__init__(host, port)
-        self._server = serve(host, port, tls=tls, max_workers=max_workers)
+        self._server = serve(
+            host, port, tls=tls, max_workers=max_workers, health_service=health_service
+        )
         self.port, self.control_port = self._server.port, self._server.control_port
         self._track()
+
+    def set_health(self, status: str, service: str = "") -> None:
+        """SERVING, NOT_SERVING, SERVICE_UNKNOWN or UNKNOWN, for ``service`` ("" the server)."""
+        self._server.set_health(status, service)
 
     def stop(self, grace: float | None = 0) -> None:
         if not self._stopped:
@@ -348,8 +364,11 @@ class PodFleet:
     def addresses(self) -> list[str]:
         return [pod.address for pod in self._pods]
 
-    def add(self, n: int = 1) -> list[Pod]:
-        """Starts ``n`` pods on the next hosts; process pods start concurrently."""
+    def add(self, n: int = 1, *, health_service: bool = True) -> list[Pod]:
+        """Starts ``n`` pods on the next hosts; process pods start concurrently.
+
+        ``health_service=False`` (thread pods only) starts pods without grpc.health.v1.
+        """
         new: list[Pod] = []
         try:
             for _ in range(n):
@@ -357,7 +376,8 @@ class PodFleet:
                 if self.processes:
                     new.append(ProcessPod(host, self.port, tls=self.tls, wait=False))
                 else:
-                    new.append(ThreadPod(host, self.port, tls=self.tls))
+                    tls = self.tls
+                    new.append(ThreadPod(host, self.port, tls=tls, health_service=health_service))
             for pod in new:
                 if isinstance(pod, ProcessPod):
                     pod.wait_ready()

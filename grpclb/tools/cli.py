@@ -24,14 +24,17 @@ import grpclb
 from grpclb.config.parsing import parse_duration
 from grpclb.config.settings import SETTINGS, Setting, Settings
 from grpclb.config.target import Target, parse_target
+from grpclb.core.health import CHECK_METHOD, STATUS_NAMES, decode_status, encode_request
 from grpclb.shell import dial_address
 from grpclb.stats import ChannelStats
 
-HEALTH_CHECK = "/grpc.health.v1.Health/Check"
-HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+HEALTH_CHECK = CHECK_METHOD
+HEALTH_STATUS = STATUS_NAMES
 UNSETTLED = frozenset({"idle", "connecting"})
 POLL_S = 0.02
 STATE_COLORS = {"ready": "32", "connecting": "33", "idle": "33", "draining": "36"}
+# Only the channel's own health and slow-start columns that say something are shown.
+HEALTH_OFF = "disabled"
 
 
 class CliError(Exception):
@@ -86,14 +89,20 @@ def render_table(
 
 
 def endpoint_table(stats: ChannelStats, health: dict[str, str] | None = None) -> str:
-    """The pods as Envoy's ``/clusters`` lists hosts: one row each, counters to the right."""
+    """The pods as Envoy's ``/clusters`` lists hosts: one row each, counters to the right.
+
+    HEALTH is the channel's own health check (``health_check=true``), WEIGHT a slow
+    start ramp in progress; CHECK is ``inspect --health``'s one-off answer.
+    """
     headers = ["ADDRESS", "STATE", "IN_FLIGHT", "CALLS", "FAILURES", "EJECTIONS", "CONN_AGE"]
-    if health is not None:
-        headers.append("HEALTH")
+    watched = any(e.health != HEALTH_OFF for e in stats.endpoints)
+    ramping = any(e.weight < 1.0 for e in stats.endpoints)
+    headers += ["HEALTH"] * watched + ["WEIGHT"] * ramping + ["CHECK"] * (health is not None)
     rows = []
     for e in stats.endpoints:
         row = [e.address, e.state, str(e.in_flight), str(e.calls), str(e.failures)]
         row += [str(e.ejections), format_duration(e.connection_age)]
+        row += [e.health] * watched + [f"{e.weight:.0%}"] * ramping
         if health is not None:
             row.append(health.get(e.address, "-"))
         rows.append(row)
@@ -120,46 +129,14 @@ def endpoint_table(stats: ChannelStats, health: dict[str, str] | None = None) ->
 
 
 def encode_health_request(service: str) -> bytes:
-    """HealthCheckRequest{service}: field 1, length-delimited; "" is the empty message."""
-    data = service.encode()
-    return b"\x0a" + _varint(len(data)) + data if data else b""
+    """HealthCheckRequest{service}, by the core's hand-written codec."""
+    return encode_request(service)
 
 
 def decode_health_status(data: bytes) -> str:
-    """HealthCheckResponse.status (field 1, a varint); other fields are skipped."""
-    status, i = 0, 0
-    while i < len(data):
-        key, i = _read_varint(data, i)
-        if key == 0x08:
-            status, i = _read_varint(data, i)
-        elif key & 7 == 0:
-            i = _read_varint(data, i)[1]
-        elif key & 7 == 2:
-            length, i = _read_varint(data, i)
-            i += length
-        else:
-            i += {1: 8, 5: 4}.get(key & 7, len(data))
+    """HealthCheckResponse.status by name, e.g. SERVING."""
+    status = decode_status(data)
     return HEALTH_STATUS.get(status, str(status))
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    return bytes([*out, value])
-
-
-def _read_varint(data: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while i < len(data):
-        byte = data[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    return value, i
 
 
 def check_health(target: Target, address: str, service: str, timeout: float) -> str:
@@ -202,7 +179,8 @@ def settle(channel: grpclb.Channel, timeout: float) -> ChannelStats:
     deadline = time.monotonic() + timeout
     while True:
         stats: ChannelStats = channel.stats()
-        if stats.resolutions and not any(e.state in UNSETTLED for e in stats.endpoints):
+        unsettled = [e for e in stats.endpoints if e.state in UNSETTLED or e.health == "pending"]
+        if stats.resolutions and not unsettled:
             return stats
         if time.monotonic() >= deadline:
             return stats

@@ -123,7 +123,7 @@ def test_retry_policy_null_turns_retries_off_for_one_method_only(
 
 
 def test_the_method_timeout_caps_the_call_deadline(pods: FleetFactory, dns_server: Any) -> None:
-    fleet, target = serve(pods, dns_server, 2)
+    _, target = serve(pods, dns_server, 2)
     service_config = config({"name": [UNARY], "timeout": "0.2s"})
     with grpclb.channel(target, service_config=service_config) as channel:
         wait_ready(channel, 2)

@@ -84,6 +84,11 @@ def test_loaded_default_equals_table_default(setting: object) -> None:
         ("retry_budget_percent", 20.0),
         ("retry_budget_min_concurrency", 10),
         ("max_requests", None),
+        ("health_check", False),
+        ("health_check_service_name", ""),
+        ("slow_start_window", None),
+        ("slow_start_aggression", 1.0),
+        ("slow_start_min_weight_percent", 10.0),
     ],
 )
 def test_defaults_are_the_ones_the_issues_specify(name: str, want: object) -> None:
@@ -143,6 +148,11 @@ GOOD_ENV: dict[str, tuple[str, object]] = {
         '{"methodConfig": [{"name": [{}], "timeout": "1.5s"}]}',
         parse_service_config({"methodConfig": [{"name": [{}], "timeout": "1.5s"}]}),
     ),
+    "health_check": ("true", True),
+    "health_check_service_name": (" my.pkg.Svc ", "my.pkg.Svc"),
+    "slow_start_window": ("30s", 30.0),
+    "slow_start_aggression": ("2", 2.0),
+    "slow_start_min_weight_percent": ("5", 5.0),
 }
 
 
@@ -397,6 +407,11 @@ BAD: list[tuple[str, str]] = [
     ("max_requests", "-1"),
     ("max_requests", "lots"),
     ("service_config", "[]"),
+    ("health_check", "maybe"),
+    ("health_check_service_name", "my service"),
+    ("slow_start_window", "soon"),
+    ("slow_start_aggression", "0"),
+    ("slow_start_min_weight_percent", "101"),
 ]
 BAD_IDS = [f"{n}={v}" for n, v in BAD]
 
