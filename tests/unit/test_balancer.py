@@ -20,6 +20,7 @@ import pytest
 
 from grpclb.config.settings import Settings
 from grpclb.config.target import parse_target
+from grpclb.core.attempt import Attempt
 from grpclb.core.balancer import Balancer
 from grpclb.core.endpoints import Connection, Endpoint
 from grpclb.core.hashing import hash_key
@@ -134,13 +135,13 @@ class Harness:
 
     def call(
         self, request_hash: int | None = None, *, retry: bool = False, **kwargs: object
-    ) -> Connection:
+    ) -> Attempt:
         """A call; a retry first reserves its place in the retry budget, as the channel does."""
         if retry:
             assert self.balancer.reserve_retry()
-        connection = self.balancer.start_call(request_hash, **kwargs)  # type: ignore[arg-type]
-        assert connection is not None
-        return connection
+        attempt = self.balancer.start_call(request_hash, retry=retry, **kwargs)  # type: ignore[arg-type]
+        assert attempt is not None
+        return attempt
 
     def picks(self, n: int, request_hash: int | None = None) -> list[str]:
         """Addresses of n calls, each finished OK at once."""
@@ -148,10 +149,10 @@ class Harness:
         for _ in range(n):
             connection = self.call(request_hash)
             out.append(connection.endpoint.address)
-            self.balancer.finish_call(connection, C.OK)
+            connection.release(C.OK)
         return out
 
-    def call_on(self, address: str) -> Connection:
+    def call_on(self, address: str) -> Attempt:
         """A call that lands on address (every other live pod is avoided)."""
         others = {c.endpoint for c in self.transport.opened if c.endpoint.address != address}
         connection = self.call(avoid=others)
@@ -160,7 +161,7 @@ class Harness:
 
     def fail_on(self, address: str, n: int = 1, code: C = C.UNAVAILABLE) -> None:
         for _ in range(n):
-            self.balancer.finish_call(self.call_on(address), code)
+            self.call_on(address).release(code)
 
     # time
 
@@ -346,7 +347,7 @@ def test_retry_goes_to_a_pod_not_yet_tried() -> None:
     for _ in range(30):
         connection = h.call(avoid=tried, retry=True)
         assert connection.endpoint.address != A
-        h.balancer.finish_call(connection, C.OK, retry=True)
+        connection.release(C.OK)
     assert h.balancer.stats().retries == 30
 
 
@@ -364,10 +365,10 @@ def test_removed_pod_with_calls_in_flight_drains() -> None:
     row = h.rows()[A]
     assert (row.state, row.in_flight) == ("draining", 2)
     assert set(h.picks(10)) == {B}
-    h.balancer.finish_call(first, C.OK)
+    first.release(C.OK)
     assert h.transport.closed == []
-    h.balancer.finish_call(second, C.UNAVAILABLE)
-    assert h.transport.closed == [first]
+    second.release(C.UNAVAILABLE)
+    assert h.transport.closed == [first.connection]
     assert list(h.rows()) == [B]
     assert h.balancer.stats().in_flight == 0
 
@@ -379,7 +380,7 @@ def test_failures_on_a_draining_pod_never_eject_it() -> None:
     calls = [h.call() for _ in range(3)]
     h.resolve(B)
     for connection in calls:
-        h.balancer.finish_call(connection, C.UNAVAILABLE)
+        connection.release(C.UNAVAILABLE)
     assert h.balancer.counters["ejections"] == 0
     assert h.balancer.stats().failures == 3
 
@@ -393,10 +394,10 @@ def test_in_flight_calls_and_failures_counters() -> None:
     h.ready(A, B)
     ok, unavailable, not_found, cancelled, open_call = (h.call() for _ in range(5))
     assert h.balancer.stats().in_flight == 5
-    h.balancer.finish_call(ok, C.OK)
-    h.balancer.finish_call(unavailable, C.UNAVAILABLE)
-    h.balancer.finish_call(not_found, C.NOT_FOUND)  # an application error
-    h.balancer.finish_call(cancelled, None)  # no status
+    ok.release(C.OK)
+    unavailable.release(C.UNAVAILABLE)
+    not_found.release(C.NOT_FOUND)  # an application error
+    cancelled.release(None)  # no status
     stats = h.balancer.stats()
     assert (stats.in_flight, stats.calls, stats.failures) == (1, 5, 1)
     row_a, row_b = h.rows()[A], h.rows()[B]
@@ -405,7 +406,7 @@ def test_in_flight_calls_and_failures_counters() -> None:
     assert (row_b.in_flight, row_b.calls, row_b.failures) == (0, 0, 0)
     assert h.balancer.counters["calls"] == 5
     assert h.balancer.counters["failures"] == 1
-    assert open_call.in_flight == 1
+    assert open_call.connection.in_flight == 1
 
 
 @pytest.mark.parametrize(
@@ -429,7 +430,7 @@ def test_failure_codes(failure_codes: str | None, code: C, counted: bool) -> Non
     h = Harness(**overrides)
     h.resolve(A)
     h.ready(A)
-    h.balancer.finish_call(h.call(), code)
+    h.call().release(code)
     assert h.balancer.stats().failures == int(counted)
 
 
@@ -451,7 +452,7 @@ def test_max_requests_circuit_breaker() -> None:
     assert TARGET in error.details()
     stats = h.balancer.stats()
     assert (stats.circuit_breaker_refusals, stats.calls, stats.in_flight) == (1, 2, 2)
-    h.balancer.finish_call(first, C.OK)
+    first.release(C.OK)
     assert h.call().endpoint.address == A
 
 
@@ -514,28 +515,28 @@ def test_max_requests_per_connection_replaces_make_before_break() -> None:
     h.ready(A)
     old = h.active(A)
     calls = [h.call() for _ in range(3)]
-    assert all(c is old for c in calls)
+    assert all(c.connection is old for c in calls)
     assert len(h.transport.of(A)) == 2  # the third call asked for a replacement
     new = h.transport.of(A)[-1]
     assert new is not old
     calls.append(h.call())  # the old one serves until the new one is ready
-    assert calls[-1] is old
+    assert calls[-1].connection is old
     assert len(h.transport.of(A)) == 2  # one replacement at a time
     h.balancer.resolve_requested = False
     h.balancer.connectivity_changed(new, S.CONNECTING)
     calls.append(h.call())
-    assert calls[-1] is old
+    assert calls[-1].connection is old
     h.balancer.connectivity_changed(new, S.READY)
     assert h.balancer.counters["recycles"] == 1
     assert h.balancer.resolve_requested  # recycling is a chance to notice new pods
     assert h.transport.closed == []  # old still has calls in flight
     assert old.draining_since == T0
     after = h.call()
-    assert after is new
+    assert after.connection is new
     for connection in calls:
-        h.balancer.finish_call(connection, C.OK)
+        connection.release(C.OK)
     assert h.transport.closed == [old]
-    h.balancer.finish_call(h.call(), C.OK)  # the old call count does not leak into the new
+    h.call().release(C.OK)  # the old call count does not leak into the new
     row = h.rows()[A]
     assert row.connections_opened == 2
     assert row.connection_requests == 2
@@ -547,13 +548,13 @@ def test_replacement_not_yet_ready_never_leaves_the_pod_without_a_connection() -
     h.resolve(A)
     h.ready(A)
     old = h.active(A)
-    h.balancer.finish_call(h.call(), C.OK)
+    h.call().release(C.OK)
     new = h.transport.of(A)[-1]
     h.balancer.connectivity_changed(new, S.TRANSIENT_FAILURE)
     for _ in range(5):
         connection = h.call()
-        assert connection is old
-        h.balancer.finish_call(connection, C.OK)
+        assert connection.connection is old
+        connection.release(C.OK)
     assert h.transport.closed == []
     assert h.states() == {A: "ready"}
 
@@ -582,10 +583,10 @@ def test_max_connection_age_with_jitter(fraction: float, jitter: float, lifetime
     assert len(h.transport.of(A)) == 2
     new = h.transport.of(A)[-1]
     assert new.expires_at == pytest.approx(T0 + 2 * lifetime)
-    assert h.call() is old
+    assert h.call().connection is old
     h.balancer.connectivity_changed(new, S.READY)
     assert h.transport.closed == []
-    assert h.call() is new
+    assert h.call().connection is new
 
 
 def test_connection_age_jitter_spreads_the_fleet() -> None:
@@ -636,9 +637,9 @@ def test_age_grace_closes_a_draining_connection_with_calls() -> None:
     assert h.transport.closed == []
     h.clock.now = T0 + 6
     h.balancer.maintain()
-    assert h.transport.closed == [stuck]
-    h.balancer.finish_call(stuck, C.CANCELLED)  # the cancelled call still releases its count
-    assert h.transport.closed == [stuck]  # closed once
+    assert h.transport.closed == [stuck.connection]
+    stuck.release(C.CANCELLED)  # the cancelled call still releases its count
+    assert h.transport.closed == [stuck.connection]  # closed once
     assert h.balancer.stats().in_flight == 0
 
 
@@ -650,8 +651,8 @@ def test_without_grace_a_draining_connection_waits_for_its_calls() -> None:
     h.balancer.connectivity_changed(h.transport.of(A)[-1], S.READY)
     h.run_timer(T0 + 3600)
     assert h.transport.closed == []
-    h.balancer.finish_call(stuck, C.OK)
-    assert h.transport.closed == [stuck]
+    stuck.release(C.OK)
+    assert h.transport.closed == [stuck.connection]
 
 
 def test_grace_also_applies_to_removed_pods() -> None:
@@ -662,7 +663,7 @@ def test_grace_also_applies_to_removed_pods() -> None:
     h.resolve(B)
     h.clock.now = T0 + 2
     h.balancer.maintain()
-    assert h.transport.closed == [stuck]
+    assert h.transport.closed == [stuck.connection]
     assert list(h.rows()) == [B]
 
 
@@ -717,7 +718,7 @@ def test_never_eject_the_last_pod() -> None:
     h.resolve(A)
     h.ready(A)
     for _ in range(20):
-        h.balancer.finish_call(h.call(), C.UNAVAILABLE)
+        h.call().release(C.UNAVAILABLE)
     assert h.states() == {A: "ready"}
 
 
@@ -761,7 +762,7 @@ def test_interval_analysis_ejects_from_counted_outcomes(
         connection = h.call()
         bad = connection.endpoint.address == E and failed < failed_per_pod
         failed += bad
-        h.balancer.finish_call(connection, C.UNAVAILABLE if bad else C.OK)
+        connection.release(C.UNAVAILABLE if bad else C.OK)
     assert h.rows()[E].calls == per_pod
     h.run_timer(T0 + 9.9)
     assert h.states()[E] == "ready"
@@ -778,10 +779,10 @@ def test_interval_counts_start_afresh() -> None:
     for i in range(250):  # half an interval's worth of bad calls on E
         connection = h.call()
         bad = connection.endpoint.address == E and i % 2
-        h.balancer.finish_call(connection, C.UNAVAILABLE if bad else C.OK)
+        connection.release(C.UNAVAILABLE if bad else C.OK)
     h.run_timer(T0 + 10)
     for _ in range(250):
-        h.balancer.finish_call(h.call(), C.OK)
+        h.call().release(C.OK)
     h.run_timer(T0 + 20)
     assert h.balancer.counters["ejections"] == 0
 
@@ -836,9 +837,12 @@ def test_panic_ends_when_pods_return() -> None:
         # The call asking for a retry counts as in flight, as Envoy counts the request
         # it retries, although its failed attempt has been released.
         (0, 20, 80, 19, True),  # 19 retries of 99 in flight, +1 asking: 19 < 20
-        (0, 20, 79, 20, False),  # 20 of 99 + 1: the budget is spent
+        (0, 20, 80, 20, False),  # 20 of 100 + 1: int(20.2) = 20, the budget is spent
         (10, 20, 120, 29, True),  # the percentage beats the floor: 29 < 30
-        (10, 20, 119, 30, False),  # 30 of 149 + 1
+        (10, 20, 120, 30, False),  # 30 of 150 + 1
+        # Envoy truncates the share: 1 % of 50 calls allows no retry at all.
+        (0, 1, 49, 0, False),
+        (0, 1, 99, 0, True),
         (10, 20, 5, 9, True),  # the floor beats the percentage
         (0, 0, 10, 0, False),
     ],
@@ -871,7 +875,7 @@ def test_finished_retries_free_the_budget() -> None:
     retries = [h.call(retry=True) for _ in range(2)]
     assert not h.balancer.reserve_retry()
     assert not h.balancer.reserve_retry()
-    h.balancer.finish_call(retries[0], C.UNAVAILABLE, retry=True)
+    retries[0].release(C.UNAVAILABLE)
     assert h.balancer.reserve_retry()
     assert h.balancer.stats().retries_refused == 2
 
@@ -976,7 +980,7 @@ def test_stats_rows_and_states() -> None:
         assert part in text
     assert TARGET in text
     assert "round_robin" in text
-    h.balancer.finish_call(held, C.OK)
+    held.release(C.OK)
     assert "draining" not in repr(h.balancer)
 
 
@@ -1018,7 +1022,7 @@ def test_counts_balance_under_concurrent_calls() -> None:
     def worker() -> None:
         for i in range(per_thread):
             connection = h.call()
-            h.balancer.finish_call(connection, C.UNAVAILABLE if i % 50 == 0 else C.OK)
+            connection.release(C.UNAVAILABLE if i % 50 == 0 else C.OK)
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
     for thread in threads:
@@ -1048,4 +1052,4 @@ def test_a_pod_back_in_dns_while_draining_is_found_by_address_as_live() -> None:
     rows = [e for e in h.balancer.stats().endpoints if e.address == A]
     assert sorted(r.state for r in rows) == ["draining", "idle"]
     assert h.balancer.stats().by_address()[A].state == "idle"
-    h.balancer.finish_call(busy, C.OK)
+    busy.release(C.OK)

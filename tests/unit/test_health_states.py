@@ -123,7 +123,7 @@ def test_unhealthy_leaves_rotation_calls_on_it_finish_and_serving_brings_it_back
     answer(h, A, state)
     assert h.rows()[A].state == "unhealthy"
     assert A not in h.picks(60)
-    h.balancer.finish_call(on_a, C.OK)  # the call already on it ends normally
+    on_a.release(C.OK)  # the call already on it ends normally
     assert h.rows()[A].in_flight == 0 and h.rows()[A].failures == 0
     answer(h, A, health.SERVING)
     assert h.rows()[A].state == "ready"
@@ -158,8 +158,8 @@ def test_a_replacement_connections_health_counts_only_once_it_takes_over() -> No
     h = healthy_harness(max_requests_per_connection=2)
     for address in (A, B, CC, D):
         answer(h, address, health.SERVING)
-    h.balancer.finish_call(h.call_on(A), C.OK)
-    h.balancer.finish_call(h.call_on(A), C.OK)  # the second call starts a replacement
+    h.call_on(A).release(C.OK)
+    h.call_on(A).release(C.OK)  # the second call starts a replacement
     replacement = h.endpoint(A).replacement
     assert replacement is not None and replacement.health == health.PENDING
     h.balancer.health_changed(replacement, health.NOT_SERVING)

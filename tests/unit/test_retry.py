@@ -1,147 +1,202 @@
-"""Retry decisions: which outcomes are retried, and the jittered exponential backoff.
+"""Retry and hedging decisions (grpclb.core.retry): pure values, injected randomness.
 
-tenacity draws its jitter from the ``random`` module; tests that need an exact
-value pin ``random.uniform`` to one end of its range, and the statistical test
-only checks bounds, so no test depends on a seed.
+The drivers (sync blocking, futures, streams, asyncio) only execute what these
+decide, so the rules of gRFC A6 and of grpclb's channel-wide retries are
+tested here, without sockets.
 """
 
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import grpc
 import pytest
 
+from grpclb.config.service_config import parse_service_config
 from grpclb.config.settings import Settings
-from grpclb.core.retry import RetryPolicy
+from grpclb.core.retry import NO_RETRIES, CallRun, channel_policy, method_policy, pushback
+from grpclb.core.throttle import RetryThrottle
 
 C = grpc.StatusCode
+METHOD = "/pkg.Svc/Do"
 
 
-def policy(**overrides: object) -> RetryPolicy:
-    return RetryPolicy(Settings.load(overrides, environ={}))
+class Edge(random.Random):
+    """A random source whose uniform draw is one end of its window."""
+
+    def __init__(self, high: bool) -> None:
+        super().__init__(0)
+        self.high = high
+
+    def uniform(self, a: float, b: float) -> float:
+        return b if self.high else a
 
 
-@pytest.fixture
-def jitter_high(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The full-jitter draw returns the top of its window."""
-    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+def settings(**overrides: object) -> Settings:
+    return Settings.load(overrides, environ={})
 
 
-@pytest.fixture
-def jitter_low(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(random, "uniform", lambda low, high: low)
+def no_trailing() -> Any:
+    return None
 
 
-# Envoy's defaults: 25 ms base, 250 ms cap.
-WINDOWS = [(1, 0.025), (2, 0.05), (3, 0.1), (4, 0.2), (5, 0.25), (6, 0.25), (10, 0.25), (60, 0.25)]
+def trailing(value: str) -> Any:
+    return lambda: [("grpc-retry-pushback-ms", value)]
 
 
-@pytest.mark.parametrize(("retry_number", "window"), WINDOWS, ids=[f"retry{n}" for n, _ in WINDOWS])
-def test_backoff_window_is_base_doubling_capped(
-    jitter_high: None, retry_number: int, window: float
-) -> None:
-    assert policy().backoff(retry_number) == pytest.approx(window)
+def delays(run: CallRun, n: int) -> list[float | None]:
+    out = []
+    for _ in range(n):
+        delay = run.retry_delay(C.UNAVAILABLE, no_trailing, 0.0)
+        out.append(delay)
+        run.attempts += 1
+    return out
 
 
-@pytest.mark.parametrize("retry_number", [1, 3, 10])
-def test_backoff_can_be_zero(jitter_low: None, retry_number: int) -> None:
-    assert policy().backoff(retry_number) == 0.0
+# Envoy's defaults: 25 ms base, 250 ms cap, doubling.
+def test_channel_backoff_windows_double_up_to_the_cap() -> None:
+    policy = channel_policy(settings(retries=8), Edge(high=True))
+    run = CallRun(policy, None)
+    got = delays(run, 9)
+    assert got[:8] == pytest.approx([0.025, 0.05, 0.1, 0.2, 0.25, 0.25, 0.25, 0.25])
+    assert got[8] is None  # past retries=8
 
 
-@pytest.mark.parametrize(
-    ("base", "cap"), [(0.025, 0.25), (0.1, 1.0), (0.01, 0.01), (1.0, 5.0)], ids=str
-)
-def test_backoff_stays_in_its_window(base: float, cap: float) -> None:
-    retry = policy(retry_backoff_base=base, retry_backoff_max=cap)
-    for n in range(1, 9):
-        window = min(base * 2 ** (n - 1), cap)
-        delays = [retry.backoff(n) for _ in range(200)]
-        assert all(0.0 <= d <= window for d in delays), n
-        assert max(delays) > window / 2  # jittered over the window, not stuck at zero
+def test_channel_backoff_can_be_zero() -> None:
+    run = CallRun(channel_policy(settings(retries=3), Edge(high=False)), None)
+    assert delays(run, 3) == [0.0, 0.0, 0.0]
 
 
-@pytest.mark.parametrize(
-    ("overrides", "code", "retries_done", "now", "deadline", "retried"),
-    [
-        ({}, C.UNAVAILABLE, 0, 0.0, None, True),
-        ({}, C.UNAVAILABLE, 1, 0.0, None, True),
-        ({}, C.UNAVAILABLE, 2, 0.0, None, False),  # beyond max retries (2)
-        ({}, C.UNAVAILABLE, 5, 0.0, None, False),
-        ({"retries": 0}, C.UNAVAILABLE, 0, 0.0, None, False),
-        ({"retries": 5}, C.UNAVAILABLE, 4, 0.0, None, True),
-        ({}, C.NOT_FOUND, 0, 0.0, None, False),
-        ({}, C.INTERNAL, 0, 0.0, None, False),
-        ({}, C.DEADLINE_EXCEEDED, 0, 0.0, None, False),
-        ({}, C.OK, 0, 0.0, None, False),
-        ({}, None, 0, 0.0, None, False),  # no status (cancelled)
-        (
-            {"retry_codes": "UNAVAILABLE,RESOURCE_EXHAUSTED"},
-            C.RESOURCE_EXHAUSTED,
-            0,
-            0.0,
-            None,
-            True,
-        ),
-        ({"retry_codes": "RESOURCE_EXHAUSTED"}, C.UNAVAILABLE, 0, 0.0, None, False),
-        ({}, C.UNAVAILABLE, 0, 10.0, 20.0, True),
-        ({}, C.UNAVAILABLE, 0, 10.0, 10.0, False),  # at the deadline
-        ({}, C.UNAVAILABLE, 0, 10.0, 9.0, False),  # past the deadline
-    ],
-    ids=[
-        "first_retry",
-        "second_retry",
-        "beyond_max",
-        "far_beyond_max",
-        "retries_off",
-        "more_retries",
-        "not_found",
-        "internal",
-        "deadline_exceeded",
-        "ok",
-        "no_status",
-        "extra_retry_code",
-        "code_not_listed",
-        "deadline_far",
-        "at_deadline",
-        "past_deadline",
-    ],
-)
-def test_delay_before_retry(
-    overrides: dict[str, object],
-    code: grpc.StatusCode | None,
-    retries_done: int,
-    now: float,
-    deadline: float | None,
-    retried: bool,
-) -> None:
-    retry = policy(**overrides)
-    delay = retry.delay_before_retry(code, retries_done, now, deadline)
-    assert (delay is not None) is retried
-    if delay is not None:
-        window = min(0.025 * 2**retries_done, 0.25)
-        assert 0.0 <= delay <= window
+def test_channel_retries_stop_after_retries_and_on_other_codes() -> None:
+    run = CallRun(channel_policy(settings(retries=2), Edge(high=True)), None)
+    assert run.retry_delay(C.NOT_FOUND, no_trailing, 0.0) is None
+    assert delays(run, 3)[2] is None  # 1 + 2 attempts
+
+
+def test_retries_zero_is_no_policy() -> None:
+    assert channel_policy(settings(retries=0), random.Random()) is NO_RETRIES
+
+
+def test_a_retry_never_outlives_the_deadline() -> None:
+    run = CallRun(channel_policy(settings(), Edge(high=True)), deadline=10.0)
+    assert run.retry_delay(C.UNAVAILABLE, no_trailing, 9.99) is None
+    assert run.retry_delay(C.UNAVAILABLE, no_trailing, 1.0) is not None
+
+
+def config(method_config: dict[str, Any], **top: Any) -> Any:
+    entry = {"name": [{"service": "pkg.Svc", "method": "Do"}], **method_config}
+    return parse_service_config({"methodConfig": [entry], **top})
+
+
+RETRY = {
+    "maxAttempts": 4,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "1s",
+    "backoffMultiplier": 3,
+    "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+}
+
+
+def policy_of(method_config: dict[str, Any], replayable: bool = True, **top: Any) -> Any:
+    s = settings(service_config=config(method_config, **top).source)
+    return method_policy(s, METHOD, replayable, Edge(high=True))
+
+
+def test_a6_backoff_is_initial_times_multiplier_capped() -> None:
+    run = CallRun(policy_of({"retryPolicy": RETRY}), None)
+    # A6: "random(0, min(initialBackoff*backoffMultiplier**(n-1), maxBackoff))"
+    assert delays(run, 4) == [pytest.approx(0.1), pytest.approx(0.3), pytest.approx(0.9), None]
+
+
+def test_a6_retries_only_its_codes_and_exactly_max_attempts() -> None:
+    policy = policy_of({"retryPolicy": RETRY})
+    assert policy.max_attempts == 4
+    run = CallRun(policy, None)
+    assert run.retry_delay(C.UNAVAILABLE, no_trailing, 0.0) is not None
+    assert run.retry_delay(C.RESOURCE_EXHAUSTED, no_trailing, 0.0) is not None
+    assert run.retry_delay(C.INTERNAL, no_trailing, 0.0) is None
+
+
+def test_max_attempts_above_five_is_five() -> None:
+    assert policy_of({"retryPolicy": {**RETRY, "maxAttempts": 9}}).max_attempts == 5
 
 
 @pytest.mark.parametrize(
-    ("deadline", "retried"), [(10.025, False), (10.0249, False), (10.0251, True)], ids=str
+    ("value", "expected"),
+    [("250", 0.25), ("0", 0.0), ("-1", -1.0), ("soon", -1.0), ("1.5", -1.0), ("٣", -1.0)],
 )
-def test_retry_never_outlives_the_deadline(
-    jitter_high: None, deadline: float, retried: bool
-) -> None:
-    delay = policy().delay_before_retry(C.UNAVAILABLE, 0, 10.0, deadline)
-    assert (delay is not None) is retried
-    if delay is not None:
-        assert 10.0 + delay < deadline
+def test_pushback_values(value: str, expected: float) -> None:
+    assert pushback([("grpc-retry-pushback-ms", value)]) == expected
 
 
-def test_delay_grows_with_the_retry_number(jitter_high: None) -> None:
-    retry = policy(retries=5)
-    delays = [retry.delay_before_retry(C.UNAVAILABLE, n, 0.0, None) for n in range(5)]
-    assert delays == pytest.approx([0.025, 0.05, 0.1, 0.2, 0.25])
+def test_pushback_sets_the_delay_and_restarts_the_backoff() -> None:
+    run = CallRun(policy_of({"retryPolicy": RETRY}), None)
+    assert run.retry_delay(C.UNAVAILABLE, no_trailing, 0.0) == pytest.approx(0.1)
+    run.attempts += 1
+    assert run.retry_delay(C.UNAVAILABLE, trailing("700"), 0.0) == pytest.approx(0.7)
+    run.attempts += 1
+    # A6: after a pushback the backoff starts again from initialBackoff.
+    assert run.retry_delay(C.UNAVAILABLE, no_trailing, 0.0) == pytest.approx(0.1)
 
 
-def test_policy_reads_its_settings() -> None:
-    retry = policy(retries=3, retry_codes="UNAVAILABLE,ABORTED")
-    assert retry.max_retries == 3
-    assert retry.codes == frozenset({C.UNAVAILABLE, C.ABORTED})
+def test_a_negative_pushback_stops_retries() -> None:
+    run = CallRun(policy_of({"retryPolicy": RETRY}), None)
+    assert run.retry_delay(C.UNAVAILABLE, trailing("-1"), 0.0) is None
+
+
+def test_retry_policy_null_turns_retries_off_while_other_methods_keep_them() -> None:
+    s = settings(service_config=config({"retryPolicy": None}).source, retries=2)
+    assert method_policy(s, METHOD, True, random.Random()).max_attempts == 1
+    assert method_policy(s, "/pkg.Other/Do", True, random.Random()).max_attempts == 3
+
+
+def test_a_method_config_without_a_policy_keeps_channel_retries_and_adds_limits() -> None:
+    policy = policy_of({"timeout": "1.5s", "waitForReady": True})
+    assert (policy.max_attempts, policy.timeout, policy.wait_for_ready) == (3, 1.5, True)
+
+
+def test_request_streams_are_never_retried_or_hedged() -> None:
+    assert policy_of({"retryPolicy": RETRY}, replayable=False).max_attempts == 1
+    hedging = {"maxAttempts": 3, "hedgingDelay": "0.1s"}
+    assert policy_of({"hedgingPolicy": hedging}, replayable=False).max_attempts == 1
+
+
+def test_throttling_stops_retries_below_half_the_tokens() -> None:
+    sc = config({"retryPolicy": RETRY}, retryThrottling={"maxTokens": 4, "tokenRatio": 0.5})
+    s = settings(service_config=sc.source)
+    assert sc.retry_throttling is not None
+    throttle = RetryThrottle(sc.retry_throttling)
+    policy = method_policy(s, METHOD, True, Edge(high=True), throttle)
+    # Each failure takes a token: 4 -> 3 (allowed), 3 -> 2 (2 is not above 4/2: refused).
+    assert CallRun(policy, None).retry_delay(C.UNAVAILABLE, no_trailing, 0.0) is not None
+    assert CallRun(policy, None).retry_delay(C.UNAVAILABLE, no_trailing, 0.0) is None
+    run = CallRun(policy, None)
+    run.succeeded()
+    run.succeeded()  # +1 token in all: 2 -> 3
+    assert throttle.allows()
+
+
+HEDGING = {"maxAttempts": 3, "hedgingDelay": "0.2s", "nonFatalStatusCodes": ["UNAVAILABLE"]}
+
+
+def test_hedging_policy_values() -> None:
+    policy = policy_of({"hedgingPolicy": HEDGING})
+    assert policy.hedging and policy.hedging_delay == pytest.approx(0.2)
+    run = CallRun(policy, None)
+    assert run.may_hedge()
+    run.attempts = 3
+    assert not run.may_hedge()
+
+
+def test_a_fatal_status_commits_a_hedged_call() -> None:
+    run = CallRun(policy_of({"hedgingPolicy": HEDGING}), None)
+    assert run.hedge_failed(C.INVALID_ARGUMENT, no_trailing) == (True, None)
+
+
+def test_a_non_fatal_status_sends_the_next_hedge_at_once_or_after_pushback() -> None:
+    run = CallRun(policy_of({"hedgingPolicy": HEDGING}), None)
+    assert run.hedge_failed(C.UNAVAILABLE, no_trailing) == (False, 0.0)
+    assert run.hedge_failed(C.UNAVAILABLE, trailing("300")) == (False, pytest.approx(0.3))
+    assert run.hedge_failed(C.UNAVAILABLE, trailing("-5")) == (False, None)
+    assert not run.may_hedge()  # a negative pushback: no more hedges
