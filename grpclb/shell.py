@@ -83,6 +83,11 @@ class ChannelShell:
             self._balancer.observe,
         )
 
+    def _note_method(self, method: str, registered: bool) -> None:
+        """Generated stubs register their methods; only those are named in metrics (A66)."""
+        if registered:
+            self._balancer.telemetry.register_method(method)
+
     # grpc.Channel's and grpc.aio.Channel's factories: the same in both flavours.
     def unary_unary(
         self,
@@ -91,6 +96,7 @@ class ChannelShell:
         response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> Any:
+        self._note_method(method, _registered_method)
         return self._calls.UnaryUnary(
             self, method, request_serializer, response_deserializer, _registered_method
         )
@@ -102,6 +108,7 @@ class ChannelShell:
         response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> Any:
+        self._note_method(method, _registered_method)
         return self._calls.UnaryStream(
             self, method, request_serializer, response_deserializer, _registered_method
         )
@@ -113,6 +120,7 @@ class ChannelShell:
         response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> Any:
+        self._note_method(method, _registered_method)
         return self._calls.StreamUnary(
             self, method, request_serializer, response_deserializer, _registered_method
         )
@@ -124,6 +132,7 @@ class ChannelShell:
         response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> Any:
+        self._note_method(method, _registered_method)
         return self._calls.StreamStream(
             self, method, request_serializer, response_deserializer, _registered_method
         )

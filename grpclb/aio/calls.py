@@ -163,6 +163,7 @@ class _Call:
         self._settled = False
         self._driven = False  # someone awaits or iterates, and so decides retries
         self._method = owner._key[1]
+        self._born = time.perf_counter()  # gRFC A66: the call's duration starts here
         self._starter: asyncio.Task[None] | None = None
         try:
             connection = self._channel._start_now(metadata, self._method)
@@ -380,6 +381,9 @@ class _UnaryResponse(_Call):
                 self._outcome = (None, error)
             raise
         finally:
+            self._channel._balancer.telemetry.call_ended(
+                self._method, self._born, self._outcome and self._outcome[1]
+            )
             self._settle()
             if self._finished is not None:
                 self._finished.set()

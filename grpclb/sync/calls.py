@@ -161,7 +161,11 @@ class _MultiCallable:
             # grpcio's future() and streams never raise: the error is a finished call.
             return error
 
-    def _blocking(
+    def _blocking(self, *args: Any) -> Any:
+        # gRFC A66's grpc.client.call.duration: one logical call, its retries inside.
+        return self._telemetry.timed(self._method, self._attempts, *args)
+
+    def _attempts(
         self,
         with_call: bool,
         replayable: bool,
