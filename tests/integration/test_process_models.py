@@ -25,9 +25,6 @@ from typing import Any
 
 import pytest
 
-import grpclb
-from grpclb.testing import echo_pb2, echo_pb2_grpc
-
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FORK = multiprocessing.get_context("fork")
 
@@ -76,22 +73,18 @@ def target(pods, monkeypatch) -> str:
 
 
 def test_gunicorn_post_fork_gives_each_worker_its_own_channel(target):
+    # No channel is open in this process while it forks: with one open, grpcio in the
+    # children can hang (seen here about once in three runs), which is the recipe's point.
+    # tests/integration/test_channel.py checks that an inherited channel raises ValueError.
     example = load("gunicorn_app")
-    inherited = grpclb.channel(target)  # what --preload must not do: a channel in the master
-    try:
 
-        def worker() -> tuple[str, list[bytes]]:
-            with pytest.raises(ValueError, match="fork"):
-                echo_pb2_grpc.EchoStub(inherited).Unary(echo_pb2.EchoRequest(), timeout=5)
-            example.post_fork(server=None, worker=None)
-            body = example.app({"QUERY_STRING": ""}, lambda status, headers: None)
-            example.worker_exit(server=None, worker=None)
-            return body
+    def worker() -> list[bytes]:
+        example.post_fork(server=None, worker=None)
+        body = example.app({"QUERY_STRING": ""}, lambda status, headers: None)
+        example.worker_exit(server=None, worker=None)
+        return body
 
-        bodies = in_workers(worker)
-    finally:
-        inherited.close()
-    for pid, pod in (b[0].decode().split() for b in bodies):
+    for pid, pod in (b[0].decode().split() for b in in_workers(worker)):
         assert int(pid) != os.getpid() and pod in target
 
 
