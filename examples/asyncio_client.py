@@ -33,13 +33,9 @@ def local_service(pods: int = 3) -> Iterator[str]:
 async def run(target: str, calls: int) -> None:
     # Keyword settings win over GRPCLB_* variables; here, recycle connections every 5 min.
     async with grpclb.aio.channel(target, max_connection_age="5m") as channel:
-        await asyncio.wait_for(channel.channel_ready(), timeout=10)  # one pod is connected
-        # Each call picks its pod when it is created, among connected pods: give every pod
-        # a moment to connect before the burst below.
-        for _ in range(100):
-            if all(pod.state == "ready" for pod in channel.stats()):
-                break
-            await asyncio.sleep(0.05)
+        # Each call picks its pod when it is created, among connected pods: wait for every
+        # pod DNS lists (channel_ready() returns on the first) before the burst below.
+        await channel.wait_for_endpoints(min_ready=None, timeout=10)
         stub = echo_pb2_grpc.EchoStub(channel)
 
         # Unary calls, all in flight at once: each picks its pod when it starts.

@@ -11,7 +11,6 @@ to the same pod, and when a pod joins only the users it takes move.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import grpc
@@ -40,25 +39,13 @@ def show(owner: dict[str, str]) -> None:
         print(f"{pod:>24}  {sum(1 for p in owner.values() if p == pod):4d} users")
 
 
-def wait_ready(channel: grpclb.Channel, pods: int = 1) -> None:
-    """Until DNS answered with at least ``pods`` pods and every one is connected."""
-    deadline = time.monotonic() + 10
-    while True:
-        states = [e.state for e in channel.stats()]
-        if len(states) >= pods and all(state == "ready" for state in states):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"pods not ready: {states}")
-        time.sleep(0.05)
-
-
 def run(target: str, scale_up: Callable[[], int] | None = None) -> None:
     with grpclb.channel(target, policy="ring_hash", hash_key="x-user-id") as channel:
-        wait_ready(channel)
+        channel.wait_for_endpoints(min_ready=None, timeout=10)
         before = owners(channel)
         show(before)
         if scale_up is not None:
-            wait_ready(channel, scale_up())
+            channel.wait_for_endpoints(min_ready=scale_up(), timeout=10)
             after = owners(channel)
             moved = [user for user in USERS if before[user] != after[user]]
             new_pods = set(after.values()) - set(before.values())

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -33,17 +32,10 @@ def local_service(pods: int = 3) -> Iterator[str]:
         yield dns.target(SERVICE_NAME, fleet.port)
 
 
-def wait_for_all_pods(channel: grpclb.Channel, timeout: float = 5.0) -> None:
-    """Calls go to connected pods only: give every pod a moment to connect first."""
-    deadline = time.monotonic() + timeout
-    while any(pod.state != "ready" for pod in channel.stats()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 def run(target: str, calls: int, forever: bool) -> None:
     with grpclb.channel(target) as channel:  # a grpc.Channel: stubs work unchanged
-        grpc.channel_ready_future(channel).result(timeout=10)  # one pod is connected
-        wait_for_all_pods(channel)
+        # Calls go to connected pods only: wait for every pod DNS lists, not just the first.
+        channel.wait_for_endpoints(min_ready=None, timeout=10)
         stub = echo_pb2_grpc.EchoStub(channel)
         while True:
             served: Counter[str] = Counter()

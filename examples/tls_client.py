@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,10 +35,7 @@ def local_tls_service(pods: int = 3) -> Iterator[tuple[str, grpc.ChannelCredenti
 
 def run(target: str, credentials: grpc.ChannelCredentials, calls: int = 30) -> None:
     with grpclb.channel(target, credentials=credentials, policy="round_robin") as channel:
-        grpc.channel_ready_future(channel).result(timeout=10)  # one pod is connected
-        deadline = time.monotonic() + 5  # calls go to connected pods: let the others connect
-        while any(pod.state != "ready" for pod in channel.stats()) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        channel.wait_for_endpoints(min_ready=None, timeout=10)  # every pod, not just the first
         stub = echo_pb2_grpc.EchoStub(channel)
         served = Counter(stub.Unary(echo_pb2.EchoRequest(), timeout=5).pod for _ in range(calls))
         for pod, count in sorted(served.items()):

@@ -144,6 +144,11 @@ class ChannelShell:
             self._balancer.observe,
         )
 
+    def _note_method(self, method: str, registered: bool) -> None:
+        """Generated stubs register their methods; only those are named in metrics (A66)."""
+        if registered:
+            self._balancer.telemetry.register_method(method)
+
     # grpc.Channel's and grpc.aio.Channel's factories: the same in both flavours.
     def unary_unary(
         self,
@@ -152,6 +157,7 @@ class ChannelShell:
         response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> Any:
+        self._note_method(method, _registered_method)
         return self._calls.UnaryUnary(
             self, method, request_serializer, response_deserializer, _registered_method
         )
@@ -163,6 +169,7 @@ class ChannelShell:
         response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> Any:
+        self._note_method(method, _registered_method)
         return self._calls.UnaryStream(
             self, method, request_serializer, response_deserializer, _registered_method
         )
@@ -174,6 +181,7 @@ class ChannelShell:
         response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> Any:
+        self._note_method(method, _registered_method)
         return self._calls.StreamUnary(
             self, method, request_serializer, response_deserializer, _registered_method
         )
@@ -185,6 +193,7 @@ class ChannelShell:
         response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> Any:
+        self._note_method(method, _registered_method)
         return self._calls.StreamStream(
             self, method, request_serializer, response_deserializer, _registered_method
         )
@@ -203,10 +212,8 @@ class ChannelShell:
     def _call_finished(self, method: str, code: grpc.StatusCode | None, started: float) -> None:
         """A logical call (retries and hedges inside) ended: gRFC A66's call duration."""
         telemetry = self._balancer.telemetry
-        if telemetry.enabled:
-            record = getattr(telemetry, "call_finished", None)
-            if record is not None:
-                record(method, code, time.perf_counter() - started)
+        if telemetry.enabled and code is not None:  # None: the caller's own error, no status
+            telemetry.call_finished(method, code, time.perf_counter() - started)
 
     def _call_timer(self, method: str) -> Callable[[grpc.StatusCode | None], None] | None:
         """``_call_finished`` bound to a call starting now; None when nothing records it."""

@@ -148,3 +148,39 @@ def summary_line(stats: ChannelStats) -> str:
         f"<grpclb {stats.target!r} {stats.policy} [{summary}] "
         f"in_flight={stats.in_flight} calls={stats.calls}>"
     )
+
+
+def check_min_ready(min_ready: int | None) -> None:
+    """``wait_for_endpoints``' argument: a positive count, or None for every pod."""
+    if min_ready is not None and (
+        isinstance(min_ready, bool) or not isinstance(min_ready, int) or min_ready < 1
+    ):
+        raise ValueError(
+            f"min_ready must be a whole number of pods >= 1, or None for every pod in the "
+            f"current DNS answer; got {min_ready!r}"
+        )
+
+
+def enough_ready(stats: ChannelStats, min_ready: int | None) -> bool:
+    """Whether ``wait_for_endpoints`` may return.
+
+    ``min_ready=None`` asks for every pod of the current DNS answer (at least
+    one): draining pods left the answer, and ejected ones are out of rotation
+    by choice until their ejection time ends, so neither is waited for.
+    """
+    ready = sum(1 for row in stats.endpoints if row.state == "ready")
+    if min_ready is not None:
+        return ready >= min_ready
+    wanted = [row for row in stats.endpoints if row.state not in ("draining", "ejected")]
+    return bool(wanted) and ready >= len(wanted)
+
+
+def not_ready_error(stats: ChannelStats, min_ready: int | None, timeout: float) -> TimeoutError:
+    """The error ``wait_for_endpoints`` raises when its timeout runs out, saying what it saw."""
+    wanted = "every pod" if min_ready is None else f"{min_ready} ready pod(s)"
+    seen = ", ".join(f"{row.address} {row.state}" for row in stats.endpoints) or "no pods"
+    if stats.resolutions == 0:
+        seen += "; DNS has not answered yet"
+    elif stats.last_resolution_error:
+        seen += f"; last DNS error: {stats.last_resolution_error}"
+    return TimeoutError(f"grpclb {stats.target}: {wanted} not ready after {timeout}s ({seen})")

@@ -15,17 +15,21 @@ only while the channel has at most ``metrics_endpoint_limit`` pods.
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 
+T = TypeVar("T")
+
 # --- names: one place, as the docs' metrics reference lists them ---
 ATTEMPT_STARTED = "grpc.client.attempt.started"  # gRFC A66
 ATTEMPT_DURATION = "grpc.client.attempt.duration"  # gRFC A66
+CALL_DURATION = "grpc.client.call.duration"  # gRFC A66: one logical call, retries inside
 OPEN_CONNECTIONS = "grpc.subchannel.open_connections"  # gRFC A94
 DISCONNECTIONS = "grpc.subchannel.disconnections"  # gRFC A94
 EJECTIONS_ENFORCED = "grpc.lb.outlier_detection.ejections_enforced"  # gRFC A91
@@ -50,50 +54,38 @@ ATTR_OUTCOME = "grpclb.dns.outcome"
 ATTR_ATTEMPT = "grpclb.attempt"
 ATTR_HEALTH = "grpclb.health.state"
 
-# Seconds; gRFC A66's recommended latency buckets (abbreviated).
-DURATION_BUCKETS = (
-    0,
-    0.00001,
-    0.00005,
-    0.0001,
-    0.0003,
-    0.0006,
-    0.0008,
-    0.001,
-    0.002,
-    0.003,
-    0.004,
-    0.005,
-    0.006,
-    0.008,
-    0.01,
-    0.013,
-    0.016,
-    0.02,
-    0.025,
-    0.03,
-    0.04,
-    0.05,
-    0.065,
-    0.08,
-    0.1,
-    0.13,
-    0.16,
-    0.2,
-    0.25,
-    0.3,
-    0.4,
-    0.5,
-    0.65,
-    0.8,
-    1,
-    2,
-    5,
-    10,
-    20,
-    50,
-    100,
+# "unregistered/generic method names should by default be reported with "other"" - gRFC A66
+OTHER_METHOD = "other"
+
+
+def _bounds(text: str) -> tuple[float, ...]:
+    return tuple(float(bound) for bound in text.split())
+
+
+# Seconds; gRFC A66's latency buckets, from 0 to 100 s.
+DURATION_BUCKETS = _bounds(
+    "0 0.00001 0.00005 0.0001 0.0003 0.0006 0.0008 0.001 0.002 0.003 0.004 0.005 0.006 "
+    "0.008 0.01 0.013 0.016 0.02 0.025 0.03 0.04 0.05 0.065 0.08 0.1 0.13 0.16 0.2 0.25 "
+    "0.3 0.4 0.5 0.65 0.8 1 2 5 10 20 50 100"
 )
+
+
+def method_attribute(method: str) -> str:
+    """``/pkg.Service/Method`` as gRFC A66 (and grpc-go, -java, C++) write it: no leading slash."""
+    return method[1:] if method.startswith("/") else method
+
+
+def status_of(error: BaseException | None) -> grpc.StatusCode | None:
+    """The status a call's caller saw: OK, the code of its RpcError, or None for no status."""
+    if error is None:
+        return grpc.StatusCode.OK
+    code = getattr(error, "code", None)
+    if isinstance(error, grpc.RpcError) and callable(code):
+        found = code()
+        return found if isinstance(found, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+    if type(error).__name__ == "CancelledError":  # asyncio's: the caller cancelled its task
+        return grpc.StatusCode.CANCELLED
+    return None  # the caller's own error (a closed channel, an interrupt): no status
 
 
 def _sdk_configured(provider: metrics.MeterProvider) -> bool:
@@ -122,6 +114,9 @@ class Telemetry:
         self._limit = endpoint_limit
         self._observe = observe
         self._attributes: dict[tuple[Any, ...], dict[str, Any]] = {}
+        # Raw method -> its grpc.method value; only registered methods get their name.
+        self._methods: dict[str, str] = {}
+        self._call_attributes: dict[tuple[str, grpc.StatusCode], dict[str, Any]] = {}
         meter = meter_provider.get_meter("grpclb", __version__)
         self._started = meter.create_counter(
             ATTEMPT_STARTED, "{attempt}", "Attempts started, per pod picked."
@@ -130,6 +125,12 @@ class Telemetry:
             ATTEMPT_DURATION,
             "s",
             "Attempt duration, from pick to status.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._call_duration = meter.create_histogram(
+            CALL_DURATION,
+            "s",
+            "Call duration as the caller sees it, every attempt and backoff included.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self._disconnections = meter.create_counter(
@@ -170,16 +171,58 @@ class Telemetry:
                 self._attributes[key] = found
         return found
 
+    # --- methods ---
+    def register_method(self, method: str) -> None:
+        """A method a generated stub registered (``_registered_method=True``): named in metrics.
+
+        Any other method is recorded as "other", as gRFC A66 asks and grpcio's own
+        plugin does, so arbitrary method strings cannot blow up cardinality.
+        """
+        self._methods[method] = method_attribute(method)
+
+    def _method(self, method: str) -> str:
+        return self._methods.get(method, OTHER_METHOD)
+
+    # --- per call: one logical call, its retries inside (gRFC A66) ---
+    def call_finished(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        """Record one logical call: from its start to the status its caller got."""
+        key = (method, code)
+        attributes = self._call_attributes.get(key)
+        if attributes is None:
+            attributes = {**self._target, ATTR_METHOD: self._method(method), ATTR_STATUS: code.name}
+            if len(self._call_attributes) < 10_000:  # bounded cache
+                self._call_attributes[key] = attributes
+        self._call_duration.record(seconds, attributes)
+
+    def call_ended(self, method: str, started: float, error: BaseException | None) -> None:
+        """``call_finished`` from the call's ``perf_counter`` start and what it raised, if any."""
+        code = status_of(error)
+        if code is not None:
+            self.call_finished(method, code, time.perf_counter() - started)
+
+    def timed(self, method: str, run: Callable[..., T], *args: Any) -> T:
+        """Run a blocking call (every attempt of it) and record it as one call."""
+        started = time.perf_counter()
+        try:
+            result = run(*args)
+        except BaseException as error:
+            self.call_ended(method, started, error)
+            raise
+        self.call_finished(method, grpc.StatusCode.OK, time.perf_counter() - started)
+        return result
+
     # --- per attempt (the call path checks ``enabled`` first) ---
     def attempt_started(self, method: str, address: str, pods: int) -> None:
-        self._started.add(1, self._with_endpoint(address, pods, **{ATTR_METHOD: method}))
+        self._started.add(
+            1, self._with_endpoint(address, pods, **{ATTR_METHOD: self._method(method)})
+        )
 
     def attempt_finished(
         self, method: str, address: str, pods: int, code: grpc.StatusCode | None, seconds: float
     ) -> None:
         status = code.name if code is not None else "CANCELLED"
         attributes = self._with_endpoint(
-            address, pods, **{ATTR_METHOD: method, ATTR_STATUS: status}
+            address, pods, **{ATTR_METHOD: self._method(method), ATTR_STATUS: status}
         )
         self._duration.record(seconds, attributes)
 
@@ -288,6 +331,18 @@ class NullTelemetry(Telemetry):
 
     def __init__(self) -> None:
         pass
+
+    def register_method(self, method: str) -> None:
+        pass
+
+    def call_finished(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        pass
+
+    def call_ended(self, method: str, started: float, error: BaseException | None) -> None:
+        pass
+
+    def timed(self, method: str, run: Callable[..., T], *args: Any) -> T:
+        return run(*args)
 
     def attempt_started(self, method: str, address: str, pods: int) -> None:
         pass

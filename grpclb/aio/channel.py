@@ -33,6 +33,7 @@ from grpclb.core.retry import CallRun
 from grpclb.errors import LocalRpcError
 from grpclb.resolver import AsyncResolver, RefreshSchedule
 from grpclb.shell import ChannelOptions, ChannelShell, dial_address
+from grpclb.stats import ChannelStats, check_min_ready, enough_ready, not_ready_error
 
 log = logging.getLogger("grpclb")
 
@@ -123,6 +124,32 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
         await self.close(None)
 
     # --- grpclb ---------------------------------------------------------------------
+
+    async def wait_for_endpoints(
+        self, min_ready: int | None = 1, timeout: float | None = None
+    ) -> ChannelStats:
+        """Wait until ``min_ready`` pods are READY (None: every pod of the DNS answer).
+
+        ``channel_ready()`` returns when the first pod connects; calls then go to
+        that pod alone until the others connect. Returns the stats that satisfied
+        the wait; raises ``TimeoutError`` naming every pod's state when ``timeout``
+        seconds pass, and ``grpc.aio.UsageError`` if the channel is closed.
+        """
+        check_min_ready(min_ready)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._balancer.closed:
+                raise grpc.aio.UsageError("grpclb.aio.Channel is closed: no pod will be ready")
+            self._ensure_started()
+            stats = self.stats()
+            if enough_ready(stats, min_ready):
+                return stats
+            left = 1.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise not_ready_error(stats, min_ready, timeout or 0.0)
+            # Nothing awaited since the check, so no change can slip between it and the wait.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._next_change(), min(left, 1.0))
 
     # --- the call path's helpers (used by grpclb.aio.calls) ------------------------------
 

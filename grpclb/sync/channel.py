@@ -30,6 +30,7 @@ from grpclb.core.endpoints import Connection, Endpoint
 from grpclb.errors import LocalRpcError
 from grpclb.resolver import RefreshSchedule, Resolver
 from grpclb.shell import ChannelOptions, ChannelShell, dial_address
+from grpclb.stats import ChannelStats, check_min_ready, enough_ready, not_ready_error
 from grpclb.sync import calls
 from grpclb.sync.health import HealthWatch
 
@@ -109,6 +110,32 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
         closers = self._close_in_background([*connections, *self._take_to_close()])
         for closer in closers:
             closer.join(timeout=5.0)
+
+    def wait_for_endpoints(
+        self, min_ready: int | None = 1, timeout: float | None = None
+    ) -> ChannelStats:
+        """Block until ``min_ready`` pods are READY (None: every pod of the DNS answer).
+
+        ``grpc.channel_ready_future`` fires when the first pod connects; calls then
+        go to that pod alone until the others connect. Returns the stats that
+        satisfied the wait; raises ``TimeoutError`` naming every pod's state when
+        ``timeout`` seconds pass, and ``ValueError`` if the channel is closed.
+        """
+        check_min_ready(min_ready)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._balancer.closed:
+                raise ValueError("grpclb.Channel is closed: no pod will become ready")
+            version = self._version  # read before looking: a later change wakes the wait
+            stats = self.stats()
+            if enough_ready(stats, min_ready):
+                return stats
+            left = 1.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise not_ready_error(stats, min_ready, timeout or 0.0)
+            with self._changed:
+                if self._version == version:
+                    self._changed.wait(timeout=min(left, 1.0))
 
     def __enter__(self) -> Channel:
         return self

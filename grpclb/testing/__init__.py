@@ -1,7 +1,10 @@
 """Test pods, DNS and PKI for grpclb's tests, demo and benchmarks.
 
-Needs the ``testing`` extra (protobuf, grpcio-health-checking); ``TestPki``
-also needs trustme. ``import grpclb`` alone never imports this package.
+For users' own tests: ``local_pods`` (grpcio only) starts pods for their own
+servicer and yields a static target; ``grpclb.testing.pytest_plugin`` wraps it in
+a fixture. The rest needs the ``testing`` extra (protobuf,
+grpcio-health-checking); ``TestPki`` also needs trustme. ``import grpclb``
+alone never imports this package.
 
 The names below load on first use: a process pod imports this package on its
 way to ``_pod_main`` and should not pay for dnspython, which it never uses.
@@ -14,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from grpclb.testing.dns import SERVICE_NAME, DnsmasqNotFound, DnsServer
+    from grpclb.testing.local import LocalPods, local_pods
     from grpclb.testing.pods import Pod, PodCounts, PodFleet, ProcessPod, ThreadPod
     from grpclb.testing.tls import TestPki
 
@@ -21,6 +25,8 @@ _EXPORTS = {
     "SERVICE_NAME": "dns",
     "DnsServer": "dns",
     "DnsmasqNotFound": "dns",
+    "LocalPods": "local",
+    "local_pods": "local",
     "Pod": "pods",
     "PodCounts": "pods",
     "PodFleet": "pods",
@@ -33,12 +39,14 @@ __all__ = [
     "SERVICE_NAME",
     "DnsServer",
     "DnsmasqNotFound",
+    "LocalPods",
     "Pod",
     "PodCounts",
     "PodFleet",
     "ProcessPod",
     "TestPki",
     "ThreadPod",
+    "local_pods",
 ]
 
 

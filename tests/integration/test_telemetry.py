@@ -73,7 +73,7 @@ def test_calls_an_ejection_and_a_recycle_are_counted(pods, dns_server, caplog):
     statuses = {p.attributes[telemetry.ATTR_STATUS] for p in durations}
     assert statuses == {"OK", "UNAVAILABLE"}
     assert all(
-        p.attributes[telemetry.ATTR_METHOD] == "/grpclb.testing.Echo/Unary" for p in durations
+        p.attributes[telemetry.ATTR_METHOD] == "grpclb.testing.Echo/Unary" for p in durations
     )
     outcomes = {p.attributes[telemetry.ATTR_OUTCOME] for p in found[telemetry.RESOLUTIONS]}
     assert outcomes == {"records"}
