@@ -7,6 +7,7 @@ connection per pod and picks a pod for every call.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import grpc
@@ -29,6 +30,11 @@ __all__ = [
     "channel",
 ]
 __version__ = "0.1.0.dev0"
+
+# "it is strongly advised that you do not add any handlers other than NullHandler to your
+# library's loggers" - Python's Logging HOWTO; grpcio does the same for "grpc". The
+# application decides where grpclb's records go (docs/operations.md, Logging).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
 def channel(

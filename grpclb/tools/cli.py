@@ -11,6 +11,7 @@ a setting) are one line on stderr and exit code 1; usage errors exit 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -384,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # The command line is an application: it shows grpclb's warnings (a DNS failure, a
+    # misspelled GRPCLB_ variable) on stderr, as Python's last-resort handler would, since
+    # the library's NullHandler keeps them silent until someone configures logging.
+    # basicConfig does nothing when the embedding program configured logging already.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
