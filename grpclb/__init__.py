@@ -8,12 +8,12 @@ connection per pod and picks a pod for every call.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import grpc
 from opentelemetry.metrics import MeterProvider
 
 from grpclb.config.settings import SETTINGS, Settings
+from grpclb.config.typed import ChannelSettings, Unpack
 from grpclb.errors import ConfigError, LocalRpcError
 from grpclb.shell import ChannelOptions
 from grpclb.stats import ChannelStats, EndpointStats
@@ -22,6 +22,7 @@ from grpclb.sync.channel import Channel
 __all__ = [
     "SETTINGS",
     "Channel",
+    "ChannelSettings",
     "ChannelStats",
     "ConfigError",
     "EndpointStats",
@@ -43,18 +44,20 @@ def channel(
     credentials: grpc.ChannelCredentials | None = None,
     options: ChannelOptions = (),
     meter_provider: MeterProvider | None = None,
-    **settings: Any,
+    env_prefix: str | None = None,
+    **settings: Unpack[ChannelSettings],
 ) -> Channel:
     """A balancing channel to every pod behind ``target``.
 
-    ``settings`` are the keyword forms of the settings in ``grpclb.SETTINGS``
-    (each also read from ``GRPCLB_<NAME>``); a bad value raises ConfigError
-    here, never later.
+    ``settings`` are the keyword forms of the settings in ``grpclb.SETTINGS``, typed
+    by ``ChannelSettings`` (each also read from ``GRPCLB_<NAME>``, and first from
+    ``<env_prefix>GRPCLB_<NAME>`` when ``env_prefix`` is given); a bad value raises
+    ConfigError here, never later.
     """
     return Channel(
         target,
         credentials=credentials,
         options=options,
         meter_provider=meter_provider,
-        settings=Settings.load(settings),
+        settings=Settings.load(settings, env_prefix=env_prefix),
     )

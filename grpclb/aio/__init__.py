@@ -7,7 +7,6 @@ ejection, retries and stats as ``grpclb.channel``, from the same core.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import grpc
 import grpc.aio
@@ -15,6 +14,7 @@ from opentelemetry.metrics import MeterProvider
 
 from grpclb.aio.channel import Channel
 from grpclb.config.settings import Settings
+from grpclb.config.typed import ChannelSettings, Unpack
 from grpclb.shell import ChannelOptions
 
 __all__ = ["Channel", "channel"]
@@ -27,11 +27,13 @@ def channel(
     options: ChannelOptions = (),
     interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
     meter_provider: MeterProvider | None = None,
-    **settings: Any,
+    env_prefix: str | None = None,
+    **settings: Unpack[ChannelSettings],
 ) -> Channel:
     """A balancing asyncio channel to every pod behind ``target``.
 
-    It may be created outside a running loop; it starts its background work
+    ``settings`` and ``env_prefix`` are those of ``grpclb.channel``. It may be
+    created outside a running loop; it starts its background work
     in the loop that first uses it, and belongs to that loop.
     """
     return Channel(
@@ -40,5 +42,5 @@ def channel(
         options=options,
         interceptors=interceptors,
         meter_provider=meter_provider,
-        settings=Settings.load(settings),
+        settings=Settings.load(settings, env_prefix=env_prefix),
     )

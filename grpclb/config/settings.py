@@ -3,14 +3,15 @@
 Every setting is declared once in ``SETTINGS`` with its parser, default and the
 reference its default comes from; the docs' configuration table is generated
 from the same list, so code and docs cannot drift. Precedence is keyword
-argument, then the ``GRPCLB_<NAME>`` environment variable, then the default.
+argument, then the channel's ``<env_prefix>GRPCLB_<NAME>`` variable (when it has
+an ``env_prefix``), then the ``GRPCLB_<NAME>`` environment variable, then the
+default.
 A bad value is a ``ConfigError`` naming where it came from; never a fallback.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from typing import Any
 
 import grpc
 
+from grpclb.config import environment
+from grpclb.config.environment import ENV_PREFIX, check_env_prefix
 from grpclb.config.parsing import (
     Invalid,
     boolean,
@@ -33,8 +36,6 @@ from grpclb.errors import ConfigError
 
 POLICIES = ("round_robin", "least_request", "random", "pick_first", "ring_hash", "maglev")
 HASH_POLICIES = ("ring_hash", "maglev")
-ENV_PREFIX = "GRPCLB_"
-log = logging.getLogger("grpclb")
 
 # --- the table ---
 
@@ -359,9 +360,17 @@ class Settings:
 
     @classmethod
     def load(
-        cls, overrides: Mapping[str, object] | None = None, environ: Mapping[str, str] | None = None
+        cls,
+        overrides: Mapping[str, object] | None = None,
+        environ: Mapping[str, str] | None = None,
+        *,
+        env_prefix: str | None = None,
     ) -> Settings:
-        """Keyword overrides, then ``GRPCLB_*`` variables, then defaults; validated."""
+        """Keyword overrides, then the environment, then defaults; validated.
+
+        With ``env_prefix="PAYMENTS_"``, ``PAYMENTS_GRPCLB_<NAME>`` comes before the
+        process-wide ``GRPCLB_<NAME>`` (see grpclb.config.environment for why).
+        """
         overrides = dict(overrides or {})
         environ = os.environ if environ is None else environ
         unknown = sorted(set(overrides) - SETTINGS_BY_NAME.keys())
@@ -369,23 +378,15 @@ class Settings:
             raise ConfigError(
                 f"unknown setting {unknown[0]!r}; known settings are: {', '.join(SETTINGS_BY_NAME)}"
             )
-        for name in sorted(environ):
-            if (
-                name.startswith(ENV_PREFIX)
-                and name[len(ENV_PREFIX) :].lower() not in SETTINGS_BY_NAME
-            ):
-                log.warning(
-                    "grpclb: ignoring %s: no such setting (known: %s)",
-                    name,
-                    ", ".join(s.env for s in SETTINGS),
-                )
+        from_env = environment.read(environ, SETTINGS_BY_NAME, check_env_prefix(env_prefix))
         values: dict[str, Any] = {}
         origin: dict[str, str] = {}
         for setting in SETTINGS:
             if setting.name in overrides:
                 raw, where = overrides[setting.name], f"keyword {setting.name}"
-            elif setting.env in environ:
-                raw, where = environ[setting.env], f"environment variable {setting.env}"
+            elif setting.name in from_env:
+                raw, variable = from_env[setting.name]
+                where = f"environment variable {variable}"
             else:
                 values[setting.name] = setting.default
                 continue
