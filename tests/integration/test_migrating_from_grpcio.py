@@ -4,7 +4,8 @@ The example runs as a user runs it (its own pods, a static ipv4: target, no DNS)
 halves run here against the test's pods: grpcio's default pick_first pins every call to
 one pod, grpclb spreads them; a sync interceptor wrapped around grpclb sees one call per
 logical call, retries inside it; an asyncio interceptor given to grpclb.aio.channel runs
-on the pod channels and sees every attempt.
+on the pod channels and sees every attempt; a server's max_connection_age GOAWAY drains a
+connection and grpclb reconnects, no call failing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,8 +26,10 @@ import grpc
 import grpc.aio
 import pytest
 
+import grpclb
 import grpclb.aio
 from grpclb.testing import echo_pb2, echo_pb2_grpc
+from grpclb.testing._pod_main import EchoServicer, PodState
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "migrating_from_grpcio.py"
@@ -120,3 +126,47 @@ def test_an_aio_interceptor_runs_on_the_pod_channels_and_sees_every_attempt(targ
     retries = asyncio.run(run())
     assert retries > 0
     assert interceptor.calls == 30 + retries
+
+
+@pytest.fixture
+def aging_servers() -> Iterator[list[PodState]]:
+    """Two Echo servers that close every connection after 300 ms (gRPC MAX_CONNECTION_AGE)."""
+    options = [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_connection_age_ms", 300),
+        ("grpc.max_connection_age_grace_ms", 5000),
+    ]
+    servers, states = [], []
+    try:
+        for host in ("127.0.0.2", "127.0.0.3"):
+            server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options)
+            port = server.add_insecure_port(f"{host}:0")
+            state = PodState(address=f"{host}:{port}")
+            echo_pb2_grpc.add_EchoServicer_to_server(EchoServicer(state), server)  # type: ignore[no-untyped-call]
+            server.start()
+            servers.append(server)
+            states.append(state)
+        yield states
+    finally:
+        for server in servers:
+            server.stop(0).wait(5)
+
+
+def test_server_max_connection_age_drains_and_grpclb_reconnects_without_errors(
+    aging_servers: list[PodState],
+) -> None:
+    target = "ipv4:" + ",".join(state.address for state in aging_servers)
+    failures = calls = 0
+    deadline = time.monotonic() + 30
+    with grpclb.channel(target, policy="round_robin") as channel:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        # Until each server has seen three connections from us (two GOAWAYs each).
+        while min(len(state.peers) for state in aging_servers) < 3:
+            assert time.monotonic() < deadline, [sorted(s.peers) for s in aging_servers]
+            try:
+                stub.Unary(echo_pb2.EchoRequest(message="x"), timeout=5)
+            except grpc.RpcError:
+                failures += 1
+            calls += 1
+    assert failures == 0
+    assert calls > 0 and all(state.calls > 0 for state in aging_servers)
