@@ -166,7 +166,7 @@ def main() -> None:
         report("before (grpcio)", before(target, args.calls))
         result, stats = after(target, args.calls)
         report("after (grpclb) ", result)
-        print(f"after: {stats.retries} retries, on another pod each")
+        print(f"after: {stats.retries} retries (each on another pod)")
 
 
 if __name__ == "__main__":
