@@ -113,3 +113,15 @@ def test_the_aio_channel_reads_its_prefix(monkeypatch: pytest.MonkeyPatch) -> No
             await channel.close()
 
     assert asyncio.run(main()) == 5
+
+
+def test_the_command_line_opens_a_channel_as_one_with_that_prefix(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from grpclb.tools import cli
+
+    monkeypatch.setenv("PAYMENTS_GRPCLB_POLICY", "round_robin")
+    with cli.open_channel(STATIC, {}, "PAYMENTS_") as channel:
+        assert channel.settings.policy == "round_robin"
+    assert cli.main(["inspect", "--env-prefix", "payments", STATIC]) == 1
+    assert "env_prefix='payments' is invalid" in capsys.readouterr().err
