@@ -5,5 +5,10 @@
 # dependencies. Takes well under two minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3}"
+# The project's venv (scripts/setup.sh) has a recent pip, which installs into the
+# throwaway venvs without bootstrapping pip in each; any python3 with venv works too.
+if [ -z "${PYTHON:-}" ]; then
+    PYTHON=python3
+    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; fi
+fi
 exec "$PYTHON" scripts/check_packaging.py "$@"
