@@ -7,12 +7,13 @@ connection per pod and picks a pod for every call.
 
 from __future__ import annotations
 
-from typing import Any
+import logging
 
 import grpc
 from opentelemetry.metrics import MeterProvider
 
 from grpclb.config.settings import SETTINGS, Settings
+from grpclb.config.typed import ChannelSettings, Unpack
 from grpclb.errors import ConfigError, LocalRpcError
 from grpclb.shell import ChannelOptions, settings_from_options
 from grpclb.stats import ChannelStats, EndpointStats
@@ -21,6 +22,7 @@ from grpclb.sync.channel import Channel
 __all__ = [
     "SETTINGS",
     "Channel",
+    "ChannelSettings",
     "ChannelStats",
     "ConfigError",
     "EndpointStats",
@@ -30,6 +32,11 @@ __all__ = [
 ]
 __version__ = "0.1.0.dev0"
 
+# "it is strongly advised that you do not add any handlers other than NullHandler to your
+# library's loggers" - Python's Logging HOWTO; grpcio does the same for "grpc". The
+# application decides where grpclb's records go (docs/operations.md, Logging).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
 
 def channel(
     target: str,
@@ -37,17 +44,19 @@ def channel(
     credentials: grpc.ChannelCredentials | None = None,
     options: ChannelOptions = (),
     meter_provider: MeterProvider | None = None,
-    **settings: Any,
+    env_prefix: str | None = None,
+    **settings: Unpack[ChannelSettings],
 ) -> Channel:
     """A balancing channel to every pod behind ``target``.
 
-    ``settings`` are the keyword forms of the settings in ``grpclb.SETTINGS``
-    (each also read from ``GRPCLB_<NAME>``); a bad value raises ConfigError
-    here, never later. A ``("grpc.service_config", json)`` option is read as
-    the ``service_config`` setting and, like ``grpc.lb_policy_name``, is not
-    given to the pod channels (docs/service-config.md).
+    ``settings`` are the keyword forms of the settings in ``grpclb.SETTINGS``, typed
+    by ``ChannelSettings`` (each also read from ``GRPCLB_<NAME>``, and first from
+    ``<env_prefix>GRPCLB_<NAME>`` when ``env_prefix`` is given); a bad value raises
+    ConfigError here, never later. A ``("grpc.service_config", json)`` option is
+    read as the ``service_config`` setting and, like ``grpc.lb_policy_name``, is
+    not given to the pod channels (docs/service-config.md).
     """
-    loaded, pod_options = settings_from_options(options, settings)
+    loaded, pod_options = settings_from_options(options, settings, env_prefix=env_prefix)
     return Channel(
         target,
         credentials=credentials,

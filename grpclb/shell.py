@@ -66,10 +66,12 @@ def settings_from_options(
     options: ChannelOptions,
     overrides: Mapping[str, object],
     environ: Mapping[str, str] | None = None,
+    *,
+    env_prefix: str | None = None,
 ) -> tuple[Settings, PodOptions]:
     """The channel's settings (keywords, variables, lifted grpcio options) and pod options."""
     pod_options, lifted, fallbacks = lift_grpc_options(options, overrides)
-    return Settings.load(lifted, environ, fallbacks), pod_options
+    return Settings.load(lifted, environ, fallbacks, env_prefix=env_prefix), pod_options
 
 
 def pod_channel_options(

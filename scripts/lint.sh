@@ -9,3 +9,6 @@ for p in grpclb tests benchmarks examples; do [ -e "$p" ] && paths+=("$p"); done
 .venv/bin/ruff format --check "${paths[@]}"
 .venv/bin/mypy
 .venv/bin/python -m grpclb.tools.docgen --check
+
+# Packaging, as CI checks it: built with the oldest allowed setuptools, installed alone.
+scripts/check-packaging.sh

@@ -7,13 +7,13 @@ ejection, retries and stats as ``grpclb.channel``, from the same core.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import grpc
 import grpc.aio
 from opentelemetry.metrics import MeterProvider
 
 from grpclb.aio.channel import Channel
+from grpclb.config.typed import ChannelSettings, Unpack
 from grpclb.shell import ChannelOptions, settings_from_options
 
 __all__ = ["Channel", "channel"]
@@ -26,16 +26,17 @@ def channel(
     options: ChannelOptions = (),
     interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
     meter_provider: MeterProvider | None = None,
-    **settings: Any,
+    env_prefix: str | None = None,
+    **settings: Unpack[ChannelSettings],
 ) -> Channel:
     """A balancing asyncio channel to every pod behind ``target``.
 
-    It may be created outside a running loop; it starts its background work
-    in the loop that first uses it, and belongs to that loop. Options and
-    settings are read as ``grpclb.channel`` reads them, ``grpc.service_config``
-    included.
+    ``settings`` and ``env_prefix`` are those of ``grpclb.channel``. It may be
+    created outside a running loop; it starts its background work in the loop
+    that first uses it, and belongs to that loop. Options and settings are read
+    as ``grpclb.channel`` reads them, ``grpc.service_config`` included.
     """
-    loaded, pod_options = settings_from_options(options, settings)
+    loaded, pod_options = settings_from_options(options, settings, env_prefix=env_prefix)
     return Channel(
         target,
         credentials=credentials,

@@ -3,8 +3,9 @@
 Every setting is declared once in ``SETTINGS`` with its parser, default and the
 reference its default comes from; the docs' configuration table is generated
 from the same list, so code and docs cannot drift. Precedence is keyword
-argument, then the ``GRPCLB_<NAME>`` environment variable, then what the
-``service_config`` setting maps onto the setting (see docs/service-config.md),
+argument, then the channel's ``<env_prefix>GRPCLB_<NAME>`` variable (when it has
+an ``env_prefix``), then the ``GRPCLB_<NAME>`` environment variable, then what
+the ``service_config`` setting maps onto the setting (see docs/service-config.md),
 then a grpcio channel option lifted by the shell (``grpc.lb_policy_name``),
 then the default. A bad value is a ``ConfigError`` naming where it came from;
 never a fallback.
@@ -13,7 +14,6 @@ never a fallback.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 
 import grpc
 
+from grpclb.config import environment
+from grpclb.config.environment import ENV_PREFIX, check_env_prefix
 from grpclb.config.parsing import (
     Invalid,
     boolean,
@@ -39,8 +41,6 @@ from grpclb.errors import ConfigError
 
 POLICIES = ("round_robin", "least_request", "random", "pick_first", "ring_hash", "maglev")
 HASH_POLICIES = ("ring_hash", "maglev")
-ENV_PREFIX = "GRPCLB_"
-log = logging.getLogger("grpclb")
 SERVICE_CONFIG_ORIGIN = "service config "  # how origins of service-config values begin
 Fallbacks = Mapping[str, tuple[object, str]]  # setting -> (raw value, where it came from)
 
@@ -438,8 +438,14 @@ class Settings:
         overrides: Mapping[str, object] | None = None,
         environ: Mapping[str, str] | None = None,
         fallbacks: Fallbacks | None = None,
+        *,
+        env_prefix: str | None = None,
     ) -> Settings:
-        """Keywords, ``GRPCLB_*`` variables, the service config, ``fallbacks``, defaults."""
+        """Keywords, then the environment, the service config, ``fallbacks``, defaults.
+
+        With ``env_prefix="PAYMENTS_"``, ``PAYMENTS_GRPCLB_<NAME>`` comes before the
+        process-wide ``GRPCLB_<NAME>`` (see grpclb.config.environment for why).
+        """
         overrides = dict(overrides or {})
         fallbacks = fallbacks or {}
         environ = os.environ if environ is None else environ
@@ -448,19 +454,10 @@ class Settings:
             raise ConfigError(
                 f"unknown setting {unknown[0]!r}; known settings are: {', '.join(SETTINGS_BY_NAME)}"
             )
-        for name in sorted(environ):
-            if (
-                name.startswith(ENV_PREFIX)
-                and name[len(ENV_PREFIX) :].lower() not in SETTINGS_BY_NAME
-            ):
-                log.warning(
-                    "grpclb: ignoring %s: no such setting (known: %s)",
-                    name,
-                    ", ".join(s.env for s in SETTINGS),
-                )
+        from_env = environment.read(environ, SETTINGS_BY_NAME, check_env_prefix(env_prefix))
         values: dict[str, Any] = {}
         origin: dict[str, str] = {}
-        service_config = _load_service_config(overrides, environ, origin)
+        service_config = _load_service_config(overrides, from_env, origin)
         mapped = service_config.lb_settings if service_config is not None else {}
         for setting in SETTINGS:
             if setting.name == "service_config":
@@ -468,8 +465,9 @@ class Settings:
                 continue
             if setting.name in overrides:
                 raw, where = overrides[setting.name], f"keyword {setting.name}"
-            elif setting.env in environ:
-                raw, where = environ[setting.env], f"environment variable {setting.env}"
+            elif setting.name in from_env:
+                raw, variable = from_env[setting.name]
+                where = f"environment variable {variable}"
             elif setting.name in mapped:
                 raw, path = mapped[setting.name]
                 where = SERVICE_CONFIG_ORIGIN + path
@@ -540,14 +538,17 @@ class Settings:
 
 
 def _load_service_config(
-    overrides: Mapping[str, object], environ: Mapping[str, str], origin: dict[str, str]
+    overrides: Mapping[str, object],
+    from_env: Mapping[str, tuple[str, str]],
+    origin: dict[str, str],
 ) -> ServiceConfig | None:
     """The ``service_config`` setting, first: it supplies values to the others."""
     setting = SETTINGS_BY_NAME["service_config"]
     if setting.name in overrides:
         raw, where = overrides[setting.name], f"keyword {setting.name}"
-    elif setting.env in environ:
-        raw, where = environ[setting.env], f"environment variable {setting.env}"
+    elif setting.name in from_env:
+        raw, variable = from_env[setting.name]
+        where = f"environment variable {variable}"
     else:
         return None
     origin[setting.name] = where

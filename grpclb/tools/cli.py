@@ -11,6 +11,7 @@ a setting) are one line on stderr and exit code 1; usage errors exit 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -159,14 +160,17 @@ def check_all(target: Target, stats: ChannelStats, service: str, timeout: float)
         return dict(zip(addresses, results, strict=True))
 
 
-def open_channel(target: str, overrides: dict[str, str]) -> grpclb.Channel:
+def open_channel(
+    target: str, overrides: dict[str, str], env_prefix: str | None = None
+) -> grpclb.Channel:
     """A channel as an application would build it; a bad target or setting is a CliError.
 
     Settings are loaded here, not passed as keywords, so that ``--set options=...``
     is an unknown setting rather than grpclb.channel's own parameter.
     """
     try:
-        return grpclb.Channel(target, settings=Settings.load(overrides))
+        settings = Settings.load(overrides, env_prefix=env_prefix)
+        return grpclb.Channel(target, settings=settings)
     except grpclb.ConfigError as error:
         message = str(error)
         if message.startswith("keyword "):  # the user typed --set, not a keyword argument
@@ -196,7 +200,7 @@ def require_endpoints(stats: ChannelStats, timeout: float) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    with open_channel(args.target, dict(args.pairs)) as channel:
+    with open_channel(args.target, dict(args.pairs), args.env_prefix) as channel:
         stats = settle(channel, args.timeout)
         require_endpoints(stats, args.timeout)
         health = None
@@ -212,7 +216,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     method = args.probe
     request = encode_health_request("") if method == HEALTH_CHECK else b""
     clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
-    with open_channel(args.target, dict(args.pairs)) as channel:
+    with open_channel(args.target, dict(args.pairs), args.env_prefix) as channel:
         settle(channel, args.timeout)
         probe = channel.unary_unary(method) if method else None
         n, sent, ok = 0, 0, 0
@@ -320,6 +324,11 @@ def _add_channel_args(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="a setting (see `grpclb settings`); repeatable; overrides GRPCLB_* variables",
     )
+    parser.add_argument(
+        "--env-prefix",
+        metavar="PREFIX",
+        help="read PREFIX + GRPCLB_* variables first, as a channel with env_prefix=PREFIX does",
+    )
     help = "how long to wait for DNS and connections (default 5s)"
     parser.add_argument("--timeout", type=_duration_arg, default=5.0, help=help)
 
@@ -362,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # The command line is an application: it shows grpclb's warnings (a DNS failure, a
+    # misspelled GRPCLB_ variable) on stderr, as Python's last-resort handler would, since
+    # the library's NullHandler keeps them silent until someone configures logging.
+    # basicConfig does nothing when the embedding program configured logging already.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
