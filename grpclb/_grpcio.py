@@ -1,9 +1,9 @@
 """Every use of grpcio's private API, in one place.
 
-grpcio's public API cannot do three things a balancing channel needs: read a
+grpcio's public API cannot do these things a balancing channel needs: read a
 finished grpc.aio call's status without awaiting, ask an IDLE sync channel to
-connect without leaving work for its polling thread, and learn a sync
-channel's connectivity without a polling thread per channel. Each helper here
+connect without leaving work for its polling thread, and run asyncio client
+interceptors around a call that is not made on one grpc.aio channel. Each helper here
 degrades to the public API (or to None) when grpcio's internals change, and
 ``tests/unit/test_grpcio_private.py`` fails loudly when they do, so an upgrade
 is noticed in CI rather than in production.
@@ -11,10 +11,13 @@ is noticed in CI rather than in production.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
+import grpc.aio
 from grpc import _common as grpc_common
+from grpc.aio import _interceptor as _aio_interceptor
 
 _STATUS_CODES: dict[Any, grpc.StatusCode] = grpc_common.CYGRPC_STATUS_CODE_TO_STATUS_CODE
 
@@ -49,3 +52,93 @@ def request_connection(channel: grpc.Channel) -> bool:
         return False
     core.check_connectivity_state(True)
     return True
+
+
+# --- asyncio client interceptors, once per logical call --------------------------------
+#
+# grpc.aio runs client interceptors only inside a grpc.aio channel, around the call it
+# makes on its own connection. A balancing channel makes one logical call of several
+# attempts on several pod channels, and the user's interceptors must see that logical
+# call once, as ``grpc.intercept_channel`` does in sync. grpc.aio's intercepted-call
+# classes do everything else right (the interceptor chain, its task, write() through a
+# queue, the Call interface over the result), so grpclb reuses them and replaces only
+# the end of the chain: where grpc.aio would start a call on its channel, grpclb starts
+# its logical call.
+
+
+MakeCall = Callable[[Any, Any], Any]  # (ClientCallDetails, request or iterator) -> call
+
+
+class _EndsInLogicalCall:
+    _make_logical_call: MakeCall
+
+    async def _run_interceptor(self, interceptors: list[Any], *args: Any) -> Any:
+        if interceptors:
+            return await super()._run_interceptor(interceptors, *args)  # type: ignore[misc]
+        details, request = args[-2], args[-1]
+        call = self._make_logical_call(details, request)
+        self._last_returned_call_from_interceptors = call  # what the stream kinds return
+        return call
+
+
+class _UnaryUnary(_EndsInLogicalCall, _aio_interceptor.InterceptedUnaryUnaryCall):  # type: ignore[misc]
+    pass
+
+
+class _UnaryStream(_EndsInLogicalCall, _aio_interceptor.InterceptedUnaryStreamCall):  # type: ignore[misc]
+    pass
+
+
+class _StreamUnary(_EndsInLogicalCall, _aio_interceptor.InterceptedStreamUnaryCall):  # type: ignore[misc]
+    pass
+
+
+class _StreamStream(_EndsInLogicalCall, _aio_interceptor.InterceptedStreamStreamCall):  # type: ignore[misc]
+    pass
+
+
+_INTERCEPTED = {
+    "unary_unary": (_UnaryUnary, grpc.aio.UnaryUnaryClientInterceptor),
+    "unary_stream": (_UnaryStream, grpc.aio.UnaryStreamClientInterceptor),
+    "stream_unary": (_StreamUnary, grpc.aio.StreamUnaryClientInterceptor),
+    "stream_stream": (_StreamStream, grpc.aio.StreamStreamClientInterceptor),
+}
+
+
+def interceptors_of(kind: str, interceptors: Sequence[Any]) -> list[Any]:
+    """The interceptors that apply to calls of ``kind``, as grpc.aio's channel sorts them."""
+    wanted = _INTERCEPTED[kind][1]
+    return [i for i in interceptors if isinstance(i, wanted)]
+
+
+def intercepted_call(
+    kind: str,
+    interceptors: list[Any],
+    make_call: MakeCall,
+    request: Any,
+    method: str,
+    timeout: float | None,
+    metadata: Any,
+    credentials: Any,
+    wait_for_ready: bool | None,
+    loop: Any,
+) -> Any:
+    """grpc.aio's intercepted call for ``kind`` whose chain ends in ``make_call``."""
+    cls: Any = _INTERCEPTED[kind][0]
+    call = cls.__new__(cls)
+    call._make_logical_call = make_call
+    cls.__init__(
+        call,
+        interceptors,
+        request,
+        timeout,
+        metadata,
+        credentials,
+        wait_for_ready,
+        None,  # grpc.aio's channel: never reached, the chain ends in make_call
+        method.encode(),
+        None,
+        None,
+        loop,
+    )
+    return call

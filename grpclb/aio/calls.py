@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import weakref
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-from grpclb._grpcio import aio_finished_status
+from grpclb._grpcio import aio_finished_status, intercepted_call, interceptors_of
 from grpclb.core.admission import Metadata, request_hash
 from grpclb.core.attempt import Attempt
 from grpclb.core.retry import CallRun
@@ -122,6 +123,45 @@ class _MultiCallable:
         self._method = method
         self._key = (self._kind, method, serializer, deserializer, registered)
         self.policy = channel._policy_for(method, self._replayable)
+        self._interceptors = interceptors_of(self._kind, channel._interceptors)
+
+    def _logical(self, request: Any, kwargs: dict[str, Any]) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def _start(self, request: Any, kwargs: dict[str, Any]) -> Any:
+        """The logical call; with interceptors, wrapped in them once (not per attempt)."""
+        if not self._interceptors:
+            return self._logical(request, kwargs)
+        return intercepted_call(
+            self._kind,
+            self._interceptors,
+            functools.partial(self._after_interceptors, kwargs.get("compression")),
+            request,
+            self._method,
+            kwargs.get("timeout"),
+            kwargs.get("metadata"),
+            kwargs.get("credentials"),
+            kwargs.get("wait_for_ready"),
+            self._channel._ensure_started(),
+        )
+
+    def _after_interceptors(self, compression: Any, details: Any, request: Any) -> Any:
+        """The end of the interceptor chain: the logical call, as the interceptors left it."""
+        method = details.method
+        method = method.decode() if isinstance(method, bytes) else str(method)
+        owner = self
+        if method != self._method:  # an interceptor changed the method
+            _, _, serializer, deserializer, registered = self._key
+            owner = type(self)(self._channel, method, serializer, deserializer, registered)
+        kwargs = {
+            "timeout": details.timeout,
+            "metadata": details.metadata,
+            "credentials": details.credentials,
+            "wait_for_ready": details.wait_for_ready,
+        }
+        if compression is not None:
+            kwargs["compression"] = compression
+        return owner._logical(request, kwargs)
 
     def on(self, attempt: Attempt) -> Any:
         connection = attempt.connection
@@ -138,14 +178,20 @@ class _MultiCallable:
 class UnaryUnary(_MultiCallable, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
     _kind = "unary_unary"
 
-    def __call__(self, request: Any, **kwargs: Any) -> UnaryUnaryCall:
+    def __call__(self, request: Any, **kwargs: Any) -> Any:
+        return self._start(request, kwargs)
+
+    def _logical(self, request: Any, kwargs: dict[str, Any]) -> Any:
         return UnaryUnaryCall(self, request, **kwargs)
 
 
 class UnaryStream(_MultiCallable, grpc.aio.UnaryStreamMultiCallable):  # type: ignore[misc]
     _kind = "unary_stream"
 
-    def __call__(self, request: Any, **kwargs: Any) -> UnaryStreamCall:
+    def __call__(self, request: Any, **kwargs: Any) -> Any:
+        return self._start(request, kwargs)
+
+    def _logical(self, request: Any, kwargs: dict[str, Any]) -> Any:
         return UnaryStreamCall(self, request, **kwargs)
 
 
@@ -153,16 +199,22 @@ class StreamUnary(_MultiCallable, grpc.aio.StreamUnaryMultiCallable):  # type: i
     _kind = "stream_unary"
     _replayable = False
 
-    def __call__(self, request_iterator: Any = None, **kwargs: Any) -> StreamUnaryCall:
-        return StreamUnaryCall(self, request_iterator, **kwargs)
+    def __call__(self, request_iterator: Any = None, **kwargs: Any) -> Any:
+        return self._start(request_iterator, kwargs)
+
+    def _logical(self, request: Any, kwargs: dict[str, Any]) -> Any:
+        return StreamUnaryCall(self, request, **kwargs)
 
 
 class StreamStream(_MultiCallable, grpc.aio.StreamStreamMultiCallable):  # type: ignore[misc]
     _kind = "stream_stream"
     _replayable = False
 
-    def __call__(self, request_iterator: Any = None, **kwargs: Any) -> StreamStreamCall:
-        return StreamStreamCall(self, request_iterator, **kwargs)
+    def __call__(self, request_iterator: Any = None, **kwargs: Any) -> Any:
+        return self._start(request_iterator, kwargs)
+
+    def _logical(self, request: Any, kwargs: dict[str, Any]) -> Any:
+        return StreamStreamCall(self, request, **kwargs)
 
 
 class _Call:

@@ -213,14 +213,12 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
 
     def dial(self, connection: Connection) -> grpc.aio.Channel:
         self._ensure_started()  # grpc.aio channels belong to the loop that creates them
+        # No interceptors here: they run once around the logical call (grpclb.aio.calls),
+        # not once per attempt on each pod.
         address = dial_address(connection.endpoint.address)
         if self._credentials is None:
-            return grpc.aio.insecure_channel(
-                address, options=self._options, interceptors=self._interceptors
-            )
-        return grpc.aio.secure_channel(
-            address, self._credentials, options=self._options, interceptors=self._interceptors
-        )
+            return grpc.aio.insecure_channel(address, options=self._options)
+        return grpc.aio.secure_channel(address, self._credentials, options=self._options)
 
     def watch(self, connection: Connection) -> None:
         loop = self._ensure_started()
