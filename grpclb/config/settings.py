@@ -34,6 +34,10 @@ from grpclb.errors import ConfigError
 POLICIES = ("round_robin", "least_request", "random", "pick_first", "ring_hash", "maglev")
 HASH_POLICIES = ("ring_hash", "maglev")
 ENV_PREFIX = "GRPCLB_"
+# Hash tables are built whole whenever membership changes: bounded, so a typo cannot
+# ask for gigabytes. "table_size [...] must be prime number limited to 5000011" - Envoy.
+MAX_MAGLEV_TABLE_SIZE = 5_000_011
+MAX_RING_POINTS_PER_ENDPOINT = 8192
 log = logging.getLogger("grpclb")
 
 # --- the table ---
@@ -81,17 +85,21 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "ring_points_per_endpoint",
-        integer(1, 100_000),
+        integer(1, MAX_RING_POINTS_PER_ENDPOINT),
         1024,
         "Ring points per pod for ring_hash; fixed per pod so a joining pod moves "
-        "only the keys it takes.",
+        f"only the keys it takes. At most {MAX_RING_POINTS_PER_ENDPOINT}: at 1024 pods "
+        "that is Envoy's largest ring (8M entries); each point costs a few microseconds "
+        "to build.",
         "differs from Envoy's fixed total ring size",
     ),
     Setting(
         "maglev_table_size",
-        integer(3),
+        integer(3, MAX_MAGLEV_TABLE_SIZE),
         65537,
-        "Maglev lookup table size; a prime larger than the pod count.",
+        "Maglev lookup table size; a prime larger than the pod count, at most "
+        f"{MAX_MAGLEV_TABLE_SIZE:,} as in Envoy; each slot costs a few microseconds "
+        "to build.",
         "Envoy table_size",
     ),
     # DNS

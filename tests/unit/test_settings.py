@@ -338,11 +338,14 @@ BAD: list[tuple[str, str]] = [
     ("choice_count", "two"),
     ("choice_count", "2.5"),
     ("ring_points_per_endpoint", "0"),
-    ("ring_points_per_endpoint", "100001"),
+    ("ring_points_per_endpoint", "8193"),
+    ("ring_points_per_endpoint", "100000"),
     ("maglev_table_size", "2"),
     ("maglev_table_size", "big"),
     ("maglev_table_size", "65536"),
     ("maglev_table_size", "100"),
+    ("maglev_table_size", "2147483647"),  # prime, and far past Envoy's 5000011
+    ("maglev_table_size", "5000087"),
     ("dns_refresh_interval", "5x"),
     ("dns_refresh_interval", "-1"),
     ("dns_refresh_interval", "0"),
@@ -570,3 +573,14 @@ def test_a_misspelled_environment_variable_is_named_in_a_warning(caplog) -> None
         "GRPCLB_POLCY" in r.getMessage() and "GRPCLB_POLICY" in r.getMessage()
         for r in caplog.records
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "limit"),
+    [("maglev_table_size", 5_000_011), ("ring_points_per_endpoint", 8192)],
+)
+def test_hash_table_sizes_are_bounded(name: str, limit: int) -> None:
+    """Envoy's Maglev cap, and a ring of 8M entries at 1024 pods: no unbounded tables."""
+    assert getattr(Settings.load({name: limit}, environ={}), name) == limit
+    with pytest.raises(ConfigError, match=f"at most {limit}"):
+        Settings.load({name: limit + 2}, environ={})
