@@ -19,6 +19,7 @@ from opentelemetry.metrics import MeterProvider
 from grpclb.config.settings import Settings
 from grpclb.config.target import Target, parse_target
 from grpclb.core.balancer import Balancer, Clock
+from grpclb.errors import ConfigError
 from grpclb.stats import ChannelStats
 from grpclb.telemetry import telemetry_for
 
@@ -44,6 +45,55 @@ def pod_channel_options(
     return merged
 
 
+# Where the throwaway channel of check_channel_arguments "points": it never connects.
+_NOWHERE = "ipv4:127.0.0.1:1"
+
+
+def check_channel_arguments(
+    credentials: grpc.ChannelCredentials | None, options: ChannelOptions | None
+) -> tuple[tuple[str, Any], ...]:
+    """The options as a tuple, once grpcio has accepted them with these credentials.
+
+    Pod channels are created later, when DNS answers; a mistake grpcio reports
+    when a channel is created (call credentials given as ``credentials``, an
+    option value that is not an int, str or bytes) must surface here, at once,
+    not as a background error and no pod. So grpcio itself judges: one channel
+    is created with the same arguments, to an address it never connects to,
+    and closed.
+    """
+    try:
+        as_given = tuple(options or ())
+    except TypeError as exc:
+        raise _refused("options", options, exc, _OPTIONS_HINT) from exc
+    for name, value, given, hint in (
+        ("credentials", credentials, (), _CREDENTIALS_HINT),
+        ("options", as_given, as_given, _OPTIONS_HINT),
+    ):
+        try:
+            if credentials is None:
+                grpc.insecure_channel(_NOWHERE, options=given).close()
+            else:
+                grpc.secure_channel(_NOWHERE, credentials, options=given).close()
+        except Exception as exc:
+            raise _refused(name, value, exc, hint) from exc
+    return as_given
+
+
+_CREDENTIALS_HINT = (
+    "a grpc.ChannelCredentials, such as grpc.ssl_channel_credentials(); call credentials "
+    "go inside one, with grpc.composite_channel_credentials(channel, call)"
+)
+_OPTIONS_HINT = "a sequence of (name, value) pairs, each name a str and each value an int or str"
+
+
+def _refused(name: str, value: object, exc: Exception, hint: str) -> ConfigError:
+    shown = repr(value) if len(repr(value)) <= 200 else repr(value)[:200] + "..."
+    return ConfigError(
+        f"keyword {name}={shown} is invalid: grpcio refuses it "
+        f"({type(exc).__name__}: {exc}); expected {hint}"
+    )
+
+
 def dial_address(address: str) -> str:
     """A grpcio target for one pod that grpcio will not resolve again."""
     return f"ipv6:{address}" if address.startswith("[") else f"ipv4:{address}"
@@ -62,7 +112,7 @@ class ChannelShell:
         self,
         target: str,
         credentials: grpc.ChannelCredentials | None,
-        options: ChannelOptions,
+        options: ChannelOptions | None,
         settings: Settings | None,
         meter_provider: MeterProvider | None,
         clock: Clock,
@@ -70,6 +120,7 @@ class ChannelShell:
     ) -> None:
         self._target = parse_target(target)
         self._settings = settings or Settings.load()
+        options = check_channel_arguments(credentials, options)
         self._credentials = credentials
         self._options = pod_channel_options(self._target, options, credentials is not None)
         self._clock = clock

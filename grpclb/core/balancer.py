@@ -11,6 +11,7 @@ bookkeeping around a call takes it, for a few attribute updates.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -35,6 +36,7 @@ from grpclb.core.outlier import OutlierDetector, OutlierRecord, Verdict
 from grpclb.core.pickers import NO_PICKER, Picker, PickerFactory, pick_avoiding
 from grpclb.core.recycling import ConnectionLifecycle
 from grpclb.core.retry import RetryPolicy
+from grpclb.core.transaction import Rollback
 from grpclb.errors import LocalRpcError
 from grpclb.resolver import Resolution
 from grpclb.stats import (
@@ -97,9 +99,10 @@ class Balancer(ConnectionLifecycle):
         self.resolved_once = False
         self.closed = False
         names = "calls failures resolutions resolution_failures retries retries_refused"
-        names += " circuit_breaker_refusals ejections recycles"
+        names += " circuit_breaker_refusals ejections recycles update_failures"
         self.counters = dict.fromkeys(names.split(), 0)
         self.last_resolution_error = ""
+        self.last_update_error = ""  # why the last answer could not be applied, if it failed
 
     def __repr__(self) -> str:
         return summary_line(self.stats())
@@ -132,8 +135,40 @@ class Balancer(ConnectionLifecycle):
                 if was_failing:
                     log.info("grpclb %s: DNS answers again", self.target.text)
                 self.resolved_once = True
-                self._apply_addresses_locked(set(resolution.addresses or ()), actions)
+                self._apply_answer_locked(set(resolution.addresses or ()), actions)
         self._run(actions)
+
+    def _apply_answer_locked(self, wanted: set[str], actions: list[_Action]) -> None:
+        """Apply an answer whole, or leave the previous pods serving (see core.transaction).
+
+        grpcio may refuse to create a pod's channel, or a hash table may not fit in
+        memory; half an answer would leave pods listed and no picker, for good.
+        """
+        rollback = Rollback.capture(self)
+        staged: list[_Action] = []
+        try:
+            self._apply_addresses_locked(wanted, staged)
+        except Exception as exc:
+            close = self._transport.close_connection
+            actions.extend(functools.partial(close, c) for c in rollback.restore(self))
+            self.counters["update_failures"] += 1
+            error = f"{type(exc).__name__}: {exc}"
+            # Once per distinct error: the same answer is tried again at every refresh.
+            (log.debug if error == self.last_update_error else log.error)(
+                "grpclb %s: applying a DNS answer of %d pods failed (%s); keeping the "
+                "previous %d pods",
+                self.target.text,
+                len(wanted),
+                error,
+                len(self._endpoints),
+                exc_info=error != self.last_update_error,
+            )
+            self.last_update_error = error
+            return
+        if self.last_update_error:
+            log.info("grpclb %s: DNS answers apply again", self.target.text)
+            self.last_update_error = ""
+        actions.extend(staged)
 
     def _apply_addresses_locked(self, wanted: set[str], actions: list[_Action]) -> None:
         if wanted == self._endpoints.keys():
