@@ -80,7 +80,9 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
     ) -> None:
         self._interceptors = _checked_interceptors(interceptors)
         self._set_up(target, credentials, options, settings, meter_provider, clock, rng)
-        self._resolver = AsyncResolver(self._target, self._settings.dns_timeout)
+        self._resolver = AsyncResolver(
+            self._target, self._settings.dns_timeout, self._settings.hosts_file
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None

@@ -8,6 +8,7 @@ or variable the value came from.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -129,6 +130,22 @@ def metadata_key(raw: object) -> str | None:
     if not re.fullmatch(r"[0-9a-z_.\-]+", key) or key.endswith("-bin"):
         raise Invalid("expected an ASCII metadata key such as 'x-user-id' (not a -bin key)")
     return key
+
+
+def file_path(raw: object) -> str | None:
+    """A file's path, or None for off; whether it exists is checked each time it is read."""
+    if is_off(raw):
+        return None
+    if not isinstance(raw, str | os.PathLike):
+        raise Invalid("expected a file path such as '/etc/hosts', or 'off'")
+    path = os.fspath(raw)
+    if not isinstance(path, str) or "\x00" in path:
+        raise Invalid("expected a file path as text, without NUL characters, or 'off'")
+    path = path.strip()
+    if not os.path.isabs(path):
+        # It is read in the background, long after the working directory may have changed.
+        raise Invalid("expected an absolute path such as '/etc/hosts', or 'off'")
+    return path
 
 
 def status_codes(raw: object) -> frozenset[grpc.StatusCode]:

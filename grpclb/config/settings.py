@@ -23,6 +23,7 @@ from grpclb.config.parsing import (
     boolean,
     choice,
     duration,
+    file_path,
     integer,
     metadata_key,
     number,
@@ -124,6 +125,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Resolve again when the answer's TTL runs out, if that is sooner than "
         "dns_refresh_interval.",
         "Envoy respect_dns_ttl (default false)",
+    ),
+    Setting(
+        "hosts_file",
+        file_path,
+        "/etc/hosts",
+        "Hosts file read before DNS, as the system resolver does (localhost, Kubernetes "
+        "hostAliases); re-read when it changes; off asks DNS only. Not read when the "
+        "target names its DNS server.",
+        "glibc nsswitch 'hosts: files dns'",
     ),
     Setting(
         "dns_timeout",
@@ -336,6 +346,7 @@ class Settings:
     dns_refresh_interval: float = 5.0
     dns_min_refresh_interval: float = 1.0
     dns_respect_ttl: bool = True
+    hosts_file: str | None = "/etc/hosts"
     dns_timeout: float = 2.0
     max_connection_age: float | None = None
     max_connection_age_jitter: float = 0.1

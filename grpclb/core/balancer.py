@@ -11,7 +11,6 @@ bookkeeping around a call takes it, for a few attribute updates.
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
 import threading
@@ -36,7 +35,7 @@ from grpclb.core.outlier import OutlierDetector, OutlierRecord, Verdict
 from grpclb.core.pickers import NO_PICKER, Picker, PickerFactory, pick_avoiding
 from grpclb.core.recycling import ConnectionLifecycle
 from grpclb.core.retry import RetryPolicy
-from grpclb.core.transaction import Rollback
+from grpclb.core.transaction import AtomicAnswers
 from grpclb.errors import LocalRpcError
 from grpclb.resolver import Resolution
 from grpclb.stats import (
@@ -55,7 +54,7 @@ _Action = Callable[[], None]
 _CANCELLED = grpc.StatusCode.CANCELLED
 
 
-class Balancer(ConnectionLifecycle):
+class Balancer(ConnectionLifecycle, AtomicAnswers):
     """Owns the pods of one target and answers which connection serves a call."""
 
     def __init__(
@@ -95,6 +94,8 @@ class Balancer(ConnectionLifecycle):
         self.panic = False
         self._wake_later = False
         self._dns_failing = False
+        self._hosts_answer = False  # the set came from the hosts file: see _holds_calls_locked
+        self._holding = False  # calls wait for a first READY pod (admission_view)
         self.resolve_requested = False
         self.resolved_once = False
         self.closed = False
@@ -135,40 +136,9 @@ class Balancer(ConnectionLifecycle):
                 if was_failing:
                     log.info("grpclb %s: DNS answers again", self.target.text)
                 self.resolved_once = True
+                self._hosts_answer = resolution.source == "hosts"
                 self._apply_answer_locked(set(resolution.addresses or ()), actions)
         self._run(actions)
-
-    def _apply_answer_locked(self, wanted: set[str], actions: list[_Action]) -> None:
-        """Apply an answer whole, or leave the previous pods serving (see core.transaction).
-
-        grpcio may refuse to create a pod's channel, or a hash table may not fit in
-        memory; half an answer would leave pods listed and no picker, for good.
-        """
-        rollback = Rollback.capture(self)
-        staged: list[_Action] = []
-        try:
-            self._apply_addresses_locked(wanted, staged)
-        except Exception as exc:
-            close = self._transport.close_connection
-            actions.extend(functools.partial(close, c) for c in rollback.restore(self))
-            self.counters["update_failures"] += 1
-            error = f"{type(exc).__name__}: {exc}"
-            # Once per distinct error: the same answer is tried again at every refresh.
-            (log.debug if error == self.last_update_error else log.error)(
-                "grpclb %s: applying a DNS answer of %d pods failed (%s); keeping the "
-                "previous %d pods",
-                self.target.text,
-                len(wanted),
-                error,
-                len(self._endpoints),
-                exc_info=error != self.last_update_error,
-            )
-            self.last_update_error = error
-            return
-        if self.last_update_error:
-            log.info("grpclb %s: DNS answers apply again", self.target.text)
-            self.last_update_error = ""
-        actions.extend(staged)
 
     def _apply_addresses_locked(self, wanted: set[str], actions: list[_Action]) -> None:
         if wanted == self._endpoints.keys():
@@ -230,10 +200,26 @@ class Balancer(ConnectionLifecycle):
         self.panic = panic
         candidates = members if self.panic else healthy
         usable = [e for e in candidates if e.state is READY]
-        if not usable:  # nothing connected yet: let calls queue on pods that may connect
+        self._holding = not usable and self._holds_calls_locked(candidates)
+        if not usable and not self._holding:  # nothing connected: queue on pods that may connect
             usable = [e for e in candidates if e.state is not TRANSIENT_FAILURE] or candidates
         self._snapshot = (self._pickers.build(members, usable), usable)
         self._wake_later = True
+
+    def _holds_calls_locked(self, candidates: Sequence[Endpoint]) -> bool:
+        """Whether calls wait for a first READY pod rather than queue on a connecting one.
+
+        A hosts-file answer lists one server's addresses (``localhost``: 127.0.0.1
+        and ::1), of which only some may answer; a call handed to the one that
+        refuses would fail. So until one of them is READY for the first time,
+        calls wait in the channel, as gRPC queues calls while its picker is
+        CONNECTING; once every address has failed, they fail as grpcio's would.
+        """
+        if not self._hosts_answer:
+            return False
+        if any(c.was_ready for e in self._endpoints.values() for c in e.connections()):
+            return False  # past the first connection: the usual rule
+        return any(e.state is not TRANSIENT_FAILURE for e in candidates)
 
     def start_call(
         self, request_hash: int | None, avoid: Collection[Endpoint] = (), method: str = ""
@@ -419,10 +405,13 @@ class Balancer(ConnectionLifecycle):
         """(DNS has answered at least once, there are pods to pick), read together.
 
         A call that found no pod asks this under the lock, so a first answer
-        landing between its pick and its decision is seen whole, not half.
+        landing between its pick and its decision is seen whole, not half. While
+        calls are held for a first READY pod (``_holds_calls_locked``) the answer
+        counts as not yet in: calls wait, as they do for a first answer.
         """
         with self._lock:
-            return self.counters["resolutions"] > 0, bool(self._snapshot[1])
+            answered = self.counters["resolutions"] > 0 and not self._holding
+            return answered, bool(self._snapshot[1])
 
     def aggregate_state(self) -> grpc.ChannelConnectivity:
         """The channel's state as grpcio would report it: the best of its pods'."""

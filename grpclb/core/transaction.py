@@ -14,13 +14,66 @@ Everything here runs with the balancer's lock held. State that
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from grpclb.core.endpoints import Connection, Endpoint
+from grpclb.core.endpoints import Connection, Endpoint, Transport
 
 if TYPE_CHECKING:
+    from grpclb.config.target import Target
     from grpclb.core.balancer import Balancer
+
+log = logging.getLogger("grpclb")
+_Action = Callable[[], None]
+
+
+class AtomicAnswers:
+    """The balancer's way of applying an answer (a mixin of ``Balancer``; lock held)."""
+
+    target: Target
+    counters: dict[str, int]
+    last_update_error: str
+    _transport: Transport
+    _endpoints: dict[str, Endpoint]
+
+    # Provided by Balancer:
+    _apply_addresses_locked: Callable[[set[str], list[_Action]], None]
+
+    def _apply_answer_locked(self, wanted: set[str], actions: list[_Action]) -> None:
+        """Apply an answer whole, or leave the previous pods serving.
+
+        grpcio may refuse to create a pod's channel, or a hash table may not fit in
+        memory; half an answer would leave pods listed and no picker, for good.
+        """
+        rollback = Rollback.capture(self)  # type: ignore[arg-type]
+        staged: list[_Action] = []
+        try:
+            self._apply_addresses_locked(wanted, staged)
+        except Exception as exc:
+            close = self._transport.close_connection
+            opened = rollback.restore(self)  # type: ignore[arg-type]
+            actions.extend(functools.partial(close, c) for c in opened)
+            self.counters["update_failures"] += 1
+            error = f"{type(exc).__name__}: {exc}"
+            # Once per distinct error: the same answer is tried again at every refresh.
+            (log.debug if error == self.last_update_error else log.error)(
+                "grpclb %s: applying a DNS answer of %d pods failed (%s); keeping the "
+                "previous %d pods",
+                self.target.text,
+                len(wanted),
+                error,
+                len(self._endpoints),
+                exc_info=error != self.last_update_error,
+            )
+            self.last_update_error = error
+            return
+        if self.last_update_error:
+            log.info("grpclb %s: DNS answers apply again", self.target.text)
+            self.last_update_error = ""
+        actions.extend(staged)
 
 
 @dataclass

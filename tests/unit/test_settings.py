@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import pathlib
 
 import grpc
 import pytest
@@ -108,6 +109,7 @@ GOOD_ENV: dict[str, tuple[str, object]] = {
     "dns_min_refresh_interval": ("0.5", 0.5),
     "dns_respect_ttl": ("false", False),
     "dns_timeout": ("1m30s", 90.0),
+    "hosts_file": ("/etc/hosts.k8s", "/etc/hosts.k8s"),
     "max_connection_age": ("1m", 60.0),
     "max_connection_age_jitter": ("0.2", 0.2),
     "max_connection_age_grace": ("5s", 5.0),
@@ -357,6 +359,7 @@ BAD: list[tuple[str, str]] = [
     ("dns_respect_ttl", "maybe"),
     ("dns_respect_ttl", "2"),
     ("dns_timeout", "5 s"),
+    ("hosts_file", "etc/hosts"),
     ("max_connection_age", "-5s"),
     ("max_connection_age", "later"),
     ("max_connection_age_jitter", "1.5"),
@@ -584,3 +587,23 @@ def test_hash_table_sizes_are_bounded(name: str, limit: int) -> None:
     assert getattr(Settings.load({name: limit}, environ={}), name) == limit
     with pytest.raises(ConfigError, match=f"at most {limit}"):
         Settings.load({name: limit + 2}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [("off", None), ("", None), (None, None), (" /etc/hosts ", "/etc/hosts")],
+)
+def test_hosts_file_may_be_off(raw: object, want: str | None) -> None:
+    assert Settings.load({"hosts_file": raw}, environ={}).hosts_file == want
+
+
+def test_hosts_file_takes_a_path_object() -> None:
+    assert Settings.load({"hosts_file": pathlib.Path("/x/hosts")}, environ={}).hosts_file == (
+        "/x/hosts"
+    )
+
+
+@pytest.mark.parametrize("raw", [5, "/etc/ho\x00sts"], ids=["int", "nul"])
+def test_hosts_file_must_be_a_path(raw: object) -> None:
+    with pytest.raises(ConfigError, match="hosts_file"):
+        Settings.load({"hosts_file": raw}, environ={})
