@@ -65,10 +65,10 @@ def check_channel_arguments(
         as_given = tuple(options or ())
     except TypeError as exc:
         raise _refused("options", options, exc, _OPTIONS_HINT) from exc
-    for name, value, given, hint in (
-        ("credentials", credentials, (), _CREDENTIALS_HINT),
-        ("options", as_given, as_given, _OPTIONS_HINT),
-    ):
+    checks = [("options", as_given, as_given, _OPTIONS_HINT)]
+    if credentials is not None:  # first alone, so the error names the right keyword
+        checks.insert(0, ("credentials", credentials, (), _CREDENTIALS_HINT))
+    for name, value, given, hint in checks:
         try:
             if credentials is None:
                 grpc.insecure_channel(_NOWHERE, options=given).close()

@@ -102,7 +102,7 @@ class Rollback:
     connections: list[_ConnectionState] = field(default_factory=list)
 
     # The balancer's own fields an answer replaces or mutates in place.
-    FIELDS = ("_endpoints", "_departed", "_records", "_snapshot", "panic")
+    FIELDS = ("_endpoints", "_departed", "_records", "_snapshot", "panic", "_holding")
 
     @classmethod
     def capture(cls, balancer: Balancer) -> Rollback:
