@@ -15,7 +15,7 @@ from opentelemetry.metrics import MeterProvider
 from grpclb.config.settings import SETTINGS, Settings
 from grpclb.config.typed import ChannelSettings, Unpack
 from grpclb.errors import ConfigError, LocalRpcError
-from grpclb.shell import ChannelOptions, settings_from_options
+from grpclb.shell import ChannelOptions, check_channel_arguments, settings_from_options
 from grpclb.stats import ChannelStats, EndpointStats
 from grpclb.sync.channel import Channel
 
@@ -56,6 +56,7 @@ def channel(
     read as the ``service_config`` setting and, like ``grpc.lb_policy_name``, is
     not given to the pod channels (docs/service-config.md).
     """
+    options = check_channel_arguments(credentials, options)  # grpcio's own verdict, now
     loaded, pod_options = settings_from_options(options, settings, env_prefix=env_prefix)
     return Channel(
         target,

@@ -9,13 +9,22 @@ Three outcomes must be told apart, because they call for opposite actions:
 - a failure (timeout, SERVFAIL, unreachable server): say nothing about the
   pods, so the last good set is kept.
 
+Before DNS, the hosts file is read, as the system resolver does ("hosts:
+files dns" in nsswitch.conf): ``localhost`` and Kubernetes ``hostAliases``
+names live there, and DNS servers do not know them. A name found there is
+answered from the file alone; the file is read again whenever it changes.
+A target that names its DNS server (``dns://SERVER/name``) asks that server only.
+
 The query logic is shared; only the two ``resolve`` drivers (blocking and
 asyncio) differ.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +38,7 @@ import dns.resolver
 from grpclb.config.target import Target, format_address
 
 _FAMILIES = (dns.rdatatype.A, dns.rdatatype.AAAA)
+log = logging.getLogger("grpclb")
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,8 @@ class Resolution:
     """The smallest TTL of the answer's records, when there were records."""
     error: str = ""
     """Why the resolution failed, or why the set is empty."""
+    source: str = "dns"
+    """Where the answer came from: "dns", "hosts" (the hosts file) or "static" (the target)."""
 
     @property
     def failed(self) -> bool:
@@ -109,17 +121,92 @@ def _classify(exc: Exception) -> _Outcome:
     return exc
 
 
+class HostsFile:
+    """A hosts file (``/etc/hosts``), parsed again whenever it changes.
+
+    Each resolution costs one ``stat``; the file is read and parsed only when
+    its inode, size or modification time differ from the last read, so an edit
+    (or Kubernetes rewriting it) is seen at the next resolution. A missing or
+    unreadable file is an empty one, as it is for the system resolver.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._key: tuple[int, int, int] | None = None
+        self._names: dict[str, tuple[str, ...]] = {}
+
+    def lookup(self, name: str) -> tuple[str, ...]:
+        """The IP addresses the file lists for ``name`` (any case), in file order."""
+        self._refresh()
+        return self._names.get(name.lower().rstrip("."), ())
+
+    def _refresh(self) -> None:
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            self._key, self._names = None, {}
+            return
+        key = (info.st_ino, info.st_size, info.st_mtime_ns)
+        if key == self._key:
+            return
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as file:
+                text = file.read()
+        except OSError as exc:
+            log.debug("grpclb: cannot read %s: %s", self.path, exc)
+            self._key, self._names = None, {}
+            return
+        self._key, self._names = key, parse_hosts(text)
+
+
+def parse_hosts(text: str) -> dict[str, tuple[str, ...]]:
+    """Name -> addresses from hosts(5) text: "IP_address canonical_hostname [aliases...]".
+
+    Names are matched without regard to case; a name on several lines has all
+    their addresses, and a line whose first field is not an IP address is skipped.
+    """
+    names: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 2:
+            continue
+        try:
+            address = str(ipaddress.ip_address(fields[0]))
+        except ValueError:
+            continue
+        for name in fields[1:]:
+            found = names.setdefault(name.lower().rstrip("."), [])
+            if address not in found:
+                found.append(address)
+    return {name: tuple(addresses) for name, addresses in names.items()}
+
+
+def _from_hosts(target: Target, hosts: HostsFile | None) -> Resolution | None:
+    """The hosts file's answer for the target's name, or None: ask DNS."""
+    if hosts is None or target.dns_server is not None:
+        return None
+    found = hosts.lookup(target.host)
+    if not found:
+        return None
+    addresses = sorted({format_address(ip, target.port) for ip in found})
+    return Resolution(tuple(addresses), source="hosts")
+
+
 class Resolver:
     """Blocking resolution of one target."""
 
-    def __init__(self, target: Target, timeout: float) -> None:
+    def __init__(self, target: Target, timeout: float, hosts_file: str | None = None) -> None:
         self.target = target
         self._resolver = _new_resolver(dns.resolver.Resolver, target)
         self._search = _configure(self._resolver, target, timeout)
+        self._hosts = HostsFile(hosts_file) if hosts_file else None
 
     def resolve(self) -> Resolution:
         if self.target.is_static:
-            return Resolution(self.target.static_addresses)
+            return Resolution(self.target.static_addresses, source="static")
+        from_hosts = _from_hosts(self.target, self._hosts)
+        if from_hosts is not None:
+            return from_hosts
         outcomes: list[_Outcome] = []
         for family in _FAMILIES:
             try:
@@ -137,14 +224,19 @@ class Resolver:
 class AsyncResolver:
     """asyncio resolution of one target: the same questions, asked without blocking."""
 
-    def __init__(self, target: Target, timeout: float) -> None:
+    def __init__(self, target: Target, timeout: float, hosts_file: str | None = None) -> None:
         self.target = target
         self._resolver = _new_resolver(dns.asyncresolver.Resolver, target)
         self._search = _configure(self._resolver, target, timeout)
+        self._hosts = HostsFile(hosts_file) if hosts_file else None
 
     async def resolve(self) -> Resolution:
         if self.target.is_static:
-            return Resolution(self.target.static_addresses)
+            return Resolution(self.target.static_addresses, source="static")
+        # A stat, and a read of a few hundred bytes when the file changed: on the loop.
+        from_hosts = _from_hosts(self.target, self._hosts)
+        if from_hosts is not None:
+            return from_hosts
         resolver = self._resolver
         assert isinstance(resolver, dns.asyncresolver.Resolver)
         outcomes: list[_Outcome] = []

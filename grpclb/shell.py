@@ -93,6 +93,55 @@ def pod_channel_options(
     return merged
 
 
+# Where the throwaway channel of check_channel_arguments "points": it never connects.
+_NOWHERE = "ipv4:127.0.0.1:1"
+
+
+def check_channel_arguments(
+    credentials: grpc.ChannelCredentials | None, options: ChannelOptions | None
+) -> tuple[tuple[str, Any], ...]:
+    """The options as a tuple, once grpcio has accepted them with these credentials.
+
+    Pod channels are created later, when DNS answers; a mistake grpcio reports
+    when a channel is created (call credentials given as ``credentials``, an
+    option value that is not an int, str or bytes) must surface here, at once,
+    not as a background error and no pod. So grpcio itself judges: one channel
+    is created with the same arguments, to an address it never connects to,
+    and closed.
+    """
+    try:
+        as_given = tuple(options or ())
+    except TypeError as exc:
+        raise _refused("options", options, exc, _OPTIONS_HINT) from exc
+    checks = [("options", as_given, as_given, _OPTIONS_HINT)]
+    if credentials is not None:  # first alone, so the error names the right keyword
+        checks.insert(0, ("credentials", credentials, (), _CREDENTIALS_HINT))
+    for name, value, given, hint in checks:
+        try:
+            if credentials is None:
+                grpc.insecure_channel(_NOWHERE, options=given).close()
+            else:
+                grpc.secure_channel(_NOWHERE, credentials, options=given).close()
+        except Exception as exc:
+            raise _refused(name, value, exc, hint) from exc
+    return as_given
+
+
+_CREDENTIALS_HINT = (
+    "a grpc.ChannelCredentials, such as grpc.ssl_channel_credentials(); call credentials "
+    "go inside one, with grpc.composite_channel_credentials(channel, call)"
+)
+_OPTIONS_HINT = "a sequence of (name, value) pairs, each name a str and each value an int or str"
+
+
+def _refused(name: str, value: object, exc: Exception, hint: str) -> ConfigError:
+    shown = repr(value) if len(repr(value)) <= 200 else repr(value)[:200] + "..."
+    return ConfigError(
+        f"keyword {name}={shown} is invalid: grpcio refuses it "
+        f"({type(exc).__name__}: {exc}); expected {hint}"
+    )
+
+
 def dial_address(address: str) -> str:
     """A grpcio target for one pod that grpcio will not resolve again."""
     return f"ipv6:{address}" if address.startswith("[") else f"ipv4:{address}"
@@ -111,13 +160,14 @@ class ChannelShell:
         self,
         target: str,
         credentials: grpc.ChannelCredentials | None,
-        options: ChannelOptions,
+        options: ChannelOptions | None,
         settings: Settings | None,
         meter_provider: MeterProvider | None,
         clock: Clock,
         rng: random.Random | None,
     ) -> None:
         self._target = parse_target(target)
+        options = check_channel_arguments(credentials, options)
         if settings is None:
             settings, options = settings_from_options(options, {})
         else:

@@ -60,6 +60,8 @@ class ChannelStats:
     retries: int
     retries_refused: int
     circuit_breaker_refusals: int
+    update_failures: int = 0
+    """DNS answers that could not be applied (the previous pods kept serving)."""
 
     def __iter__(self) -> Iterator[EndpointStats]:
         return iter(self.endpoints)
@@ -126,6 +128,7 @@ def channel_stats(balancer: Balancer, endpoints: tuple[EndpointStats, ...]) -> C
         retries=c["retries"],
         retries_refused=c["retries_refused"],
         circuit_breaker_refusals=c["circuit_breaker_refusals"],
+        update_failures=c["update_failures"],
     )
 
 

@@ -14,7 +14,7 @@ from opentelemetry.metrics import MeterProvider
 
 from grpclb.aio.channel import Channel
 from grpclb.config.typed import ChannelSettings, Unpack
-from grpclb.shell import ChannelOptions, settings_from_options
+from grpclb.shell import ChannelOptions, check_channel_arguments, settings_from_options
 
 __all__ = ["Channel", "channel"]
 
@@ -36,6 +36,7 @@ def channel(
     that first uses it, and belongs to that loop. Options and settings are read
     as ``grpclb.channel`` reads them, ``grpc.service_config`` included.
     """
+    options = check_channel_arguments(credentials, options)  # grpcio's own verdict, now
     loaded, pod_options = settings_from_options(options, settings, env_prefix=env_prefix)
     return Channel(
         target,

@@ -30,12 +30,41 @@ from grpclb.core.attempt import Attempt
 from grpclb.core.balancer import Balancer, Clock
 from grpclb.core.endpoints import READY, Connection, Endpoint
 from grpclb.core.retry import CallRun
-from grpclb.errors import LocalRpcError
+from grpclb.errors import ConfigError, LocalRpcError
 from grpclb.resolver import AsyncResolver, RefreshSchedule
 from grpclb.shell import ChannelOptions, ChannelShell, dial_address
 from grpclb.stats import ChannelStats, check_min_ready, enough_ready, not_ready_error
 
 log = logging.getLogger("grpclb")
+
+
+_INTERCEPTOR_KINDS = (
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamUnaryClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
+)
+
+
+def _checked_interceptors(
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None,
+) -> list[grpc.aio.ClientInterceptor]:
+    """grpc.aio's own rule, applied at creation: pod channels are only created later."""
+    try:
+        checked = list(interceptors or ())
+    except TypeError as exc:
+        raise ConfigError(
+            f"keyword interceptors={interceptors!r} is invalid: expected a sequence of "
+            "grpc.aio client interceptors"
+        ) from exc
+    for interceptor in checked:
+        if not isinstance(interceptor, _INTERCEPTOR_KINDS):
+            kinds = " or ".join(f"grpc.aio.{k.__name__}" for k in _INTERCEPTOR_KINDS)
+            raise ConfigError(
+                f"keyword interceptors: {interceptor!r} is invalid: grpc.aio refuses it; "
+                f"each interceptor must be a {kinds}"
+            )
+    return checked
 
 
 class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
@@ -53,9 +82,11 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
-        self._interceptors = list(interceptors or ())
+        self._interceptors = _checked_interceptors(interceptors)
         self._set_up(target, credentials, options, settings, meter_provider, clock, rng)
-        self._resolver = AsyncResolver(self._target, self._settings.dns_timeout)
+        self._resolver = AsyncResolver(
+            self._target, self._settings.dns_timeout, self._settings.hosts_file
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None

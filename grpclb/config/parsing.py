@@ -8,6 +8,7 @@ or variable the value came from.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -141,6 +142,22 @@ def service_name(raw: object) -> str:
     if not re.fullmatch(r"[\x21-\x7e]*", name):
         raise Invalid("expected printable ASCII without spaces, e.g. 'my.package.MyService'")
     return name
+
+
+def file_path(raw: object) -> str | None:
+    """A file's path, or None for off; whether it exists is checked each time it is read."""
+    if is_off(raw):
+        return None
+    if not isinstance(raw, str | os.PathLike):
+        raise Invalid("expected a file path such as '/etc/hosts', or 'off'")
+    path = os.fspath(raw)
+    if not isinstance(path, str) or "\x00" in path:
+        raise Invalid("expected a file path as text, without NUL characters, or 'off'")
+    path = path.strip()
+    if not os.path.isabs(path):
+        # It is read in the background, long after the working directory may have changed.
+        raise Invalid("expected an absolute path such as '/etc/hosts', or 'off'")
+    return path
 
 
 def status_codes(raw: object) -> frozenset[grpc.StatusCode]:

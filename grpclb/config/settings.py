@@ -28,6 +28,7 @@ from grpclb.config.parsing import (
     boolean,
     choice,
     duration,
+    file_path,
     integer,
     is_off,
     metadata_key,
@@ -53,6 +54,11 @@ def service_config_value(raw: object, where: str = "service_config") -> ServiceC
         return None
     return parse_service_config(raw, where)  # type: ignore[arg-type]
 
+
+# Hash tables are built whole whenever membership changes: bounded, so a typo cannot
+# ask for gigabytes. "table_size [...] must be prime number limited to 5000011" - Envoy.
+MAX_MAGLEV_TABLE_SIZE = 5_000_011
+MAX_RING_POINTS_PER_ENDPOINT = 8192
 
 # --- the table ---
 
@@ -99,17 +105,21 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "ring_points_per_endpoint",
-        integer(1, 100_000),
+        integer(1, MAX_RING_POINTS_PER_ENDPOINT),
         1024,
         "Ring points per pod for ring_hash; fixed per pod so a joining pod moves "
-        "only the keys it takes.",
+        f"only the keys it takes. At most {MAX_RING_POINTS_PER_ENDPOINT}: at 1024 pods "
+        "that is Envoy's largest ring (8M entries); each point costs a few microseconds "
+        "to build.",
         "differs from Envoy's fixed total ring size",
     ),
     Setting(
         "maglev_table_size",
-        integer(3),
+        integer(3, MAX_MAGLEV_TABLE_SIZE),
         65537,
-        "Maglev lookup table size; a prime larger than the pod count.",
+        "Maglev lookup table size; a prime larger than the pod count, at most "
+        f"{MAX_MAGLEV_TABLE_SIZE:,} as in Envoy; each slot costs a few microseconds "
+        "to build.",
         "Envoy table_size",
     ),
     # DNS
@@ -134,6 +144,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Resolve again when the answer's TTL runs out, if that is sooner than "
         "dns_refresh_interval.",
         "Envoy respect_dns_ttl (default false)",
+    ),
+    Setting(
+        "hosts_file",
+        file_path,
+        "/etc/hosts",
+        "Hosts file read before DNS, as the system resolver does (localhost, Kubernetes "
+        "hostAliases); re-read when it changes; off asks DNS only. Not read when the "
+        "target names its DNS server.",
+        "glibc nsswitch 'hosts: files dns'",
     ),
     Setting(
         "dns_timeout",
@@ -394,6 +413,7 @@ class Settings:
     dns_refresh_interval: float = 5.0
     dns_min_refresh_interval: float = 1.0
     dns_respect_ttl: bool = True
+    hosts_file: str | None = "/etc/hosts"
     dns_timeout: float = 2.0
     max_connection_age: float | None = None
     max_connection_age_jitter: float = 0.1

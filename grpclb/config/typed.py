@@ -58,6 +58,7 @@ class ChannelSettings(TypedDict, total=False):
     dns_refresh_interval: Duration
     dns_min_refresh_interval: Duration
     dns_respect_ttl: bool
+    hosts_file: str | None
     dns_timeout: Duration
     # connection recycling
     max_connection_age: Duration | None

@@ -37,6 +37,7 @@ from grpclb.core.outlier import OutlierDetector, OutlierRecord, Verdict
 from grpclb.core.pickers import NO_PICKER, Picker, PickerFactory, pick_avoiding
 from grpclb.core.recycling import ConnectionLifecycle
 from grpclb.core.slowstart import SlowStart
+from grpclb.core.transaction import AtomicAnswers
 from grpclb.errors import LocalRpcError
 from grpclb.resolver import Resolution
 from grpclb.stats import (
@@ -55,7 +56,7 @@ _Action = Callable[[], None]
 _CANCELLED = grpc.StatusCode.CANCELLED
 
 
-class Balancer(ConnectionLifecycle, EndpointHealth):
+class Balancer(ConnectionLifecycle, EndpointHealth, AtomicAnswers):
     """Owns the pods of one target and answers which connection serves a call."""
 
     def __init__(
@@ -97,13 +98,16 @@ class Balancer(ConnectionLifecycle, EndpointHealth):
         self.panic = False
         self._wake_later = False
         self._dns_failing = False
+        self._hosts_answer = False  # the set came from the hosts file: see _holds_calls_locked
+        self._holding = False  # calls wait for a first READY pod (admission_view)
         self.resolve_requested = False
         self.resolved_once = False
         self.closed = False
         names = "calls failures resolutions resolution_failures retries retries_refused"
-        names += " circuit_breaker_refusals ejections recycles"
+        names += " circuit_breaker_refusals ejections recycles update_failures"
         self.counters = dict.fromkeys(names.split(), 0)
         self.last_resolution_error = ""
+        self.last_update_error = ""  # why the last answer could not be applied, if it failed
 
     def __repr__(self) -> str:
         return summary_line(self.stats())
@@ -136,7 +140,8 @@ class Balancer(ConnectionLifecycle, EndpointHealth):
                 if was_failing:
                     log.info("grpclb %s: DNS answers again", self.target.text)
                 self.resolved_once = True
-                self._apply_addresses_locked(set(resolution.addresses or ()), actions)
+                self._hosts_answer = resolution.source == "hosts"
+                self._apply_answer_locked(set(resolution.addresses or ()), actions)
         self._run(actions)
 
     def _apply_addresses_locked(self, wanted: set[str], actions: list[_Action]) -> None:
@@ -209,11 +214,27 @@ class Balancer(ConnectionLifecycle, EndpointHealth):
         # "The subchannel will stay in state CONNECTING until it receives the first
         # health-check response" - A17: a pod awaiting its answer is not READY yet.
         usable = [e for e in candidates if e.state is READY and e.health != PENDING]
-        if not usable:  # nothing connected yet: let calls queue on pods that may connect
+        self._holding = not usable and self._holds_calls_locked(candidates)
+        if not usable and not self._holding:  # nothing connected: queue on pods that may connect
             usable = [e for e in candidates if e.state is not TRANSIENT_FAILURE] or candidates
         weights, self._ramp_due = self._slow_start.weights(usable, self._clock())
         self._snapshot = (self._pickers.build(members, usable, weights), usable)
         self._wake_later = True
+
+    def _holds_calls_locked(self, candidates: Sequence[Endpoint]) -> bool:
+        """Whether calls wait for a first READY pod rather than queue on a connecting one.
+
+        A hosts-file answer lists one server's addresses (``localhost``: 127.0.0.1
+        and ::1), of which only some may answer; a call handed to the one that
+        refuses would fail. So until one of them is READY for the first time,
+        calls wait in the channel, as gRPC queues calls while its picker is
+        CONNECTING; once every address has failed, they fail as grpcio's would.
+        """
+        if not self._hosts_answer:
+            return False
+        if any(c.was_ready for e in self._endpoints.values() for c in e.connections()):
+            return False  # past the first connection: the usual rule
+        return any(e.state is not TRANSIENT_FAILURE for e in candidates)
 
     def start_call(
         self,
@@ -410,13 +431,16 @@ class Balancer(ConnectionLifecycle, EndpointHealth):
         """(DNS has answered at least once, there are pods to pick), read together.
 
         A call that found no pod asks this under the lock, so a first answer
-        landing between its pick and its decision is seen whole, not half.
+        landing between its pick and its decision is seen whole, not half. While
+        calls are held for a first READY pod (``_holds_calls_locked``) the answer
+        counts as not yet in: calls wait, as they do for a first answer.
         ``ready_only``: only READY pods count (a wait_for_ready call's view).
         """
         with self._lock:
+            answered = self.counters["resolutions"] > 0 and not self._holding
             usable = self._snapshot[1]
             has_pods = any(e.state is READY for e in usable) if ready_only else bool(usable)
-            return self.counters["resolutions"] > 0, has_pods
+            return answered, has_pods
 
     def aggregate_state(self) -> grpc.ChannelConnectivity:
         """The channel's state as grpcio would report it: the best of its pods'."""

@@ -71,7 +71,9 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
         self._dirty = False
         self._to_close: list[Connection] = []
         self._subscribers: dict[Callable[[grpc.ChannelConnectivity], None], Any] = {}
-        self._resolver = Resolver(self._target, self._settings.dns_timeout)
+        self._resolver = Resolver(
+            self._target, self._settings.dns_timeout, self._settings.hosts_file
+        )
         # The thread holds the channel weakly, so a channel dropped without close() is
         # collected (and closed by __del__), as a plain grpcio channel would be.
         self._thread = threading.Thread(

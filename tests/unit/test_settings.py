@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import pathlib
 
 import grpc
 import pytest
@@ -114,6 +115,7 @@ GOOD_ENV: dict[str, tuple[str, object]] = {
     "dns_min_refresh_interval": ("0.5", 0.5),
     "dns_respect_ttl": ("false", False),
     "dns_timeout": ("1m30s", 90.0),
+    "hosts_file": ("/etc/hosts.k8s", "/etc/hosts.k8s"),
     "max_connection_age": ("1m", 60.0),
     "max_connection_age_jitter": ("0.2", 0.2),
     "max_connection_age_grace": ("5s", 5.0),
@@ -353,11 +355,14 @@ BAD: list[tuple[str, str]] = [
     ("choice_count", "two"),
     ("choice_count", "2.5"),
     ("ring_points_per_endpoint", "0"),
-    ("ring_points_per_endpoint", "100001"),
+    ("ring_points_per_endpoint", "8193"),
+    ("ring_points_per_endpoint", "100000"),
     ("maglev_table_size", "2"),
     ("maglev_table_size", "big"),
     ("maglev_table_size", "65536"),
     ("maglev_table_size", "100"),
+    ("maglev_table_size", "2147483647"),  # prime, and far past Envoy's 5000011
+    ("maglev_table_size", "5000087"),
     ("dns_refresh_interval", "5x"),
     ("dns_refresh_interval", "-1"),
     ("dns_refresh_interval", "0"),
@@ -369,6 +374,7 @@ BAD: list[tuple[str, str]] = [
     ("dns_respect_ttl", "maybe"),
     ("dns_respect_ttl", "2"),
     ("dns_timeout", "5 s"),
+    ("hosts_file", "etc/hosts"),
     ("max_connection_age", "-5s"),
     ("max_connection_age", "later"),
     ("max_connection_age_jitter", "1.5"),
@@ -591,3 +597,34 @@ def test_a_misspelled_environment_variable_is_named_in_a_warning(caplog) -> None
         "GRPCLB_POLCY" in r.getMessage() and "GRPCLB_POLICY" in r.getMessage()
         for r in caplog.records
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "limit"),
+    [("maglev_table_size", 5_000_011), ("ring_points_per_endpoint", 8192)],
+)
+def test_hash_table_sizes_are_bounded(name: str, limit: int) -> None:
+    """Envoy's Maglev cap, and a ring of 8M entries at 1024 pods: no unbounded tables."""
+    assert getattr(Settings.load({name: limit}, environ={}), name) == limit
+    with pytest.raises(ConfigError, match=f"at most {limit}"):
+        Settings.load({name: limit + 2}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [("off", None), ("", None), (None, None), (" /etc/hosts ", "/etc/hosts")],
+)
+def test_hosts_file_may_be_off(raw: object, want: str | None) -> None:
+    assert Settings.load({"hosts_file": raw}, environ={}).hosts_file == want
+
+
+def test_hosts_file_takes_a_path_object() -> None:
+    assert Settings.load({"hosts_file": pathlib.Path("/x/hosts")}, environ={}).hosts_file == (
+        "/x/hosts"
+    )
+
+
+@pytest.mark.parametrize("raw", [5, "/etc/ho\x00sts"], ids=["int", "nul"])
+def test_hosts_file_must_be_a_path(raw: object) -> None:
+    with pytest.raises(ConfigError, match="hosts_file"):
+        Settings.load({"hosts_file": raw}, environ={})

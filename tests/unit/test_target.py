@@ -32,6 +32,14 @@ GOOD: list[tuple[str, dict[str, object]]] = [
     ("localhost:65535", {"host": "localhost", "port": 65535}),
     ("  svc:9000  ", {"host": "svc", "port": 9000, "text": "svc:9000"}),
     ("svc.example.com.:443", {"host": "svc.example.com", "port": 443}),
+    # the limits themselves are allowed: 63-character labels, 253 characters in all
+    ("a" * 63 + ".svc:80", {"host": "a" * 63 + ".svc"}),
+    (".".join(["a" * 62] * 4) + ".a:80", {"host": ".".join(["a" * 62] * 4) + ".a"}),
+    (".".join(["a" * 62] * 4) + ".a.:80", {"host": ".".join(["a" * 62] * 4) + ".a"}),
+    ("my-svc-2.ns-1:80", {"host": "my-svc-2.ns-1"}),
+    ("xn--mnchen-3ya.de:443", {"host": "xn--mnchen-3ya.de"}),
+    ("1.2.3.400:80", {"host": "1.2.3.400"}),  # not an address, so a name made of digits
+    ("svc:080", {"port": 80}),
 ]
 
 
@@ -111,6 +119,38 @@ BAD: list[tuple[str, str]] = [
     ("::1:80", "must be in brackets"),
     ("[::1:80", "unclosed '['"),
     ("[::1]x80", "unexpected 'x80'"),
+    # DNS names: labels of 1-63 letters, digits and hyphens, 253 characters in all
+    ("a..b:80", "empty label"),
+    (".svc:80", "empty label"),
+    ("..:80", "empty label"),
+    (".:80", "is not a DNS name"),
+    ("a b:80", "the label 'a b'"),
+    ("a\x00b:80", "the label 'a\\x00b'"),
+    ("a\nb:80", "the label 'a\\nb'"),
+    ("dns:///svc\n.ns:80", "the label 'svc\\n'"),
+    ("a" * 300 + ":80", "more than 253"),
+    ("a" * 64 + ".svc:80", "label of 64 characters, more than 63"),
+    (".".join(["a" * 62] * 4) + ".ab:80", "254 characters long, more than 253"),
+    ("-svc:80", "the label '-svc'"),
+    ("svc-:80", "the label 'svc-'"),
+    ("svc_1:80", "the label 'svc_1'"),
+    ("svc/x:80", "the label 'svc/x'"),
+    ("münchen.de:443", "IDNA 'xn--' form"),
+    ("dns://10.0.0.10/a..b:80", "empty label"),
+    # ports: ASCII digits only, 1-65535
+    ("host:\uff18\uff10", "port '\uff18\uff10'"),
+    ("host:\u00b2", "port '\u00b2'"),
+    ("host:\u0668\u0660", "port '\u0668\u0660'"),
+    ("host:+80", "port '+80'"),
+    ("host: 80", "port ' 80'"),
+    ("host:8_0", "port '8_0'"),
+    ("ipv4:10.0.0.1:\uff18\uff10", "ASCII digits from 1 to 65535"),
+    ("ipv6:[::1]:\u00b2", "ASCII digits from 1 to 65535"),
+    ("dns://10.0.0.10:\u00b2/svc:80", "ASCII digits from 1 to 65535"),
+    # IP literals: ASCII only, and a zone that names an interface
+    ("ipv4:\u0661.2.3.4:80", "not an IPv4 address"),
+    ("ipv6:[fe80::1%a b]:80", "IPv6 zone 'a b'"),
+    ("[fe80::1%\n]:80", "IPv6 zone"),
 ]
 
 
@@ -122,6 +162,36 @@ def test_bad_targets(text: str, fragment: str) -> None:
     assert fragment in message
     assert repr(text.strip()) in message or repr(text) in message
     assert "dns:///host:port" in message  # and the forms that would have worked
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("a..b:80", "labels of 1-63 ASCII letters, digits and hyphens"),
+        ("a" * 300 + ":80", "at most 253 characters"),
+        ("host:\uff18\uff10", "ASCII digits from 1 to 65535"),
+        ("host:\u00b2", "ASCII digits from 1 to 65535"),
+    ],
+)
+def test_errors_name_the_rule_broken(text: str, rule: str) -> None:
+    with pytest.raises(ConfigError, match=rule):
+        parse_target(text)
+
+
+def test_a_long_host_is_shortened_in_the_message() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_target(".".join(["a" * 60] * 3) + ".b b:80")
+    why = str(info.value).split("is invalid:")[1]
+    assert "'b b'" in why
+    assert "a" * 60 not in why
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [("[fe80::1%eth0]:80", "[fe80::1%eth0]:80"), ("ipv6:[fe80::1%2]:80", "[fe80::1%2]:80")],
+)
+def test_ipv6_zones_naming_an_interface_are_accepted(text: str, address: str) -> None:
+    assert parse_target(text).static_addresses == (address,)
 
 
 def test_config_error_is_a_value_error() -> None:
