@@ -43,7 +43,10 @@ def test_pods_on_distinct_loopback_ips_behind_a_static_target():
 def test_one_shared_servicer_serves_every_pod():
     servicer = Named("shared")
     add = echo_pb2_grpc.add_EchoServicer_to_server
-    with local_pods(add, servicer, n=2) as pods, grpclb.channel(pods.target) as channel:
+    with (
+        local_pods(add, servicer, n=2) as pods,
+        grpclb.channel(pods.target, policy="round_robin") as channel,
+    ):
         channel.wait_for_endpoints(min_ready=None, timeout=10)
         echo = echo_pb2_grpc.EchoStub(channel)
         assert {echo.Unary(echo_pb2.EchoRequest(), timeout=5).pod for _ in range(4)} == {"shared"}
