@@ -12,11 +12,12 @@ bookkeeping around a call takes it, for a few attribute updates.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Generator, Sequence
 
 import grpc
 
@@ -31,8 +32,10 @@ from grpclb.core.endpoints import (
     Endpoint,
     Transport,
 )
+from grpclb.core.factory import PickerFactory
+from grpclb.core.hashing import HashTable
 from grpclb.core.outlier import OutlierDetector, OutlierRecord, Verdict
-from grpclb.core.pickers import NO_PICKER, Picker, PickerFactory, pick_avoiding
+from grpclb.core.pickers import NO_PICKER, Picker, pick_avoiding
 from grpclb.core.recycling import ConnectionLifecycle
 from grpclb.core.retry import RetryPolicy
 from grpclb.errors import LocalRpcError
@@ -51,6 +54,26 @@ log = logging.getLogger("grpclb")
 Clock = Callable[[], float]
 _Action = Callable[[], None]
 _CANCELLED = grpc.StatusCode.CANCELLED
+
+
+# Up to this many pods, a pod becoming usable rebuilds the snapshot at once.
+_COALESCE_ABOVE_PODS = 64
+# A pick rebuilds a stale snapshot only this many rebuild-times after the last rebuild.
+_REBUILD_SPACING = 20.0
+# How long one maintain() builds a big hash table before giving its thread back.
+_TABLE_SLICE_S = 0.005
+
+
+class _StalePicker:
+    """Stands for a snapshot that lacks pods that became usable since it was built."""
+
+    __slots__ = ("_balancer", "_previous")
+
+    def __init__(self, balancer: Balancer, previous: Picker[Endpoint]) -> None:
+        self._balancer, self._previous = balancer, previous
+
+    def pick(self, request_hash: int | None) -> Endpoint | None:
+        return self._balancer._pick_stale(self._previous, request_hash)
 
 
 class Balancer(ConnectionLifecycle):
@@ -81,6 +104,13 @@ class Balancer(ConnectionLifecycle):
         self._departed: list[Endpoint] = []  # removed from DNS, still draining
         self._pickers: PickerFactory[Endpoint] = PickerFactory(settings, self._rng)
         self._snapshot: tuple[Picker[Endpoint], Sequence[Endpoint]] = (NO_PICKER, ())
+        self._members: list[Endpoint] = []  # the pods, by address; kept with _endpoints
+        self._any_ready = False  # the snapshot has a READY pod
+        self._stale = False  # pods became usable since the snapshot was built
+        self._rebuild_cost = 0.0  # seconds the last snapshot took to build
+        self._rebuilt_at = -math.inf  # time.perf_counter() when it was built
+        self.rebuilds = 0
+        self._table_job: tuple[int, Generator[None, None, HashTable]] | None = None
         self._detector = OutlierDetector(settings)
         self._records: list[OutlierRecord] = []  # every member's, for the detector
         self._next_interval = clock() + settings.ejection_interval
@@ -148,6 +178,10 @@ class Balancer(ConnectionLifecycle):
             self._endpoints[address] = endpoint
             endpoint.connection = self._open_locked(endpoint, actions)
         self._records = [e.outlier for e in self._endpoints.values()]
+        self._members = [self._endpoints[a] for a in sorted(self._endpoints)]
+        self._pickers.set_members(self._endpoints.keys())
+        if self._pickers.table_wanted and self._pickers.table_inline():
+            self._pickers.build_table_now()  # a small table: a few milliseconds
         self._rebuild_locked()
 
     def connectivity_changed(self, connection: Connection, state: grpc.ChannelConnectivity) -> None:
@@ -168,10 +202,13 @@ class Balancer(ConnectionLifecycle):
                 self.telemetry.disconnected(endpoint.address, len(self._endpoints))
             if state is IDLE and connection.draining_since is None:
                 actions.append(lambda: self._transport.connect(connection))
-            if connection is endpoint.connection and (
-                state is READY or previous is READY or state is TRANSIENT_FAILURE
-            ):
-                self._rebuild_locked()
+            if connection is endpoint.connection:
+                if previous is READY and state is not READY:
+                    self._rebuild_locked()  # a pod lost leaves rotation at once
+                elif state is READY and previous is not READY:
+                    self._refresh_locked()  # a pod gained joins with the next batch
+                elif state is TRANSIENT_FAILURE and not self._any_ready:
+                    self._rebuild_locked()  # calls queue only on pods still connecting
         self._run(actions)
 
     def _request_resolution_locked(self) -> None:
@@ -181,7 +218,9 @@ class Balancer(ConnectionLifecycle):
     # --- picking ----------------------------------------------------------------
 
     def _rebuild_locked(self) -> None:
-        members = [self._endpoints[a] for a in sorted(self._endpoints)]
+        """Build the snapshot now: for every change that takes a pod out of rotation."""
+        started = time.perf_counter()
+        members = self._members
         healthy = [e for e in members if not e.outlier.ejected]
         panic = bool(members) and len(healthy) * 100 < self.settings.panic_threshold * len(members)
         if panic != self.panic:
@@ -195,10 +234,71 @@ class Balancer(ConnectionLifecycle):
         self.panic = panic
         candidates = members if self.panic else healthy
         usable = [e for e in candidates if e.state is READY]
+        self._any_ready = bool(usable)
         if not usable:  # nothing connected yet: let calls queue on pods that may connect
             usable = [e for e in candidates if e.state is not TRANSIENT_FAILURE] or candidates
-        self._snapshot = (self._pickers.build(members, usable), usable)
+        self._snapshot = (self._pickers.build(members, usable, self._endpoints), usable)
+        self._stale = False
         self._wake_later = True
+        self.rebuilds += 1
+        self._rebuilt_at = time.perf_counter()
+        self._rebuild_cost = self._rebuilt_at - started
+
+    def _refresh_locked(self) -> None:
+        """A pod became usable: rebuild, coalescing a burst of these into one rebuild.
+
+        The current snapshot stays right meanwhile (every pod in it is still usable:
+        a loss rebuilds at once), it only lacks the newcomers. So a big fleet marks
+        the snapshot stale and lets the next ``maintain()`` or, at most once per
+        twenty rebuild-times, the next pick rebuild it: start-up over N pods costs
+        O(N) rebuilds of O(N) only while they are cheap, and a bounded share of the
+        time when they are not.
+        """
+        if len(self._members) <= _COALESCE_ABOVE_PODS or not self._any_ready:
+            self._rebuild_locked()
+        elif not self._stale:
+            self._stale = True
+            self._wake_later = True
+            picker, usable = self._snapshot
+            self._snapshot = (_StalePicker(self, picker), usable)
+
+    def _pick_stale(self, previous: Picker[Endpoint], request_hash: int | None) -> Endpoint | None:
+        """A pick from a stale snapshot: rebuild it first when that is due."""
+        if time.perf_counter() - self._rebuilt_at >= _REBUILD_SPACING * self._rebuild_cost:
+            with self._lock:
+                if self._stale and not self.closed:
+                    self._rebuild_locked()
+            picker = self._snapshot[0]
+            if not isinstance(picker, _StalePicker):
+                return picker.pick(request_hash)
+        return previous.pick(request_hash)
+
+    def _advance_table(self) -> bool:
+        """Build the wanted hash table for a slice of time, off the lock; True: more to do.
+
+        Only ``maintain()`` calls this, from the flavour's one background thread or
+        task, so the job needs no lock; the table is installed under it when done.
+        """
+        job = self._table_job
+        if job is None:
+            with self._lock:
+                if self.closed or not self._pickers.table_wanted:
+                    return False
+                job = self._table_job = self._pickers.table_steps()
+        version, steps = job
+        until = time.perf_counter() + _TABLE_SLICE_S
+        try:
+            while time.perf_counter() < until:
+                next(steps)
+            return True
+        except StopIteration as done:
+            self._table_job = None
+            with self._lock:
+                if self.closed:
+                    return False
+                self._pickers.install(version, done.value)
+                self._rebuild_locked()
+                return self._pickers.table_wanted
 
     def start_call(
         self, request_hash: int | None, avoid: Collection[Endpoint] = (), method: str = ""
@@ -368,7 +468,11 @@ class Balancer(ConnectionLifecycle):
                 self._next_interval = now + self.settings.ejection_interval
                 due = [self._next_interval]
             due += self._age_connections_locked(now, actions)
+            if self._stale:
+                self._rebuild_locked()
         self._run(actions)
+        if self._advance_table():
+            due.append(now)  # more of the table to build: come back at once
         return min(due)
 
     def _run(self, actions: list[_Action]) -> None:
@@ -405,8 +509,7 @@ class Balancer(ConnectionLifecycle):
 
     def endpoint_stats(self) -> tuple[EndpointStats, ...]:
         with self._lock:
-            members = [self._endpoints[a] for a in sorted(self._endpoints)]
-            return endpoint_rows([*members, *self._departed], self._clock())
+            return endpoint_rows([*self._members, *self._departed], self._clock())
 
     def stats(self) -> ChannelStats:
         return channel_stats(self, self.endpoint_stats())
@@ -425,6 +528,7 @@ class Balancer(ConnectionLifecycle):
                 endpoint.removed = True
                 endpoint.connection = endpoint.replacement = None
             self._endpoints.clear()
+            self._members = []
             self._departed.clear()
             self._snapshot = (NO_PICKER, ())
             return connections

@@ -356,7 +356,7 @@ def test_pick_avoiding_with_hash_retries_elsewhere() -> None:
 def test_a_maglev_table_outgrown_by_its_pods_grows_to_a_prime() -> None:
     from grpclb.config.settings import Settings
     from grpclb.core.hashing import is_prime
-    from grpclb.core.pickers import PickerFactory, maglev_size
+    from grpclb.core.factory import PickerFactory, maglev_size
 
     assert maglev_size(65537, 10) == 65537
     grown = maglev_size(3, 3)
