@@ -53,6 +53,8 @@ class ChannelStats:
     retries: int
     retries_refused: int
     circuit_breaker_refusals: int
+    resolved_pods: int = 0
+    """Pods in the last DNS answer: more than ``endpoints`` when ``subset_size`` is set."""
 
     def __iter__(self) -> Iterator[EndpointStats]:
         return iter(self.endpoints)
@@ -111,6 +113,7 @@ def channel_stats(balancer: Balancer, endpoints: tuple[EndpointStats, ...]) -> C
         retries=c["retries"],
         retries_refused=c["retries_refused"],
         circuit_breaker_refusals=c["circuit_breaker_refusals"],
+        resolved_pods=balancer.resolved_pods,
     )
 
 

@@ -38,6 +38,7 @@ from grpclb.core.outlier import OutlierDetector, OutlierRecord, Verdict
 from grpclb.core.pickers import NO_PICKER, Picker, pick_avoiding
 from grpclb.core.recycling import ConnectionLifecycle
 from grpclb.core.retry import RetryPolicy
+from grpclb.core.subsetting import Subsetter
 from grpclb.errors import LocalRpcError
 from grpclb.resolver import Resolution
 from grpclb.stats import (
@@ -111,6 +112,8 @@ class Balancer(ConnectionLifecycle):
         self._rebuilt_at = -math.inf  # time.perf_counter() when it was built
         self.rebuilds = 0
         self._table_job: tuple[int, Generator[None, None, HashTable]] | None = None
+        self.subsetter = Subsetter(settings)
+        self.resolved_pods = 0  # in the last DNS answer; more than the pods when subsetting
         self._detector = OutlierDetector(settings)
         self._records: list[OutlierRecord] = []  # every member's, for the detector
         self._next_interval = clock() + settings.ejection_interval
@@ -166,6 +169,9 @@ class Balancer(ConnectionLifecycle):
         self._run(actions)
 
     def _apply_addresses_locked(self, wanted: set[str], actions: list[_Action]) -> None:
+        self.resolved_pods = len(wanted)
+        if self.subsetter.enabled:
+            wanted = self.subsetter.choose(wanted)  # connect to and balance over these only
         if wanted == self._endpoints.keys():
             return  # an unchanged answer keeps the picker, and round robin's rotation
         for address in [a for a in self._endpoints if a not in wanted]:
