@@ -279,10 +279,11 @@ class DnsServer:
 def _query(
     host: str, port: int, name: str, rdtype: str, timeout: float
 ) -> dns.message.Message | None:
-    """One UDP query; None when nothing answers in time."""
+    """One query over UDP, again over TCP when the answer is truncated (a big fleet's
+    answer does not fit a datagram); None when nothing answers in time."""
     query = dns.message.make_query(name, dns.rdatatype.from_text(rdtype))
     try:
-        return dns.query.udp(query, host, port=port, timeout=timeout)
+        return dns.query.udp_with_fallback(query, host, port=port, timeout=timeout)[0]
     except (dns.exception.Timeout, ConnectionRefusedError):
         return None
 
