@@ -27,6 +27,8 @@ SCENARIOS = (
     "failure",
     "hashing",
     "scale",
+    "churn",
+    "fleet",
     "hotpath",
 )
 

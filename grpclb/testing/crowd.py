@@ -62,20 +62,8 @@ class Crowd:
         return old, new
 
     def connections(self) -> Counter[str]:
-        """Established connections to the server, per local (pod) address.
-
-        grpcio binds 0.0.0.0 as a dual-stack socket, so IPv4 peers show up in
-        ``/proc/net/tcp6`` as v4-mapped addresses; both tables are read.
-        """
-        counts: Counter[str] = Counter()
-        port = f"{self.port:04X}"
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                ip_hex, port_hex = fields[1].split(":")
-                if port_hex == port and fields[3] == _ESTABLISHED:
-                    counts[_local_ip(ip_hex)] += 1
-        return counts
+        """Established connections to the server, per local (pod) address."""
+        return established_by_local_address(self.port)
 
     def stop(self) -> None:
         self.server.stop()
@@ -85,6 +73,24 @@ class Crowd:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def established_by_local_address(port: int) -> Counter[str]:
+    """Established TCP connections to ``port`` on this machine, per local address.
+
+    grpcio binds 0.0.0.0 as a dual-stack socket, so IPv4 peers show up in
+    ``/proc/net/tcp6`` as v4-mapped addresses; both tables are read. Any process's
+    server counts, so a benchmark can serve its pods from a child process.
+    """
+    counts: Counter[str] = Counter()
+    wanted = f"{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            ip_hex, port_hex = fields[1].split(":")
+            if port_hex == wanted and fields[3] == _ESTABLISHED:
+                counts[_local_ip(ip_hex)] += 1
+    return counts
 
 
 def _local_ip(hex_address: str) -> str:
