@@ -29,8 +29,9 @@ from benchmarks.common import (
     Section,
     Table,
     Target,
-    fmt_ms,
-    fmt_rate,
+    load_average,
+    med_spread,
+    median,
     percentile,
     ready_pods,
     wait_until,
@@ -73,11 +74,36 @@ class Phase:
 
 @dataclass
 class Run:
+    """One policy: start-up, then steady and churn phases, back to back, in pairs."""
+
     policy: str
     ready_s: float
     rebuilds_at_start: int
-    steady: Phase
-    churn: Phase
+    pairs: list[tuple[Phase, Phase]]  # (steady, churn)
+    load: str = ""
+
+    def ratios(self) -> list[float]:
+        return [c.rate / s.rate for s, c in self.pairs]
+
+    def p99_ratios(self) -> list[float]:
+        """Churn p99 over the issue's limit, max(1.5 x steady, steady + 5 ms), per pair."""
+        return [c.p99_ms / max(1.5 * s.p99_ms, s.p99_ms + 5.0) for s, c in self.pairs]
+
+    def stalls_ms(self, churn: bool) -> list[float]:
+        return [pair[churn].longest_stall * 1000 for pair in self.pairs]
+
+    def gc_ms(self, churn: bool) -> list[float]:
+        return [pair[churn].longest_gc * 1000 for pair in self.pairs]
+
+    def rates(self, churn: bool) -> list[float]:
+        return [pair[churn].rate for pair in self.pairs]
+
+    def p99s(self, churn: bool) -> list[float]:
+        return [pair[churn].p99_ms for pair in self.pairs]
+
+    @property
+    def failures(self) -> int:
+        return sum(s.failures + c.failures for s, c in self.pairs)
 
 
 class Fleet:
@@ -196,7 +222,7 @@ def _measure_phase(
     return phase
 
 
-def run_policy(fleet: Fleet, policy: str, seconds: float, seed: int) -> Run:
+def run_policy(fleet: Fleet, policy: str, seconds: float, pairs: int, seed: int) -> Run:
     hashing = {"hash_key": "x-user"} if policy in ("ring_hash", "maglev") else {}
     t0 = time.perf_counter()
     channel = grpclb.channel(
@@ -218,21 +244,26 @@ def run_policy(fleet: Fleet, policy: str, seconds: float, seed: int) -> Run:
         # Wait out the first hash table (built in the background) before measuring.
         wait_until(lambda: not channel._balancer._pickers.table_wanted, 30, "hash table built")
         measure_phase(channel, policy, 0.5, None, seed)  # warm-up, not reported
-        steady = measure_phase(channel, policy, seconds, None, seed)
-        churn = measure_phase(channel, policy, seconds, fleet, seed)
-        return Run(policy, ready_s, rebuilds, steady, churn)
+        measured = [
+            (
+                measure_phase(channel, policy, seconds, None, seed + i),
+                measure_phase(channel, policy, seconds, fleet, seed + i),
+            )
+            for i in range(pairs)
+        ]
+        return Run(policy, ready_s, rebuilds, measured, load_average())
     finally:
         channel.close()
 
 
 def run(cfg: Config) -> Section:
-    seconds = cfg.pick(5.0, 2.0)
+    seconds, pairs = cfg.pick(3.0, 2.0), cfg.pick(3, 1)
     policies = cfg.pick(POLICIES, ("ring_hash", "least_request"))
     fleet = Fleet(PODS)
     runs: list[Run] = []
     try:
         for i, policy in enumerate(policies):
-            runs.append(run_policy(fleet, policy, seconds, seed=10 * i))
+            runs.append(run_policy(fleet, policy, seconds, pairs, seed=10 * i))
     finally:
         fleet.close()
     section = Section(NAME, TITLE)
@@ -242,7 +273,8 @@ def run(cfg: Config) -> Section:
         f"over TCP). Per policy, a new sync channel; {THREADS} threads of unary calls (hash "
         "policies with one of 1,000 keys each call); a fifth thread sleeps 1 ms at a time and "
         f"records how late it wakes. {seconds:g} s steady, then {seconds:g} s while one pod "
-        f"is replaced every {REPLACE_EVERY_S} s; the channel re-resolves every "
+        f"is replaced every {REPLACE_EVERY_S} s, {pairs} such pairs back to back (cells: "
+        "median [min to max]; targets: the median of the pairs); the channel re-resolves every "
         f"{REPLACE_EVERY_S} s in both phases. *Ready* is from channel creation to all "
         f"{PODS:,} pods READY (polled every 50 ms); *rebuilds* are picker snapshots built by then."
     )
@@ -251,26 +283,27 @@ def run(cfg: Config) -> Section:
         rows.append(
             (
                 r.policy,
-                fmt_rate(r.steady.rate),
-                fmt_rate(r.churn.rate),
-                f"{r.churn.rate / r.steady.rate:.2f}x",
-                f"{fmt_ms(r.steady.p99_ms)} → {fmt_ms(r.churn.p99_ms)}",
-                f"{fmt_ms(r.steady.longest_stall * 1000)} / {fmt_ms(r.churn.longest_stall * 1000)}",
-                r.steady.failures + r.churn.failures,
+                med_spread(r.rates(False), "{:,.0f}"),
+                med_spread(r.rates(True), "{:,.0f}"),
+                med_spread(r.ratios(), "{:.2f}"),
+                f"{median(r.p99s(False)):.1f} → {median(r.p99s(True)):.1f}",
+                f"{median(r.stalls_ms(False)):.0f} / {med_spread(r.stalls_ms(True), '{:.0f}')}",
+                f"{max(r.gc_ms(False)):.0f} / {max(r.gc_ms(True)):.0f}",
+                r.failures,
                 f"{r.ready_s:.2f} s",
                 r.rebuilds_at_start,
+                r.load,
             )
         )
-        p99_limit = max(1.5 * r.steady.p99_ms, r.steady.p99_ms + 5.0)
+        stalls = r.stalls_ms(True)
         section.targets += [
-            Target(f"Churn: {r.policy} calls/s, churn vs steady", r.churn.rate / r.steady.rate,
-                   0.85, True),
+            Target(f"Churn: {r.policy} calls/s, churn vs steady", median(r.ratios()), 0.85,
+                   True, r.ratios()),
             Target(f"Churn: {r.policy} p99 during churn / max(1.5x, +5 ms) of steady",
-                   r.churn.p99_ms / p99_limit, 1.0, False),
-            Target(f"Churn: {r.policy} longest stall (ms)",
-                   max(r.steady.longest_stall, r.churn.longest_stall) * 1000, 50.0, False),
-            Target(f"Churn: {r.policy} failed calls", r.steady.failures + r.churn.failures,
-                   0.0, False),
+                   median(r.p99_ratios()), 1.0, False, r.p99_ratios()),
+            Target(f"Churn: {r.policy} longest stall during churn (ms)", median(stalls), 50.0,
+                   False, stalls),
+            Target(f"Churn: {r.policy} failed calls", r.failures, 0.0, False),
             Target(f"Churn: {r.policy} all {PODS:,} pods ready (s)", r.ready_s, READY_LIMIT_S,
                    False),
         ]  # fmt: skip
@@ -281,12 +314,13 @@ def run(cfg: Config) -> Section:
                 "Calls/s steady",
                 "Calls/s churn",
                 "Churn / steady",
-                "p99 steady → churn",
-                "Longest stall steady / churn",
-                "Longest GC pause steady / churn",
+                "p99 ms steady → churn",
+                "Longest stall ms steady / churn",
+                "Longest GC pause ms steady / churn",
                 "Failed",
                 "Ready",
                 "Rebuilds",
+                "Load average after",
             ),
             rows,
         )
@@ -312,21 +346,17 @@ def _plot(cfg: Config, runs: list[Run]) -> Any:
     names = [r.policy for r in runs]
     x = range(len(runs))
     panels = (
-        ("calls/s", lambda p: p.rate),
-        ("p99 (ms)", lambda p: p.p99_ms),
-        ("longest stall (ms)", lambda p: p.longest_stall * 1000),
+        ("calls/s", Run.rates),
+        ("p99 (ms)", Run.p99s),
+        ("longest stall (ms)", Run.stalls_ms),
     )
-    for ax, (label, value) in zip(axes[0], panels, strict=True):
-        ax.bar([i - 0.2 for i in x], [value(r.steady) for r in runs], 0.4, label="steady")
-        ax.bar([i + 0.2 for i in x], [value(r.churn) for r in runs], 0.4, label="churn")
+    for ax, (label, values) in zip(axes[0], panels, strict=True):
+        ax.bar([i - 0.2 for i in x], [median(values(r, False)) for r in runs], 0.4, label="steady")
+        ax.bar([i + 0.2 for i in x], [median(values(r, True)) for r in runs], 0.4, label="churn")
         ax.set_xticks(list(x), names, rotation=30, fontsize=7)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, axis="y")
     axes[0][2].axhline(50, color="red", linewidth=0.8, linestyle="--")
     axes[0][0].legend(fontsize=7)
-    return save_plot(
-        cfg,
-        fig,
-        "churn.png",
-        f"Steady vs one pod replaced every {REPLACE_EVERY_S} s, {PODS:,} pods",
-    )
+    caption = f"Steady vs one pod replaced every {REPLACE_EVERY_S} s, {PODS:,} pods (medians)"
+    return save_plot(cfg, fig, "churn.png", caption)
