@@ -124,6 +124,11 @@ def balancer(policy: str, n: int) -> Balancer:
     core.update(Resolution(tuple(pods)))
     for connection in transport.watched:
         core.connectivity_changed(connection, grpc.ChannelConnectivity.READY)
+    # What a channel's background thread does next: the coalesced snapshot rebuild and,
+    # for a big fleet's ring or Maglev table, its build in slices.
+    core.maintain()
+    while core._pickers.table_wanted:
+        core.maintain()
     return core
 
 
@@ -214,7 +219,9 @@ def run(cfg: Config) -> Section:
         "tracemalloc: what the picker keeps (for hash policies, the table too), the peak "
         "while building it, and what a round_robin balancer core keeps per endpoint "
         "(endpoint, connection and outlier records, picker; no grpcio channel). *Core set-up* "
-        "is one DNS answer with N pods, then each pod reported READY one by one."
+        "is one DNS answer with N pods, then each pod reported READY one by one, then the "
+        "background work that follows (one snapshot rebuild for the pods that became ready, "
+        "and for a big fleet's ring or Maglev table its build in slices)."
     )
     section.tables.append(
         Table(
