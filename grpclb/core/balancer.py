@@ -63,6 +63,8 @@ _COALESCE_ABOVE_PODS = 64
 _REBUILD_SPACING = 20.0
 # How long one maintain() builds a big hash table before giving its thread back.
 _TABLE_SLICE_S = 0.005
+# A table build starts at least this many times its predecessor's cost after it ended.
+_TABLE_SPACING = 4.0
 
 
 class _StalePicker:
@@ -112,6 +114,8 @@ class Balancer(ConnectionLifecycle):
         self._rebuilt_at = -math.inf  # time.perf_counter() when it was built
         self.rebuilds = 0
         self._table_job: tuple[int, Generator[None, None, HashTable]] | None = None
+        self._table_spent = 0.0  # seconds the current (or last) table build has taken
+        self._table_next_at = -math.inf  # no table build starts before (balancer clock)
         self.subsetter = Subsetter(settings)
         self.resolved_pods = 0  # in the last DNS answer; more than the pods when subsetting
         self._detector = OutlierDetector(settings)
@@ -279,32 +283,43 @@ class Balancer(ConnectionLifecycle):
                 return picker.pick(request_hash)
         return previous.pick(request_hash)
 
-    def _advance_table(self) -> bool:
-        """Build the wanted hash table for a slice of time, off the lock; True: more to do.
+    def _advance_table(self, now: float) -> float | None:
+        """Build the wanted hash table for a slice of time, off the lock; when to come back.
 
         Only ``maintain()`` calls this, from the flavour's one background thread or
         task, so the job needs no lock; the table is installed under it when done.
+        A build starts no sooner than ``_TABLE_SPACING`` times the last one's cost
+        after it ended, so a fleet changing faster than tables build (a Maglev table
+        is rebuilt whole) coalesces its changes instead of building back to back.
         """
         job = self._table_job
         if job is None:
+            if not self._pickers.table_wanted:
+                return None
+            if now < self._table_next_at:
+                return self._table_next_at
             with self._lock:
                 if self.closed or not self._pickers.table_wanted:
-                    return False
+                    return None
                 job = self._table_job = self._pickers.table_steps()
+                self._table_spent = 0.0
         version, steps = job
-        until = time.perf_counter() + _TABLE_SLICE_S
+        started = time.perf_counter()
         try:
-            while time.perf_counter() < until:
+            while time.perf_counter() - started < _TABLE_SLICE_S:
                 next(steps)
-            return True
         except StopIteration as done:
             self._table_job = None
+            self._table_spent += time.perf_counter() - started
+            self._table_next_at = now + _TABLE_SPACING * self._table_spent
             with self._lock:
                 if self.closed:
-                    return False
+                    return None
                 self._pickers.install(version, done.value)
                 self._rebuild_locked()
-                return self._pickers.table_wanted
+            return self._table_next_at if self._pickers.table_wanted else None
+        self._table_spent += time.perf_counter() - started
+        return now
 
     def start_call(
         self, request_hash: int | None, avoid: Collection[Endpoint] = (), method: str = ""
@@ -477,8 +492,9 @@ class Balancer(ConnectionLifecycle):
             if self._stale:
                 self._rebuild_locked()
         self._run(actions)
-        if self._advance_table():
-            due.append(now)  # more of the table to build: come back at once
+        table_due = self._advance_table(now)
+        if table_due is not None:
+            due.append(table_due)  # more of the table to build, or the next one
         return min(due)
 
     def _run(self, actions: list[_Action]) -> None:

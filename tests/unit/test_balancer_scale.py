@@ -11,7 +11,7 @@ import pytest
 
 from grpclb.core.factory import INLINE_MAGLEV_PODS
 from grpclb.core.hashing import hash_key
-from tests.unit.test_balancer import Harness
+from tests.unit.test_balancer import T0, Harness
 
 S = grpc.ChannelConnectivity
 KEYS = [hash_key(f"user-{i}") for i in range(300)]
@@ -23,10 +23,16 @@ def pods(n: int, first: int = 0) -> list[str]:
 
 
 def build_tables(h: Harness) -> int:
-    """Run maintain() until no table work is left, as the background thread does; passes."""
-    for passes in range(1, 10_000):
-        if h.balancer.maintain() > h.clock.now:
+    """Run maintain() at the times it asks for until no table is wanted, as the background
+    thread does; the passes that built a slice."""
+    passes = 0
+    for _ in range(10_000):
+        if not h.balancer._pickers.table_wanted:
             return passes
+        due = h.balancer.maintain()
+        if due <= h.clock.now:
+            passes += 1
+        h.clock.now = max(h.clock.now, min(due, h.clock.now + 1.0))
     raise AssertionError("the table build never finished")
 
 
@@ -114,3 +120,19 @@ def test_a_small_fleet_still_changes_its_snapshot_and_table_at_once() -> None:
     assert not h.balancer._pickers.table_wanted
     h.ready(*fleet)
     assert len(set(h.picks(2000))) == len(fleet)
+
+
+def test_table_builds_are_spaced_by_their_cost_so_fast_changes_coalesce() -> None:
+    h = Harness(policy="maglev", **BIG)
+    fleet = pods(200)
+    h.resolve(*fleet)
+    build_tables(h)
+    next_at = h.balancer._table_next_at
+    assert next_at == pytest.approx(T0 + 4.0 * h.balancer._table_spent)  # ended at T0
+    h.clock.now = next_at - 0.001
+    h.resolve(*fleet[1:])  # a change before the spacing ran out: its table waits its turn
+    assert h.balancer.maintain() <= next_at
+    assert h.balancer._pickers.table_wanted and h.balancer._table_job is None
+    h.resolve(*fleet[2:])  # another change meanwhile: one build will cover both
+    assert build_tables(h) >= 1
+    assert not h.balancer._pickers.table_wanted
