@@ -491,10 +491,10 @@ class Balancer(ConnectionLifecycle):
             due += self._age_connections_locked(now, actions)
             if self._stale:
                 self._rebuild_locked()
-        self._run(actions)
-        table_due = self._advance_table(now)
+        table_due = self._advance_table(now)  # off the lock; installs under it when done
         if table_due is not None:
             due.append(table_due)  # more of the table to build, or the next one
+        self._run(actions)  # after the table: a new snapshot wakes waiting calls now
         return min(due)
 
     def _run(self, actions: list[_Action]) -> None:
