@@ -28,6 +28,8 @@ SCENARIOS = (
     "failure",
     "hashing",
     "scale",
+    "churn",
+    "fleet",
     "hotpath",
 )
 

@@ -21,7 +21,7 @@ WHY: dict[str, str] = {
     "start_call": "takes the balancer lock and updates six in-flight/call counters, calls "
     "`trace_attempt`, reads `telemetry.enabled`; keep one in-flight count per connection "
     "(the endpoint's is their sum) and move the call counters out of the lock",
-    "finish_call": "takes the lock again to release the counts and feeds every outcome to the "
+    "release": "takes the lock again to release the counts and feeds every outcome to the "
     "outlier detector; on OK only `in_flight` and the success count need touching",
     "_blocking": "per attempt: a `tried` list, `time.monotonic()` twice for the deadline, "
     "`perf_counter` when telemetry is on, a try/finally; on a first attempt pass `timeout` "
@@ -46,7 +46,7 @@ WHY: dict[str, str] = {
     "_response": "(aio) an extra coroutine hop per await plus `_started()`; await the "
     "attempt directly when it exists",
     "_start_now": "(aio) `_ensure_started`, `request_hash` and `start_call` per call",
-    "_finish": "(aio) the done-callback's call into `finish_call`",
+    "_finish": "(aio) the done-callback's deferred `Attempt.release`",
     "finished_status": "(aio) reads the status through grpcio's private attributes",
     "__call__": "the multicallable entry point (and, in aio, the `_Release` done-callback)",
     "pick": "the policy's choice itself: the only part that balancing needs",

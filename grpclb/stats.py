@@ -62,6 +62,8 @@ class ChannelStats:
     circuit_breaker_refusals: int
     update_failures: int = 0
     """DNS answers that could not be applied (the previous pods kept serving)."""
+    resolved_pods: int = 0
+    """Pods in the last DNS answer: more than ``endpoints`` when ``subset_size`` is set."""
 
     def __iter__(self) -> Iterator[EndpointStats]:
         return iter(self.endpoints)
@@ -129,6 +131,7 @@ def channel_stats(balancer: Balancer, endpoints: tuple[EndpointStats, ...]) -> C
         retries_refused=c["retries_refused"],
         circuit_breaker_refusals=c["circuit_breaker_refusals"],
         update_failures=c["update_failures"],
+        resolved_pods=balancer.resolved_pods,
     )
 
 

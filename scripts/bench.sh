@@ -7,13 +7,23 @@
 #   scripts/bench.sh --only proxy --update   one scenario, its section replaced in docs/
 #   scripts/bench.sh --list     the scenarios
 # Sets up like scripts/setup.sh: a .venv with grpclb and its bench extra (VENV=path picks
-# another virtual environment). No DNS server is needed: the pods are on 127.0.0.x.
+# another virtual environment).
 # The proxy scenario needs Debian's nginx and HAProxy: installed here when missing (as root
 # or through sudo), never started as system services; the benchmark starts its own on
 # loopback ports with configs in a temporary directory, and the trap below stops any it
 # leaves behind.
+# The big-fleet scenarios (churn, fleet) name their pods with
+# a real DNS server, Debian's dnsmasq-base, installed here as scripts/setup.sh does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if ! command -v dnsmasq >/dev/null 2>&1 && [ ! -x /usr/sbin/dnsmasq ]; then
+    echo "bench: installing Debian's dnsmasq-base (the big-fleet scenarios' DNS server)" >&2
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dnsmasq-base >/dev/null
+fi
 
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"

@@ -67,7 +67,9 @@ def duration(minimum: float = 0.0, optional: bool = False) -> Callable[[object],
     return parse
 
 
-def integer(minimum: int, maximum: int | None = None, optional: bool = False) -> Callable[..., Any]:
+def integer(
+    minimum: int, maximum: int | None = None, optional: bool = False, zero_is_off: bool = True
+) -> Callable[..., Any]:
     def parse(raw: object) -> int | None:
         if optional and is_off(raw):
             return None
@@ -80,7 +82,7 @@ def integer(minimum: int, maximum: int | None = None, optional: bool = False) ->
         if value < minimum or (maximum is not None and value > maximum):
             upper = f" and at most {maximum}" if maximum is not None else ""
             raise Invalid(f"must be at least {minimum}{upper}")
-        if optional and value == 0:
+        if optional and zero_is_off and value == 0:
             return None  # 0 means off, from a keyword or a variable alike
         return value
 

@@ -122,6 +122,32 @@ SETTINGS: tuple[Setting, ...] = (
         "to build.",
         "Envoy table_size",
     ),
+    # subsetting
+    Setting(
+        "subset_size",
+        integer(0, optional=True),
+        None,
+        "Connect to and balance over only this many of the service's pods, chosen by "
+        "rendezvous hashing; off uses every pod. Not with ring_hash or maglev.",
+        "gRFC A68 random_subsetting",
+    ),
+    Setting(
+        "subset_seed",
+        integer(0, 2**63 - 1, optional=True),
+        None,
+        "Seed of the subset ranking; off (or 0) draws one per process (a fixed 0 with "
+        "subset_client_index).",
+        "gRFC A68",
+    ),
+    Setting(
+        "subset_client_index",
+        integer(0, optional=True, zero_is_off=False),
+        None,
+        "This client's distinct number (0, 1, 2, ...): deterministic subsetting, every pod "
+        "within one client of the others, more clients touched by a pod change; needs "
+        "subset_size.",
+        "Google SRE book, deterministic subsetting",
+    ),
     # DNS
     Setting(
         "dns_refresh_interval",
@@ -410,6 +436,9 @@ class Settings:
     choice_count: int = 2
     ring_points_per_endpoint: int = 1024
     maglev_table_size: int = 65537
+    subset_size: int | None = None
+    subset_seed: int | None = None
+    subset_client_index: int | None = None
     dns_refresh_interval: float = 5.0
     dns_min_refresh_interval: float = 1.0
     dns_respect_ttl: bool = True
@@ -520,6 +549,19 @@ class Settings:
             raise ConfigError(
                 f"{where('policy')}={self.policy!r} needs hash_key (or {ENV_PREFIX}HASH_KEY): "
                 "the metadata key whose value selects the pod"
+            )
+        if self.subset_size is not None and self.policy in HASH_POLICIES:
+            allowed = ", ".join(p for p in POLICIES if p not in HASH_POLICIES)
+            raise ConfigError(
+                f"{where('subset_size')}={self.subset_size} is invalid with "
+                f"{where('policy')}={self.policy!r}: consistent hashing needs every client to "
+                f"see the same pods; use one of {allowed} "
+                "or turn subset_size off"
+            )
+        if self.subset_client_index is not None and self.subset_size is None:
+            raise ConfigError(
+                f"{where('subset_client_index')}={self.subset_client_index} needs subset_size "
+                "(the number of pods per client)"
             )
         if not is_prime(self.maglev_table_size):
             raise ConfigError(

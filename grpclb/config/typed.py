@@ -52,6 +52,9 @@ class ChannelSettings(TypedDict, total=False):
     policy: Policy
     hash_key: str | None
     choice_count: int
+    subset_size: int | None
+    subset_seed: int | None
+    subset_client_index: int | None
     ring_points_per_endpoint: int
     maglev_table_size: int
     # DNS

@@ -12,11 +12,12 @@ bookkeeping around a call takes it, for a few attribute updates.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Generator, Sequence
 
 import grpc
 
@@ -32,11 +33,15 @@ from grpclb.core.endpoints import (
     Endpoint,
     Transport,
 )
-from grpclb.core.health import PENDING, UNHEALTHY, EndpointHealth
+from grpclb.core.factory import PickerFactory
+from grpclb.core.hashing import HashTable
+from grpclb.core.health import EndpointHealth
 from grpclb.core.outlier import OutlierDetector, OutlierRecord, Verdict
-from grpclb.core.pickers import NO_PICKER, Picker, PickerFactory, pick_avoiding
+from grpclb.core.pickers import NO_PICKER, Picker, pick_avoiding
 from grpclb.core.recycling import ConnectionLifecycle
 from grpclb.core.slowstart import SlowStart
+from grpclb.core.snapshots import Snapshots
+from grpclb.core.subsetting import Subsetter
 from grpclb.core.transaction import AtomicAnswers
 from grpclb.errors import LocalRpcError
 from grpclb.resolver import Resolution
@@ -56,7 +61,7 @@ _Action = Callable[[], None]
 _CANCELLED = grpc.StatusCode.CANCELLED
 
 
-class Balancer(ConnectionLifecycle, EndpointHealth, AtomicAnswers):
+class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers):
     """Owns the pods of one target and answers which connection serves a call."""
 
     def __init__(
@@ -83,6 +88,17 @@ class Balancer(ConnectionLifecycle, EndpointHealth, AtomicAnswers):
         self._departed: list[Endpoint] = []  # removed from DNS, still draining
         self._pickers: PickerFactory[Endpoint] = PickerFactory(settings, self._rng)
         self._snapshot: tuple[Picker[Endpoint], Sequence[Endpoint]] = (NO_PICKER, ())
+        self._members: list[Endpoint] = []  # the pods, by address; kept with _endpoints
+        self._any_ready = False  # the snapshot has a READY pod
+        self._stale = False  # pods became usable since the snapshot was built
+        self._rebuild_cost = 0.0  # seconds the last snapshot took to build
+        self._rebuilt_at = -math.inf  # time.perf_counter() when it was built
+        self.rebuilds = 0
+        self._table_job: tuple[int, Generator[None, None, HashTable]] | None = None
+        self._table_spent = 0.0  # seconds the current (or last) table build has taken
+        self._table_next_at = -math.inf  # no table build starts before (balancer clock)
+        self.subsetter = Subsetter(settings)
+        self.resolved_pods = 0  # in the last DNS answer; more than the pods when subsetting
         self._detector = OutlierDetector(settings)
         self._records: list[OutlierRecord] = []  # every member's, for the detector
         self._next_interval = clock() + settings.ejection_interval
@@ -145,6 +161,9 @@ class Balancer(ConnectionLifecycle, EndpointHealth, AtomicAnswers):
         self._run(actions)
 
     def _apply_addresses_locked(self, wanted: set[str], actions: list[_Action]) -> None:
+        self.resolved_pods = len(wanted)
+        if self.subsetter.enabled:
+            wanted = self.subsetter.choose(wanted)  # connect to and balance over these only
         if wanted == self._endpoints.keys():
             return  # an unchanged answer keeps the picker, and round robin's rotation
         for address in [a for a in self._endpoints if a not in wanted]:
@@ -160,6 +179,10 @@ class Balancer(ConnectionLifecycle, EndpointHealth, AtomicAnswers):
             self._endpoints[address] = endpoint
             endpoint.connection = self._open_locked(endpoint, actions)
         self._records = [e.outlier for e in self._endpoints.values()]
+        self._members = [self._endpoints[a] for a in sorted(self._endpoints)]
+        self._pickers.set_members(self._endpoints.keys())
+        if self._pickers.table_wanted and self._pickers.table_inline():
+            self._pickers.build_table_now()  # a small table: a few milliseconds
         self._rebuild_locked()
 
     def connectivity_changed(self, connection: Connection, state: grpc.ChannelConnectivity) -> None:
@@ -180,10 +203,13 @@ class Balancer(ConnectionLifecycle, EndpointHealth, AtomicAnswers):
                 self.telemetry.disconnected(endpoint.address, len(self._endpoints))
             if state is IDLE and connection.draining_since is None:
                 actions.append(lambda: self._transport.connect(connection))
-            if connection is endpoint.connection and (
-                state is READY or previous is READY or state is TRANSIENT_FAILURE
-            ):
-                self._rebuild_locked()
+            if connection is endpoint.connection:
+                if previous is READY and state is not READY:
+                    self._rebuild_locked()  # a pod lost leaves rotation at once
+                elif state is READY and previous is not READY:
+                    self._refresh_locked()  # a pod gained joins with the next batch
+                elif state is TRANSIENT_FAILURE and not self._any_ready:
+                    self._rebuild_locked()  # calls queue only on pods still connecting
         self._run(actions)
 
     def _request_resolution_locked(self) -> None:
@@ -191,35 +217,6 @@ class Balancer(ConnectionLifecycle, EndpointHealth, AtomicAnswers):
         self._wake_later = True
 
     # --- picking ----------------------------------------------------------------
-
-    def _rebuild_locked(self) -> None:
-        members = [self._endpoints[a] for a in sorted(self._endpoints)]
-        # Active health (gRFC A17): an unhealthy pod leaves rotation as an ejected one does.
-        healthy = [e for e in members if not e.outlier.ejected and e.health not in UNHEALTHY]
-        panic = bool(members) and len(healthy) * 100 < self.settings.panic_threshold * len(members)
-        if panic != self.panic:
-            (log.warning if panic else log.info)(
-                "grpclb %s: panic mode %s (%d of %d pods usable)",
-                self.target.text,
-                "entered" if panic else "left",
-                len(healthy),
-                len(members),
-            )
-        self.panic = panic
-        candidates = members if self.panic else healthy
-        if members and not candidates:
-            # Every pod is ejected (a scale-down can leave only ejected ones): ejection
-            # must never empty the set, so those not unhealthy serve again.
-            candidates = [e for e in members if e.health not in UNHEALTHY]
-        # "The subchannel will stay in state CONNECTING until it receives the first
-        # health-check response" - A17: a pod awaiting its answer is not READY yet.
-        usable = [e for e in candidates if e.state is READY and e.health != PENDING]
-        self._holding = not usable and self._holds_calls_locked(candidates)
-        if not usable and not self._holding:  # nothing connected: queue on pods that may connect
-            usable = [e for e in candidates if e.state is not TRANSIENT_FAILURE] or candidates
-        weights, self._ramp_due = self._slow_start.weights(usable, self._clock())
-        self._snapshot = (self._pickers.build(members, usable, weights), usable)
-        self._wake_later = True
 
     def _holds_calls_locked(self, candidates: Sequence[Endpoint]) -> bool:
         """Whether calls wait for a first READY pod rather than queue on a connecting one.
@@ -411,7 +408,12 @@ class Balancer(ConnectionLifecycle, EndpointHealth, AtomicAnswers):
                 if self._ramp_due is not None:
                     due.append(self._ramp_due)
             due += self._age_connections_locked(now, actions)
-        self._run(actions)
+            if self._stale:
+                self._rebuild_locked()
+        table_due = self._advance_table(now)  # off the lock; installs under it when done
+        if table_due is not None:
+            due.append(table_due)  # more of the table to build, or the next one
+        self._run(actions)  # after the table: a new snapshot wakes waiting calls now
         return min(due)
 
     def _start_ramp_locked(self, endpoint: Endpoint) -> None:
@@ -458,9 +460,9 @@ class Balancer(ConnectionLifecycle, EndpointHealth, AtomicAnswers):
 
     def endpoint_stats(self) -> tuple[EndpointStats, ...]:
         with self._lock:
-            members = [self._endpoints[a] for a in sorted(self._endpoints)]
-            rows = [*members, *self._departed]
-            return endpoint_rows(rows, self._clock(), self._slow_start.weight_of)
+            return endpoint_rows(
+                [*self._members, *self._departed], self._clock(), self._slow_start.weight_of
+            )
 
     def stats(self) -> ChannelStats:
         return channel_stats(self, self.endpoint_stats())
@@ -479,6 +481,7 @@ class Balancer(ConnectionLifecycle, EndpointHealth, AtomicAnswers):
                 endpoint.removed = True
                 endpoint.connection = endpoint.replacement = None
             self._endpoints.clear()
+            self._members = []
             self._departed.clear()
             self._snapshot = (NO_PICKER, ())
             return connections

@@ -14,12 +14,13 @@ service sends a given key to the same pod.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import sys
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from itertools import chain, cycle, islice
-from typing import Protocol
+from typing import Protocol, TypeVar, cast
 
 __all__ = ["HashTable", "MaglevTable", "RingHashTable", "hash_key", "is_prime"]
 
@@ -81,9 +82,26 @@ class HashTable(Protocol):
         ...
 
 
-def _sorted_order(addresses: Sequence[str]) -> list[int]:
-    """Caller indices in address order, so tables never depend on input order."""
-    return sorted(range(len(addresses)), key=lambda i: (addresses[i], i))
+T = TypeVar("T")
+
+
+def _run(steps: Generator[None, None, T]) -> T:
+    """Run a sliced build to its end; its value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return cast("T", done.value)
+
+
+def _sorted_order(addresses: Sequence[str | None]) -> list[int]:
+    """Caller indices of the present addresses in address order (holes, None, left out).
+
+    Tables never depend on input order, only on the set of addresses; an index is
+    the slot the caller gave the address, which is what a table's walk returns.
+    """
+    present = [i for i, a in enumerate(addresses) if a is not None]
+    return sorted(present, key=lambda i: (addresses[i], i))
 
 
 def _ring_positions(address: str, count: int) -> array[int]:
@@ -106,27 +124,123 @@ class RingHashTable:
     Unlike Envoy, which scales points so the whole ring has a fixed size (and so
     moves every host's points when one joins), each endpoint's points depend only
     on its address: a joining endpoint takes keys only for itself, and a leaving
-    one gives back only its own.
+    one gives back only its own. That is also what lets ``updated`` change the
+    ring for the pods that changed, in time proportional to them (plus one copy
+    of the ring's arrays), instead of hashing and sorting the whole fleet again.
+
+    ``addresses`` is indexed by slot: a walk yields slots, and None is an empty
+    slot (a pod that left, whose slot a later pod may take).
     """
 
-    __slots__ = ("_count", "_owners", "_positions")
+    __slots__ = ("_addresses", "_count", "_owners", "_points", "_positions")
 
-    def __init__(self, addresses: Sequence[str], points_per_endpoint: int = 1024) -> None:
+    def __init__(self, addresses: Sequence[str | None], points_per_endpoint: int = 1024) -> None:
+        built = _run(RingHashTable.steps(addresses, points_per_endpoint))
+        self._set(built._addresses, built._points, built._positions, built._owners)
+
+    @staticmethod
+    def steps(
+        addresses: Sequence[str | None], points_per_endpoint: int = 1024, batch: int = 32
+    ) -> Generator[None, None, RingHashTable]:
+        """Build the ring, yielding between slices of work (``batch`` pods); returns it.
+
+        Each batch's points are sorted apart (a sort holds the interpreter, so it is
+        kept small) and the sorted batches are merged lazily, so no step holds the
+        interpreter for long however big the fleet.
+        """
         if points_per_endpoint < 1:
             raise ValueError(f"points_per_endpoint must be >= 1, got {points_per_endpoint}")
+        addresses = tuple(addresses)
         order = _sorted_order(addresses)
-        # Pack (position, address rank) into one int: a single sort then orders the
-        # ring by position and breaks the (astronomically rare) ties by address.
-        packed: list[int] = []
-        for rank, index in enumerate(order):
-            packed.extend(
-                [(p << 32) | rank for p in _ring_positions(addresses[index], points_per_endpoint)]
-            )
-        packed.sort()
-        self._positions = array("Q", [p >> 32 for p in packed])
-        owners = array("I", [order[p & 0xFFFFFFFF] for p in packed])
-        self._owners = memoryview(owners).toreadonly()
-        self._count = len(addresses)
+        # Pack (position, address rank) into one int: sorting then orders the ring
+        # by position and breaks the (astronomically rare) ties by address.
+        runs: list[list[int]] = []
+        for first in range(0, len(order), batch):
+            packed: list[int] = []
+            for rank in range(first, min(first + batch, len(order))):
+                address = addresses[order[rank]]
+                assert address is not None
+                packed.extend(
+                    [(p << 32) | rank for p in _ring_positions(address, points_per_endpoint)]
+                )
+            packed.sort()
+            runs.append(packed)
+            yield
+        positions, owners = array("Q"), array("I")
+        merged = heapq.merge(*runs)
+        while True:
+            chunk = list(islice(merged, 1 << 16))
+            if not chunk:
+                break
+            positions.extend([p >> 32 for p in chunk])
+            owners.extend([order[p & 0xFFFFFFFF] for p in chunk])
+            yield
+        result = RingHashTable.__new__(RingHashTable)
+        result._set(addresses, points_per_endpoint, positions, owners)
+        return result
+
+    def _set(
+        self,
+        addresses: tuple[str | None, ...],
+        points: int,
+        positions: array[int],
+        owners: array[int] | memoryview,
+    ) -> None:
+        self._addresses = addresses
+        self._points = points
+        self._positions = positions
+        self._owners = owners if isinstance(owners, memoryview) else memoryview(owners).toreadonly()
+        self._count = sum(a is not None for a in addresses)
+
+    @property
+    def addresses(self) -> tuple[str | None, ...]:
+        """The address in each slot (None: empty), as the table was built for."""
+        return self._addresses
+
+    def updated(self, addresses: Sequence[str | None]) -> RingHashTable:
+        """The table for a new slot assignment, equal to ``RingHashTable(addresses, points)``.
+
+        Only the slots whose address changed are hashed; the new ring is the old
+        one with their points cut out and spliced in (bisect per point, then one
+        copy of the arrays), so one pod replaced at 1,000 pods costs milliseconds
+        where a full build costs a second.
+        """
+        new = tuple(addresses)
+        old = self._addresses
+        width = max(len(old), len(new))
+        changed = [
+            i
+            for i in range(width)
+            if (old[i] if i < len(old) else None) != (new[i] if i < len(new) else None)
+        ]
+        positions, owners = self._positions, self._owners
+        cut: list[int] = []  # indices of the ring to drop
+        for slot in changed:
+            address = old[slot] if slot < len(old) else None
+            if address is None:
+                continue
+            for p in _ring_positions(address, self._points):
+                i = bisect_left(positions, p)
+                while owners[i] != slot:  # ties: the entry at p owned by this slot
+                    i += 1
+                cut.append(i)
+        added: list[tuple[int, str, int]] = []  # (position, address, slot)
+        for slot in changed:
+            address = new[slot] if slot < len(new) else None
+            if address is not None:
+                added.extend((p, address, slot) for p in _ring_positions(address, self._points))
+        added.sort()
+        # Where each added point goes in the old ring: after every entry at a lower
+        # position and, at equal positions, after the lower addresses (a fresh build's order).
+        spliced: list[tuple[int, int, int]] = []  # (old index, position, slot)
+        for p, address, slot in added:
+            i = bisect_left(positions, p)
+            while i < len(positions) and positions[i] == p and (old[owners[i]] or "") < address:
+                i += 1
+            spliced.append((i, p, slot))
+        result = RingHashTable.__new__(RingHashTable)
+        result._set(new, self._points, *_splice(positions, owners, sorted(cut), spliced))
+        return result
 
     def walk(self, request_hash: int) -> Iterator[int]:
         owners = self._owners
@@ -145,6 +259,39 @@ class RingHashTable:
         return f"<RingHashTable [{self._count} endpoints, {self.size} points]>"
 
 
+def _splice(
+    positions: array[int],
+    owners: memoryview,
+    cut: list[int],
+    spliced: list[tuple[int, int, int]],
+) -> tuple[array[int], array[int]]:
+    """New ring arrays: ``positions``/``owners`` without the ``cut`` indices (sorted), with
+    ``spliced`` (old index to insert before, position, owner; sorted) put in place.
+
+    Runs of untouched entries are copied as slices, so the Python-level work is
+    proportional to the changed points, not to the ring.
+    """
+    new_positions, new_owners = array("Q"), array("I")
+    # Byte views: array.frombytes copies a run in one memcpy.
+    pos_bytes, own_bytes = memoryview(positions).cast("B"), owners.cast("B")
+    pw, ow = positions.itemsize, owners.itemsize
+    start = 0
+    events = sorted([(i, 1, 0, 0) for i in cut] + [(i, 0, p, o) for i, p, o in spliced])
+    for index, is_cut, position, owner in events:
+        if index > start:
+            new_positions.frombytes(pos_bytes[start * pw : index * pw])
+            new_owners.frombytes(own_bytes[start * ow : index * ow])
+            start = index
+        if is_cut:
+            start = index + 1
+        else:  # an insertion sorts before a cut at the same index: it precedes that entry
+            new_positions.append(position)
+            new_owners.append(owner)
+    new_positions.frombytes(pos_bytes[start * pw :])
+    new_owners.frombytes(own_bytes[start * ow :])
+    return new_positions, new_owners
+
+
 def _maglev_hashes(address: str, table_size: int) -> tuple[int, int]:
     """(offset, skip) of the address's preference permutation."""
     digest = hashlib.blake2b(address.encode(), digest_size=16).digest()
@@ -160,42 +307,71 @@ class MaglevTable:
     Near-perfect balance (each endpoint owns M/N or M/N + 1 slots) and O(1)
     lookup, at the price of slightly more than the minimal disruption when the
     endpoint set changes.
+
+    The table is a function of the set of addresses only, so every client
+    agrees on it; it cannot be patched for the pods that changed without
+    depending on history. ``MaglevTable.steps`` builds it in slices instead, so a
+    caller can build it off its lock, a few milliseconds at a time.
+    ``addresses`` is indexed by slot, None an empty slot, as for the ring.
     """
 
-    __slots__ = ("_count", "_table")
+    __slots__ = ("_addresses", "_count", "_table")
+    _addresses: tuple[str | None, ...]
+    _count: int
+    _table: memoryview
 
-    def __init__(self, addresses: Sequence[str], table_size: int = 65537) -> None:
-        n = len(addresses)
+    def __init__(self, addresses: Sequence[str | None], table_size: int = 65537) -> None:
+        built = _run(MaglevTable.steps(addresses, table_size))
+        self._addresses, self._count, self._table = built._addresses, built._count, built._table
+
+    @staticmethod
+    def steps(
+        addresses: Sequence[str | None], table_size: int = 65537, slice_claims: int = 4096
+    ) -> Generator[None, None, MaglevTable]:
+        """Build the table, yielding after every ``slice_claims`` claims; returns it."""
+        addresses = tuple(addresses)
+        order = _sorted_order(addresses)
+        n = len(order)
         # "M must be a prime number so that all values of skip are relatively prime to it." - §3.4
         if not is_prime(table_size) or table_size <= n:
             raise ValueError(
                 f"maglev table_size={table_size} must be a prime larger than the "
                 f"number of endpoints ({n})"
             )
-        self._count = n
+        result = MaglevTable.__new__(MaglevTable)
+        result._addresses, result._count = addresses, n
         if n == 0:
-            self._table = memoryview(b"")
-            return
-        order = _sorted_order(addresses)
+            result._table = memoryview(b"")
+            return result
         size = table_size
-        hashes = [_maglev_hashes(addresses[index], size) for index in order]
+        hashes = [_maglev_hashes(addresses[index] or "", size) for index in order]
         cursor = [offset for offset, _ in hashes]  # where each endpoint's next probe starts
         turns = [(rank, order[rank], skip) for rank, (_, skip) in enumerate(hashes)]
         taken = bytearray(size)
-        table = array("H" if n <= 0xFFFF else "I", [0]) * size
+        table = array("H" if len(addresses) <= 0xFFFF else "I", [0]) * size
         # Endpoints take turns in address order, each claiming the next empty slot of its
         # preference list, permutation[i][j] = (offset + j * skip) mod M, walked incrementally
         # from its cursor; M claims fill the table.
-        for rank, index, skip in islice(cycle(turns), size):
-            c = cursor[rank]
-            while taken[c]:
-                c += skip
-                if c >= size:
-                    c -= size
-            taken[c] = 1
-            table[c] = index
-            cursor[rank] = c
-        self._table = memoryview(table).toreadonly()
+        claims = cycle(turns)
+        for done in range(0, size, slice_claims):
+            if done:
+                yield
+            for rank, index, skip in islice(claims, min(slice_claims, size - done)):
+                c = cursor[rank]
+                while taken[c]:
+                    c += skip
+                    if c >= size:
+                        c -= size
+                taken[c] = 1
+                table[c] = index
+                cursor[rank] = c
+        result._table = memoryview(table).toreadonly()
+        return result
+
+    @property
+    def addresses(self) -> tuple[str | None, ...]:
+        """The address in each slot (None: empty), as the table was built for."""
+        return self._addresses
 
     def walk(self, request_hash: int) -> Iterator[int]:
         table = self._table

@@ -19,10 +19,10 @@ import random
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from grpclb.core.hashing import HashTable, MaglevTable, RingHashTable, next_prime
+from grpclb.core.hashing import HashTable
 
 if TYPE_CHECKING:
-    from grpclb.config.settings import Settings
+    pass
 
 log = logging.getLogger("grpclb")
 
@@ -54,6 +54,7 @@ class PickableEndpoint(Protocol):
 
 
 E = TypeVar("E", bound=PickableEndpoint)
+T = TypeVar("T")
 E_co = TypeVar("E_co", bound=PickableEndpoint, covariant=True)
 
 
@@ -217,6 +218,11 @@ class HashPicker(Generic[E]):
     Keeping unusable endpoints in the table means a flapping connection does not
     move anyone else's keys: its own keys fall through to the next entry of the
     table's walk while it is down and come back when it recovers.
+
+    ``endpoints`` is indexed like the table's walk (by slot); an empty slot is
+    None. ``spread`` is where calls without a key go: by default the usable
+    endpoints of the table, but the balancer passes every usable pod, so a pod
+    the table does not hold yet (it is being rebuilt) serves keyless calls.
     """
 
     __slots__ = ("_endpoints", "_max_steps", "_random", "_table", "_usable", "_usable_endpoints")
@@ -224,9 +230,10 @@ class HashPicker(Generic[E]):
     def __init__(
         self,
         table: HashTable,
-        endpoints: Sequence[E],
+        endpoints: Sequence[E | None],
         usable: Sequence[bool],
         rng: random.Random,
+        spread: Sequence[E] | None = None,
     ) -> None:
         if len(usable) != len(endpoints):
             raise ValueError(
@@ -235,10 +242,12 @@ class HashPicker(Generic[E]):
             )
         self._table = table
         self._endpoints = tuple(endpoints)
-        self._usable = tuple(bool(u) for u in usable)
-        self._usable_endpoints = tuple(
-            e for e, u in zip(self._endpoints, self._usable, strict=True) if u
+        self._usable = tuple(
+            bool(u) and e is not None for e, u in zip(endpoints, usable, strict=True)
         )
+        if spread is None:
+            spread = [e for e, u in zip(self._endpoints, self._usable, strict=True) if u and e]
+        self._usable_endpoints = tuple(spread)
         # A full cycle of the table visits every endpoint index; never walk further.
         self._max_steps = max(table.size, len(self._endpoints))
         self._random = rng.random
@@ -260,8 +269,8 @@ class HashPicker(Generic[E]):
 
     def __repr__(self) -> str:
         return (
-            f"<HashPicker [{len(self._usable_endpoints)}/{len(self._endpoints)} usable, "
-            f"{self._table!r}]>"
+            f"<HashPicker [{sum(self._usable)}/{sum(e is not None for e in self._endpoints)} "
+            f"usable, {self._table!r}]>"
         )
 
 
@@ -296,73 +305,3 @@ class _NoPicker:
 
 
 NO_PICKER: Picker[Any] = _NoPicker()
-
-
-def maglev_size(configured: int, pods: int) -> int:
-    """The configured table size, or a larger prime when the pods outgrow it.
-
-    "M should be much larger than N" (Maglev, section 3.4): a table no larger
-    than the pod set cannot give every pod an entry, so rather than fail every
-    call it grows to the next prime above 100 entries per pod, and says so.
-    """
-    if configured > pods:
-        return configured
-    size = next_prime(100 * pods + 1)
-    log.warning(
-        "grpclb: maglev_table_size=%d is too small for %d pods; using %d", configured, pods, size
-    )
-    return size
-
-
-class PickerFactory(Generic[E]):
-    """Turns the configured policy and a snapshot into a picker.
-
-    The hash table of ring_hash/maglev is built over every member, usable or
-    not, and only when membership changes, so a connection that flaps moves
-    no keys and costs no rebuild.
-    """
-
-    def __init__(self, settings: Settings, rng: random.Random) -> None:
-        self._settings = settings
-        self._rng = rng
-        self._table: tuple[tuple[str, ...], HashTable] | None = None
-
-    def build(
-        self, members: Sequence[E], usable: Sequence[E], weights: Sequence[float] | None = None
-    ) -> Picker[E]:
-        """``weights`` (one per usable endpoint, slow start) are given only when they differ."""
-        s = self._settings
-        if not usable:
-            return NO_PICKER
-        if weights is not None and s.policy in ("round_robin", "least_request", "random"):
-            return self._weighted(usable, weights)
-        if s.policy == "round_robin":
-            return RoundRobinPicker(usable, self._rng)
-        if s.policy == "least_request":
-            return LeastRequestPicker(usable, self._rng, s.choice_count)
-        if s.policy == "random":
-            return RandomPicker(usable, self._rng)
-        if s.policy == "pick_first":
-            return PickFirstPicker(usable)
-        addresses = tuple(e.address for e in members)
-        if self._table is None or self._table[0] != addresses:
-            table: HashTable = (
-                RingHashTable(addresses, s.ring_points_per_endpoint)
-                if s.policy == "ring_hash"
-                else MaglevTable(addresses, maglev_size(s.maglev_table_size, len(addresses)))
-            )
-            self._table = (addresses, table)
-        in_use = set(map(id, usable))
-        return HashPicker(self._table[1], members, [id(e) in in_use for e in members], self._rng)
-
-    def _weighted(self, usable: Sequence[E], weights: Sequence[float]) -> Picker[E]:
-        from grpclb.core import weighted  # weighted imports this module's types
-
-        policy = self._settings.policy
-        if policy == "round_robin":
-            return weighted.EdfRoundRobinPicker(usable, weights, self._rng)
-        if policy == "least_request":
-            return weighted.WeightedLeastRequestPicker(
-                usable, weights, self._rng, self._settings.choice_count
-            )
-        return weighted.WeightedRandomPicker(usable, weights, self._rng)

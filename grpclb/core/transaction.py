@@ -102,11 +102,26 @@ class Rollback:
     connections: list[_ConnectionState] = field(default_factory=list)
 
     # The balancer's own fields an answer replaces or mutates in place.
-    FIELDS = ("_endpoints", "_departed", "_records", "_snapshot", "panic", "_holding")
+    FIELDS = (
+        "_endpoints",
+        "_departed",
+        "_records",
+        "_members",
+        "_snapshot",
+        "_stale",
+        "_any_ready",
+        "panic",
+        "_holding",
+        "resolved_pods",
+    )
 
     @classmethod
     def capture(cls, balancer: Balancer) -> Rollback:
         saved = cls({name: _copy(getattr(balancer, name)) for name in cls.FIELDS})
+        # The picker factory's slots and table follow membership: saved whole.
+        saved.balancer_fields["_pickers.__dict__"] = {
+            k: _copy(v) for k, v in vars(balancer._pickers).items()
+        }
         for endpoint in [*balancer._endpoints.values(), *balancer._departed]:
             saved.endpoints.append(
                 _EndpointState(
@@ -136,7 +151,10 @@ class Rollback:
         for connection in dialled:
             connection.closing = True  # never pickable: its endpoint is forgotten below
         for name, value in self.balancer_fields.items():
-            setattr(balancer, name, value)
+            if name == "_pickers.__dict__":
+                vars(balancer._pickers).update(value)
+            else:
+                setattr(balancer, name, value)
         for s in self.endpoints:
             e = s.endpoint
             e.removed, e.connection, e.replacement = s.removed, s.connection, s.replacement

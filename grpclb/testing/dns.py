@@ -186,11 +186,13 @@ class DnsServer:
         Path(tmp).write_text("".join(lines))
         os.replace(tmp, self._hosts_path())  # dnsmasq never reads half a file
 
-    def set_records(self, name: str, addresses: Sequence[str]) -> None:
+    def set_records(self, name: str, addresses: Sequence[str], *, wait: bool = True) -> None:
         """Replaces ``name``'s A/AAAA records; ``[]`` makes the name NXDOMAIN.
 
         Returns once the server answers the new set (bounded wait); while the
-        server is stopped the records are kept for the next start.
+        server is stopped the records are kept for the next start. ``wait=False``
+        returns once dnsmasq is told to reload: a benchmark replacing pods in a big
+        fleet must not spend its own CPU parsing answers of a thousand records.
         """
         name = name.rstrip(".").lower()
         if not name or any(c.isspace() or c == "#" for c in name):
@@ -208,6 +210,8 @@ class DnsServer:
                 return
             assert self._proc is not None
             self._proc.send_signal(signal.SIGHUP)
+            if not wait:
+                return
             # An empty set must read as NXDOMAIN (None), not as an empty answer.
             want = _sorted_addresses(addrs) or None
             deadline = time.monotonic() + RELOAD_TIMEOUT_S
@@ -279,10 +283,11 @@ class DnsServer:
 def _query(
     host: str, port: int, name: str, rdtype: str, timeout: float
 ) -> dns.message.Message | None:
-    """One UDP query; None when nothing answers in time."""
+    """One query over UDP, again over TCP when the answer is truncated (a big fleet's
+    answer does not fit a datagram); None when nothing answers in time."""
     query = dns.message.make_query(name, dns.rdatatype.from_text(rdtype))
     try:
-        return dns.query.udp(query, host, port=port, timeout=timeout)
+        return dns.query.udp_with_fallback(query, host, port=port, timeout=timeout)[0]
     except (dns.exception.Timeout, ConnectionRefusedError):
         return None
 

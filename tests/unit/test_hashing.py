@@ -280,3 +280,79 @@ def test_maglev_empty() -> None:
     assert empty.size == 0
     assert repr(empty) == "<MaglevTable [0 endpoints, 0 slots]>"
     assert repr(MaglevTable(addresses(2), 13)) == "<MaglevTable [2 endpoints, 13 slots]>"
+
+
+# --- incremental and sliced builds ---
+
+
+def ring_arrays(table: RingHashTable) -> tuple[bytes, bytes]:
+    return table._positions.tobytes(), bytes(table._owners)
+
+
+def test_a_ring_updated_for_the_changed_pods_equals_a_ring_built_whole() -> None:
+    rng = random.Random(5)
+    pool = addresses(80)
+    slots: list[str | None] = list(pool[:40])
+    table = RingHashTable(slots, 64)
+    for _ in range(12):  # replace, remove (a hole), add in a hole or at the end
+        slots = list(slots)
+        for _ in range(rng.randrange(1, 4)):
+            i = rng.randrange(len(slots))
+            slots[i] = None if rng.random() < 0.3 else pool[40 + rng.randrange(40)]
+        slots = [a if slots.count(a) == 1 or a is None else None for a in slots]
+        if rng.random() < 0.3:
+            slots.append(pool[rng.randrange(80)] if None in slots else None)
+            slots = [a if slots.count(a) == 1 or a is None else None for a in slots]
+        updated = table.updated(slots)
+        assert ring_arrays(updated) == ring_arrays(RingHashTable(slots, 64))
+        assert updated.addresses == tuple(slots)
+        table = updated
+
+
+def test_a_ring_tie_is_broken_by_address_in_an_update_as_in_a_full_build(monkeypatch) -> None:
+    import grpclb.core.hashing as hashing
+
+    # Every pod's points collide: the order of equal positions is the address order.
+    monkeypatch.setattr(hashing, "_ring_positions", lambda a, n: hashing.array("Q", [7] * n))
+    full = RingHashTable(["b", "d", "a"], 2)
+    assert ring_arrays(RingHashTable(["b", None, "a"], 2).updated(["b", "d", "a"])) == ring_arrays(
+        full
+    )
+    assert list(full.walk(7))[:6] == [2, 2, 0, 0, 1, 1]
+
+
+def test_sliced_builds_equal_one_shot_builds_and_yield_often() -> None:
+    addrs: list[str | None] = list(addresses(100))
+    addrs[3] = None
+    steps = RingHashTable.steps(addrs, 32, batch=8)
+    slices = 0
+    while True:
+        try:
+            next(steps)
+            slices += 1
+        except StopIteration as done:
+            ring = done.value
+            break
+    assert slices >= 100 // 8
+    assert ring_arrays(ring) == ring_arrays(RingHashTable(addrs, 32))
+    maglev_steps = MaglevTable.steps(addrs, 1009, slice_claims=100)
+    slices = 0
+    while True:
+        try:
+            next(maglev_steps)
+            slices += 1
+        except StopIteration as done:
+            maglev = done.value
+            break
+    assert slices == 1009 // 100
+    assert list(maglev.walk(0)) == list(MaglevTable(addrs, 1009).walk(0))
+
+
+def test_a_table_with_empty_slots_maps_keys_as_one_built_without_them() -> None:
+    addrs = addresses(20)
+    holed: list[str | None] = [None, *addrs[:10], None, *addrs[10:]]
+    for build in (lambda a: RingHashTable(a, 64), lambda a: MaglevTable(a, 1009)):
+        compact, sparse = build(addrs), build(holed)
+        assert [addrs[next(compact.walk(h))] for h in KEYS] == [
+            holed[next(sparse.walk(h))] for h in KEYS
+        ]

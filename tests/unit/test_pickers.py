@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from math import comb
+from typing import Any
 
 import pytest
 
@@ -355,13 +356,17 @@ def test_pick_avoiding_with_hash_retries_elsewhere() -> None:
 
 def test_a_maglev_table_outgrown_by_its_pods_grows_to_a_prime() -> None:
     from grpclb.config.settings import Settings
+    from grpclb.core.factory import PickerFactory, maglev_size
     from grpclb.core.hashing import is_prime
-    from grpclb.core.pickers import PickerFactory, maglev_size
 
     assert maglev_size(65537, 10) == 65537
     grown = maglev_size(3, 3)
     assert grown > 300 and is_prime(grown)
     settings = Settings.load({"policy": "maglev", "hash_key": "k", "maglev_table_size": 3})
     pods = make(3)
-    picker = PickerFactory(settings, random.Random(1)).build(pods, pods)
+    factory: PickerFactory[Any] = PickerFactory(settings, random.Random(1))
+    factory.set_members([p.address for p in pods])
+    factory.build_table_now()
+    picker = factory.build(pods, pods)
+    assert isinstance(picker, HashPicker)
     assert {picker.pick(h) for h in range(200)} == set(pods)

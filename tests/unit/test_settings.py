@@ -155,7 +155,12 @@ GOOD_ENV: dict[str, tuple[str, object]] = {
     "slow_start_window": ("30s", 30.0),
     "slow_start_aggression": ("2", 2.0),
     "slow_start_min_weight_percent": ("5", 5.0),
+    "subset_size": ("20", 20),
+    "subset_seed": ("12345", 12345),
+    "subset_client_index": ("0", 0),  # 0 is an index, not "off"
 }
+# What a setting needs beside it to be valid on its own.
+COMPANIONS: dict[str, dict[str, str]] = {"subset_client_index": {"GRPCLB_SUBSET_SIZE": "20"}}
 
 
 def test_good_env_table_covers_every_setting() -> None:
@@ -166,7 +171,7 @@ def test_good_env_table_covers_every_setting() -> None:
     ("name", "raw", "want"), [(n, *v) for n, v in GOOD_ENV.items()], ids=list(GOOD_ENV)
 )
 def test_environment_beats_default(name: str, raw: str, want: object) -> None:
-    settings = load(**{SETTINGS_BY_NAME[name].env: raw})
+    settings = load(**{SETTINGS_BY_NAME[name].env: raw}, **COMPANIONS.get(name, {}))
     assert getattr(settings, name) == want
     assert want != SETTINGS_BY_NAME[name].default
 
@@ -176,7 +181,9 @@ def test_environment_beats_default(name: str, raw: str, want: object) -> None:
 )
 def test_keyword_beats_environment(name: str, raw: str, want: object) -> None:
     default = SETTINGS_BY_NAME[name].default
-    settings = load({name: default}, **{SETTINGS_BY_NAME[name].env: raw})
+    settings = load(
+        {name: default}, **{SETTINGS_BY_NAME[name].env: raw}, **COMPANIONS.get(name, {})
+    )
     assert getattr(settings, name) == default
 
 
@@ -184,7 +191,7 @@ def test_keyword_beats_environment(name: str, raw: str, want: object) -> None:
     ("name", "raw", "want"), [(n, *v) for n, v in GOOD_ENV.items()], ids=list(GOOD_ENV)
 )
 def test_keyword_strings_parse_like_the_environment(name: str, raw: str, want: object) -> None:
-    assert getattr(load({name: raw}), name) == want
+    assert getattr(load({name: raw}, **COMPANIONS.get(name, {})), name) == want
 
 
 def test_real_process_environment_is_read_when_no_environ_is_given(
@@ -418,6 +425,12 @@ BAD: list[tuple[str, str]] = [
     ("slow_start_window", "soon"),
     ("slow_start_aggression", "0"),
     ("slow_start_min_weight_percent", "101"),
+    ("subset_size", "-2"),
+    ("subset_size", "some"),
+    ("subset_seed", "-1"),
+    ("subset_seed", "lucky"),
+    ("subset_client_index", "-1"),
+    ("subset_client_index", "3"),  # without subset_size
 ]
 BAD_IDS = [f"{n}={v}" for n, v in BAD]
 
@@ -628,3 +641,19 @@ def test_hosts_file_takes_a_path_object() -> None:
 def test_hosts_file_must_be_a_path(raw: object) -> None:
     with pytest.raises(ConfigError, match="hosts_file"):
         Settings.load({"hosts_file": raw}, environ={})
+
+
+@pytest.mark.parametrize("policy", ["ring_hash", "maglev"])
+def test_subsetting_with_consistent_hashing_is_refused_naming_both(policy: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load({"policy": policy, "hash_key": "x-user", "subset_size": 20})
+    message = str(info.value)
+    assert "keyword subset_size=20" in message and f"keyword policy={policy!r}" in message
+    assert "round_robin" in message  # the allowed policies are named
+
+
+def test_subsetting_is_off_by_default_and_a_seed_of_zero_draws_one() -> None:
+    settings = load()
+    assert settings.subset_size is None and settings.subset_seed is None
+    assert load({"subset_size": 0}).subset_size is None  # 0 is off, as elsewhere
+    assert load({"subset_seed": 0}).subset_seed is None
