@@ -30,10 +30,11 @@ from collections import Counter
 from typing import Any
 
 RUN_LIMIT_S = 90.0  # one run's child process, from start to its report
-KILL_AFTER_STARTED = 20  # calls the victim has started when it is killed
 
 
-async def scenario(where: str, victim: str, victim_pid: int, calls: int, budget: float) -> Any:
+async def scenario(
+    where: str, victim: str, victim_pid: int, calls: int, budget: float, kill_after: int
+) -> Any:
     """One run, in the child: returns what the run saw, as a JSON-able dict."""
     import grpc
     import grpc.aio
@@ -41,11 +42,11 @@ async def scenario(where: str, victim: str, victim_pid: int, calls: int, budget:
     import grpclb.aio
     from grpclb.testing import echo_pb2, echo_pb2_grpc
 
-    control = echo_pb2_grpc.ControlStub(grpc.insecure_channel(victim))
+    control = echo_pb2_grpc.ControlStub(grpc.insecure_channel(victim))  # type: ignore[no-untyped-call]
 
     def kill_once_serving() -> int:
         deadline = time.monotonic() + 20
-        while (started := control.GetStats(echo_pb2.Empty(), timeout=2).calls) < KILL_AFTER_STARTED:
+        while (started := control.GetStats(echo_pb2.Empty(), timeout=2).calls) < kill_after:
             if time.monotonic() > deadline:
                 raise RuntimeError("the victim never served")
             time.sleep(0.002)
@@ -69,7 +70,7 @@ async def scenario(where: str, victim: str, victim_pid: int, calls: int, budget:
             if time.monotonic() > limit:
                 raise RuntimeError("the pods never became ready")
             await asyncio.sleep(0.01)
-        echo = echo_pb2_grpc.EchoStub(channel)
+        echo = echo_pb2_grpc.EchoStub(channel)  # type: ignore[no-untyped-call]
         started = time.monotonic()
         pending = [echo.Unary(echo_pb2.EchoRequest(sleep_ms=80), timeout=30) for _ in range(calls)]
         on_victim = channel.stats().by_address()[victim].calls  # picks happen at creation
@@ -94,19 +95,21 @@ async def scenario(where: str, victim: str, victim_pid: int, calls: int, budget:
 
 
 def child(argv: list[str]) -> None:
-    where, victim, pid, calls, budget = argv
-    found = asyncio.run(scenario(where, victim, int(pid), int(calls), float(budget)))
+    where, victim, pid, calls, budget, kill_after = argv
+    found = asyncio.run(
+        scenario(where, victim, int(pid), int(calls), float(budget), int(kill_after))
+    )
     print(json.dumps(found), flush=True)
 
 
-def one_run(dns: Any, calls: int, budget: float) -> dict[str, Any]:
+def one_run(dns: Any, calls: int, budget: float, kill_after: int) -> dict[str, Any]:
     """Start three process pods, run the scenario in a child process, stop the pods."""
     from grpclb.testing import SERVICE_NAME, PodFleet
 
     fleet = PodFleet(3, processes=True)
     try:
         dns.set_records(SERVICE_NAME, [p.host for p in fleet])
-        victim = fleet[2]
+        victim: Any = fleet[2]  # a ProcessPod: it has a pid
         command = [
             sys.executable,
             __file__,
@@ -116,6 +119,7 @@ def one_run(dns: Any, calls: int, budget: float) -> dict[str, Any]:
             str(victim.pid),
             str(calls),
             str(budget),
+            str(kill_after),
         ]
         try:
             done = subprocess.run(command, capture_output=True, timeout=RUN_LIMIT_S)
@@ -138,6 +142,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--budget-percent", type=float, default=100.0)
+    parser.add_argument(
+        "--kill-after", type=int, default=20, help="calls the victim has started when killed"
+    )
     args = parser.parse_args()
 
     from grpclb.testing import DnsServer
@@ -145,7 +152,7 @@ def main() -> int:
     bad = 0
     with DnsServer() as dns:
         for run in range(1, args.runs + 1):
-            found = one_run(dns, args.calls, args.budget_percent)
+            found = one_run(dns, args.calls, args.budget_percent, args.kill_after)
             bad += found["failed"] != 0
             print(f"run {run:2d}: {json.dumps(found)}", flush=True)
     print(f"runs with failed calls: {bad} of {args.runs}", flush=True)
