@@ -348,41 +348,51 @@ def test_100_callers_cancelling_bidi_writes_do_not_eject_a_healthy_pod(
 
 
 @pytest.mark.parametrize("style", ["future", "stream"])
-@pytest.mark.parametrize("situation", ["no_pods_wait_for_ready", "dns_not_answering"])
+@pytest.mark.parametrize("situation", ["pods_come", "dns_answers_late", "no_pod_ever"])
 def test_sync_future_and_stream_constructors_return_at_once_without_pods(
     pods: FleetFactory, dns_server: Any, style: str, situation: str
 ) -> None:
+    """The call returns at once, then completes when a pod comes, or fails at its deadline."""
     fleet, where = serve(pods, dns_server, 1)
     hosts = [fleet[0].host]
-    if situation == "no_pods_wait_for_ready":
-        dns_server.set_records(SERVICE_NAME, [])
-        channel = grpclb.channel(where, **FAST_DNS)
-        wait_until(lambda: channel.stats().resolutions >= 1, 5, "the empty answer")
-        unblock = threading.Timer(1.0, dns_server.set_records, (SERVICE_NAME, hosts))
-    else:
+    timeout = 1.5 if situation == "no_pod_ever" else 8.0
+    if situation == "dns_answers_late":
         pid = dns_server._proc.pid  # the harness's dnsmasq; SIGSTOP holds its answers back
         os.kill(pid, signal.SIGSTOP)
         unblock = threading.Timer(1.0, os.kill, (pid, signal.SIGCONT))
         channel = grpclb.channel(where, **FAST_DNS)
+    else:
+        dns_server.set_records(SERVICE_NAME, [])
+        channel = grpclb.channel(where, **FAST_DNS)
+        wait_until(lambda: channel.stats().resolutions >= 1, 5, "the empty answer")
+        records = hosts if situation == "pods_come" else []
+        unblock = threading.Timer(1.0, dns_server.set_records, (SERVICE_NAME, records))
     unblock.start()  # lets a constructor that blocks return, so the test ends either way
+    served: list[Any] = []
     try:
         echo = stub(channel)
         started = time.monotonic()
         if style == "future":
-            call: Any = echo.Unary.future(request(), timeout=8, wait_for_ready=True)
+            call: Any = echo.Unary.future(request(), timeout=timeout, wait_for_ready=True)
         else:
-            call = echo.ServerStream(request(count=2), timeout=8, wait_for_ready=True)
+            call = echo.ServerStream(request(count=2), timeout=timeout, wait_for_ready=True)
         took = time.monotonic() - started
-        if style == "future":
-            served = [call.result(timeout=10).pod]
-        else:
-            served = [reply.pod for reply in call]
+        try:
+            if style == "future":
+                served.append(call.result(timeout=10).pod)
+            else:
+                served.extend(reply.pod for reply in call)
+        except grpc.RpcError as error:
+            served.append(error.code())
     finally:
         unblock.join(5)
         os.kill(dns_server._proc.pid, signal.SIGCONT)
         channel.close()
     assert took < 0.5, f"the constructor blocked for {took:.2f}s"
-    assert served == [fleet[0].address] * (1 if style == "future" else 2)
+    if situation == "no_pod_ever":  # as grpcio: a wait_for_ready call waits for its deadline
+        assert served == [grpc.StatusCode.DEADLINE_EXCEEDED]
+    else:
+        assert served == [fleet[0].address] * (1 if style == "future" else 2)
 
 
 # --- aio channels dropped without close() are collected ---------------------------------------
