@@ -1,4 +1,14 @@
-"""Regression tests from a review of the call paths: each reproduced a defect, now fixed.
+"""A call's life from start to end: cancel, abandonment, retries, and the channel's own end.
+
+What a caller can rely on, in both flavours: an abandoned call is cancelled
+and released as grpcio would; a call made before the first DNS answer is
+sent once however many tasks use it; cancel() ends a call that waits for a
+pod; a cancel during a retry backoff gives the budget back; the caller's own
+errors are not charged to a pod; a dropped channel is collected; a closed
+channel opens no connection; a slow subscriber does not stall DNS refresh;
+futures and streams keep grpcio's semantics; the retry budget decides alike
+for every call style; and a connection closed under a call fails it as an
+RpcError.
 
 Real pods on 127.0.0.x and the real dnsmasq fixture, as in the other integration
 suites. Every call has a deadline, every wait a bound, and each test ends in
@@ -99,7 +109,7 @@ def calls_at_pods(fleet: PodFleet) -> int:
     return sum(p.stats().calls for p in fleet)
 
 
-# --- 1. abandoned sync calls are never cancelled ----------------------------------------------
+# --- an abandoned sync call is cancelled and released ------------------------------------------
 
 
 @pytest.mark.parametrize("style", ["stream", "future"])
@@ -126,7 +136,7 @@ def test_an_abandoned_call_is_cancelled_and_released_as_grpcio_does(
     assert at_pod == 0, "the pod still serves the abandoned call"
 
 
-# --- 2. aio: a second consumer of a call waiting for its first pod starts a second attempt ----
+# --- aio: every consumer of a call waiting for its first pod shares one attempt ----------------
 
 
 def test_aio_two_awaiters_of_a_call_made_before_the_first_answer_send_it_once(
@@ -168,7 +178,7 @@ def test_aio_bidi_reader_and_writer_tasks_share_one_stream(
     assert drive(scenario()) == (["a"], 0, 1)
 
 
-# --- 3. aio: cancel() does not reach a call another task awaits while it waits for a pod -----
+# --- aio: cancel() ends a call another task awaits while it waits for a pod --------------------
 
 
 def test_aio_cancel_ends_an_awaited_call_that_waits_for_a_pod(
@@ -193,7 +203,7 @@ def test_aio_cancel_ends_an_awaited_call_that_waits_for_a_pod(
     assert took < 0.5, took
 
 
-# --- 4. aio: cancelling during a retry backoff leaks the retry budget ------------------------
+# --- aio: a cancel during a retry backoff gives the retry budget back --------------------------
 
 
 def test_aio_cancel_during_a_retry_backoff_gives_the_retry_budget_back(
@@ -232,7 +242,7 @@ def test_aio_cancel_during_a_retry_backoff_gives_the_retry_budget_back(
     assert result == healthy.address, repr(result)
 
 
-# --- 5. the caller's own bugs are charged to the pod ------------------------------------------
+# --- the caller's own errors are not charged to the pod ----------------------------------------
 
 
 def _raising_requests() -> Any:
@@ -282,7 +292,7 @@ def test_aio_a_callers_request_iterator_error_is_not_charged_to_the_pod(
     assert (row.state, row.failures) == ("ready", 0)
 
 
-# --- 6. a sync channel dropped without close() is never collected -----------------------------
+# --- a sync channel dropped without close() is collected ---------------------------------------
 
 
 def test_a_dropped_channel_is_collected_and_its_thread_ends(
@@ -305,7 +315,7 @@ def test_a_dropped_channel_is_collected_and_its_thread_ends(
             leaked.close()
 
 
-# --- 7. a DNS answer that lands after close() opens connections nobody closes ------------------
+# --- a DNS answer that lands after close() opens no connection ---------------------------------
 
 
 def test_a_dns_answer_after_close_opens_no_connection(pods: FleetFactory, dns_server: Any) -> None:
@@ -327,7 +337,7 @@ def test_a_dns_answer_after_close_opens_no_connection(pods: FleetFactory, dns_se
     assert not opened, f"a closed channel now has pods: {rows}"
 
 
-# --- 8. a slow connectivity subscriber stalls the whole channel's maintenance ----------------
+# --- a slow connectivity subscriber does not stall the channel's maintenance -------------------
 
 
 def test_a_slow_subscriber_does_not_stall_dns_refresh(pods: FleetFactory, dns_server: Any) -> None:
@@ -354,7 +364,7 @@ def test_a_slow_subscriber_does_not_stall_dns_refresh(pods: FleetFactory, dns_se
     assert found, "a pod added to DNS was not seen within 10 refresh intervals"
 
 
-# --- 9. sync Future and stream semantics that differ from grpcio's -----------------------------
+# --- sync futures and streams keep grpcio's semantics ------------------------------------------
 
 
 def test_a_stream_done_callback_sees_the_stream_and_its_final_status(
@@ -392,7 +402,7 @@ def test_a_cancelled_future_is_done_when_cancel_returns(
     assert states == [(True, True)] * 10
 
 
-# --- 10. the retry budget asks a different question per call style ------------------------------
+# --- the retry budget asks the same question for every call style ------------------------------
 
 
 @pytest.mark.parametrize("style", ["blocking", "future", "aio"])
@@ -431,7 +441,7 @@ def test_the_retry_budget_decides_alike_for_every_call_style(
     assert served == healthy.address, repr(served)
 
 
-# --- 11. a call admitted onto a connection that its grace then closes ----------------------------
+# --- a call on a connection its grace then closes fails as an RpcError -------------------------
 
 _GRACE_CHILD = """
 import json, sys, threading, time
@@ -479,7 +489,7 @@ def test_a_call_admitted_onto_a_connection_closed_by_its_grace_fails_as_an_rpc_e
     assert escaped == {}, outcomes
 
 
-# --- pinned: right today, easy to break ---------------------------------------------------------
+# --- close() from a done-callback --------------------------------------------------------------
 
 
 def test_close_from_a_futures_done_callback_returns_promptly(
