@@ -28,6 +28,7 @@ SCENARIOS = (
     "failure",
     "hashing",
     "scale",
+    "idle",
     "hotpath",
 )
 

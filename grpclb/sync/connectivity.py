@@ -10,9 +10,9 @@ and hands each change to its callback, as ``subscribe`` would.
 The cadence follows the sweep's own CPU cost: a sweep runs every
 ``min_interval`` (20 ms, so a pod that goes away leaves rotation within a few
 tens of milliseconds) unless reading every channel costs more than ``duty`` of
-one core at that pace; then sweeps space out, but never beyond
-``max_interval``, grpcio's own polling period. New watches are read at once,
-so a new pod's first state arrives without waiting for the next sweep.
+one core at that pace (its wake-up included); then sweeps space out, but never
+beyond ``max_interval``, grpcio's own polling period. The thread ends when
+nothing is watched and starts again with the next watch.
 
 Closing is safe at any moment: nothing is left pending in grpcio (no watch
 with a deadline for ``close()`` to wait on, no flag for a thread to act on
@@ -38,7 +38,6 @@ Callback = Callable[[grpc.ChannelConnectivity], None]
 MIN_INTERVAL_S = 0.02
 MAX_INTERVAL_S = 0.2  # grpcio's polling thread wakes this often when nothing changes
 DUTY = 0.02  # at most 2 % of one core spent reading states, below MAX_INTERVAL_S
-IDLE_EXIT_S = 5.0  # the thread ends after this long with nothing to watch
 
 
 class Watch:
@@ -78,11 +77,10 @@ class ConnectivityMonitor:
         self._min_interval, self._max_interval, self._duty = min_interval, max_interval, duty
         self._cpu_clock = cpu_clock
         self._threaded = threaded  # False: only sweep() reads (tests drive it by hand)
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._watches: dict[Watch, None] = {}  # insertion-ordered set
-        self._fresh: list[Watch] = []  # watches whose first state is still owed
         self._thread: threading.Thread | None = None
-        self._sweep_cpu = 0.0  # smoothed CPU seconds of one full sweep
+        self._sweep_cpu = 0.0  # smoothed CPU seconds of one turn of the thread
         self.sweeps = 0
 
     def __repr__(self) -> str:
@@ -102,30 +100,31 @@ class ConnectivityMonitor:
     def watch(self, read: Reader, callback: Callback, label: str = "") -> Watch:
         """Start telling ``callback`` of the channel's states, the current one first."""
         watch = Watch(read, callback, label)
-        with self._cond:
+        with self._lock:
             self._watches[watch] = None
-            self._fresh.append(watch)
             self._ensure_thread_locked()
-            self._cond.notify_all()
         return watch
 
     def unwatch(self, watch: Watch) -> None:
         """Stop watching; no callback starts after this returns (one already running may end)."""
-        with self._cond:
+        with self._lock:
             watch.active = False
             self._watches.pop(watch, None)
 
     def reset_after_fork(self) -> None:
         """In a child process: the parent's channels and thread are gone; forget them."""
-        self._cond = threading.Condition()
-        self._watches, self._fresh, self._thread = {}, [], None
+        self._lock = threading.Lock()
+        self._watches, self._thread = {}, None
 
     # --- sweeping ------------------------------------------------------------------
 
     def sweep(self, watches: list[Watch] | None = None) -> int:
-        """Read the given watches (default: all) and deliver changes; return how many."""
+        """Read the given watches (default: all) and deliver changes; return how many.
+
+        Only the monitor's thread sweeps (or a test, with ``threaded=False``).
+        """
         if watches is None:
-            with self._cond:
+            with self._lock:
                 watches = list(self._watches)
         changed: list[tuple[Watch, grpc.ChannelConnectivity]] = []
         gone: list[Watch] = []
@@ -162,38 +161,28 @@ class ConnectivityMonitor:
         self._thread.start()
 
     def _run(self) -> None:
-        """The thread: first states at once, then a full sweep every ``interval``."""
+        """The thread: a sweep every ``interval`` while anything is watched.
+
+        A plain sleep, not a condition wait: each wake-up is the thread's main cost
+        when few pods are watched, and a sleep's is about half a condition's. A new
+        watch is read at the next sweep, at most ``min_interval`` away.
+        """
         me = threading.current_thread()
-        next_sweep = time.monotonic()
-        idle_since: float | None = None
+        started = self._cpu_clock()
         while True:
-            with self._cond:
+            with self._lock:
                 if self._thread is not me:
                     return  # replaced (after a fork)
-                while not self._fresh:
-                    now = time.monotonic()
-                    if not self._watches:
-                        idle_since = now if idle_since is None else idle_since
-                        if now - idle_since >= IDLE_EXIT_S:
-                            self._thread = None
-                            return
-                        self._cond.wait(timeout=IDLE_EXIT_S)
-                        continue
-                    idle_since = None
-                    if now >= next_sweep:
-                        break
-                    self._cond.wait(timeout=next_sweep - now)
-                fresh, self._fresh = self._fresh, []
-            if fresh:
-                self.sweep(fresh)
-                continue
-            started = self._cpu_clock()
+                if not self._watches:
+                    self._thread = None  # the next watch starts a new thread
+                    return
             self.sweep()
-            cost = self._cpu_clock() - started
+            now = self._cpu_clock()
+            cost, started = now - started, now  # the whole turn: sweep and wake-up
             self.sweeps += 1
             # Smoothed, so one sweep slowed by a busy moment does not stretch the cadence.
             self._sweep_cpu = cost if self.sweeps == 1 else 0.8 * self._sweep_cpu + 0.2 * cost
-            next_sweep = time.monotonic() + self.interval
+            time.sleep(self.interval)
 
 
 MONITOR = ConnectivityMonitor()

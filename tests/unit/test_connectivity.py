@@ -119,7 +119,7 @@ def test_the_cadence_keeps_sweeps_within_their_share_of_a_core(
     assert next_interval(sweep_cpu, 0.02, 0.2, 0.02) == pytest.approx(expected)
 
 
-def test_the_thread_delivers_a_new_watch_at_once_and_sweeps_on_its_cadence() -> None:
+def test_the_thread_delivers_the_first_state_then_changes_and_ends_when_unwatched() -> None:
     monitor = ConnectivityMonitor(min_interval=0.001, max_interval=0.001)
     channel = FakeChannel(State.CONNECTING)
     states = {State.CONNECTING: threading.Event(), State.READY: threading.Event()}
@@ -136,3 +136,8 @@ def test_the_thread_delivers_a_new_watch_at_once_and_sweeps_on_its_cadence() -> 
         assert repr(monitor).startswith("<ConnectivityMonitor [1 watched, every 1 ms,")
     finally:
         monitor.unwatch(watch)
+    thread = monitor._thread
+    if thread is not None:
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+    assert monitor._thread is None  # the next watch starts a new one
