@@ -113,8 +113,8 @@ def client(kind: str, n: int, port: int, seconds: float) -> dict[str, Any]:
 
         async def scenario() -> tuple[float, float, int]:
             async with grpclb.aio.channel(target) as channel:
-                await channel.channel_ready()
                 started = time.monotonic()
+                await channel.channel_ready()
                 while _grpclb_ready(channel) < n:
                     if time.monotonic() - started > READY_TIMEOUT_S:
                         raise RuntimeError(f"{_grpclb_ready(channel)} of {n} pods ready")
