@@ -30,6 +30,7 @@ SCENARIOS = (
     "scale",
     "churn",
     "fleet",
+    "idle",
     "hotpath",
 )
 

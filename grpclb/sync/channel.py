@@ -1,9 +1,10 @@
 """The sync channel: a ``grpc.Channel`` that balances each call across pods.
 
 Around the shared balancer core this module adds only what is sync-specific:
-per-pod ``grpc.Channel`` objects and their connectivity subscriptions, and one
-background thread per channel that resolves DNS on its schedule, closes
-drained connections and runs the balancer's timers.
+per-pod ``grpc.Channel`` objects, watched by the process's one connectivity
+thread (``grpclb.sync.connectivity``), and one background thread per channel
+that resolves DNS on its schedule, closes drained connections and runs the
+balancer's timers.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import grpc
 from opentelemetry.metrics import MeterProvider
 
-from grpclb._grpcio import request_connection
+from grpclb._grpcio import connectivity_reader, request_connection
 from grpclb.config.settings import Settings
 from grpclb.core.admission import wait_for_pods
 from grpclb.core.attempt import Attempt
@@ -32,6 +33,7 @@ from grpclb.resolver import RefreshSchedule, Resolver
 from grpclb.shell import ChannelOptions, ChannelShell, dial_address
 from grpclb.stats import ChannelStats, check_min_ready, enough_ready, not_ready_error
 from grpclb.sync import calls
+from grpclb.sync.connectivity import MONITOR, Watch
 from grpclb.sync.health import HealthWatch
 
 log = logging.getLogger("grpclb")
@@ -212,18 +214,19 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
 
     def watch(self, connection: Connection) -> None:
         balancer = self._balancer
-        delivered = threading.Event()
 
-        def watch(state: grpc.ChannelConnectivity) -> None:
-            try:
-                delivered.set()
-                balancer.connectivity_changed(connection, state)
-            except Exception:  # never let an exception reach grpcio's polling thread
-                log.exception("grpclb: handling a connectivity change failed")
+        def changed(state: grpc.ChannelConnectivity) -> None:
+            balancer.connectivity_changed(connection, state)
 
-        watch.delivered = delivered  # type: ignore[attr-defined]
-        connection.watcher = watch
-        connection.channel.subscribe(watch, try_to_connect=True)
+        channel = connection.channel
+        read = connectivity_reader(channel)
+        if read is None:  # pragma: no cover - grpcio changed: a polling thread per pod
+            connection.watcher = _Subscription(channel, changed)
+        else:
+            # gRPC channels start IDLE and connect only when asked; subscribe(try_to_connect)
+            # used to ask, the watch only reads.
+            self.connect(connection)
+            connection.watcher = MONITOR.watch(read, changed, connection.endpoint.address)
         if self._settings.health_check:  # gRFC A17: one Watch stream on this connection
             service = self._settings.health_check_service_name
             health = HealthWatch(connection, balancer.health_changed, _multicallable, service)
@@ -285,19 +288,22 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
         return taken
 
     def _close_in_background(self, connections: list[Connection]) -> list[threading.Thread]:
-        """grpcio's close() can wait ~0.2 s for its polling thread: close pods side by side."""
-        closers = [
-            threading.Thread(
-                target=self._close_now,
-                args=(c,),
-                daemon=True,
-                name=f"grpclb close {c.endpoint.address}",
-            )
-            for c in connections
-        ]
-        for closer in closers:
-            closer.start()
-        return closers
+        """Close pods on one short-lived thread, so no caller waits on grpcio's close().
+
+        With nothing watching through grpcio (see grpclb.sync.connectivity), a pod
+        channel's close() no longer waits for a polling thread: 1,000 close in a few
+        milliseconds one after the other, so one thread per batch is enough.
+        """
+        if not connections:
+            return []
+        closer = threading.Thread(
+            target=_close_all,
+            args=(self._close_now, connections),
+            daemon=True,
+            name=f"grpclb close {len(connections)} connections",
+        )
+        closer.start()
+        return [closer]
 
     @staticmethod
     def _close_now(connection: Connection) -> None:
@@ -309,11 +315,10 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
         if connection.health_watch is not None:
             connection.health_watch.stop()
         watcher = connection.watcher
-        if watcher is not None:
-            # grpcio's polling thread fails if the channel closes before its first check
-            # (GRPCIO_NOTES); its first delivery proves that check is done.
-            watcher.delivered.wait(timeout=2.0)
-            channel.unsubscribe(watcher)
+        if isinstance(watcher, Watch):
+            MONITOR.unwatch(watcher)  # unwatch before close; nothing is pending in grpcio
+        elif watcher is not None:  # pragma: no cover - grpcio changed
+            watcher.cancel()
         channel.close()
 
     def _deliver_connectivity(self) -> None:
@@ -361,6 +366,14 @@ def _maintain_while_alive(
                 changed.wait(timeout=wait)
 
 
+def _close_all(close: Callable[[Connection], None], connections: list[Connection]) -> None:
+    for connection in connections:
+        try:
+            close(connection)
+        except Exception:  # one failed close must not leave the others open
+            log.exception("grpclb: closing %r failed", connection)
+
+
 def _deliver(
     callbacks: list[Callable[[grpc.ChannelConnectivity], None]], state: grpc.ChannelConnectivity
 ) -> None:
@@ -373,3 +386,29 @@ def _deliver(
 
 def _ignore_state(state: grpc.ChannelConnectivity) -> None:
     """A no-op subscriber whose only purpose is try_to_connect."""
+
+
+class _Subscription:  # pragma: no cover - only when grpcio hides its core channel
+    """The public way to watch a pod channel: grpcio's ``subscribe``, a polling thread each."""
+
+    def __init__(
+        self, channel: grpc.Channel, changed: Callable[[grpc.ChannelConnectivity], None]
+    ) -> None:
+        self._channel = channel
+        self._delivered = threading.Event()
+
+        def deliver(state: grpc.ChannelConnectivity) -> None:
+            try:
+                self._delivered.set()
+                changed(state)
+            except Exception:  # never let an exception reach grpcio's polling thread
+                log.exception("grpclb: handling a connectivity change failed")
+
+        self._deliver = deliver
+        channel.subscribe(deliver, try_to_connect=True)
+
+    def cancel(self) -> None:
+        # grpcio's polling thread fails if the channel closes before its first check
+        # (GRPCIO_NOTES); its first delivery proves that check is done.
+        self._delivered.wait(timeout=2.0)
+        self._channel.unsubscribe(self._deliver)

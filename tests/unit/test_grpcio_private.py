@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 
 import grpc
 import grpc.aio
+import pytest
 from grpc import _common as grpc_common
 
 from grpclb import _grpcio
@@ -42,3 +44,18 @@ def test_finished_aio_call_status_is_readable_without_awaiting() -> None:
 
     status = asyncio.run(scenario())
     assert status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def test_sync_channel_state_is_readable_without_a_thread_and_refused_once_closed() -> None:
+    channel = grpc.insecure_channel("ipv4:127.0.0.1:1")
+    read = _grpcio.connectivity_reader(channel)
+    assert read is not None, "grpc.Channel._channel lost check_connectivity_state"
+    threads = threading.active_count()
+    try:
+        assert read() is grpc.ChannelConnectivity.IDLE  # reading does not ask to connect
+        assert threading.active_count() == threads, "reading a state started a thread"
+    finally:
+        channel.close()
+    # The connectivity monitor drops a watch whose channel was closed under it.
+    with pytest.raises(ValueError):
+        read()
