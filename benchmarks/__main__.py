@@ -23,6 +23,7 @@ SCENARIOS = (
     "overhead",
     "native",
     "proxy",
+    "hedging",
     "spread",
     "unequal",
     "failure",
