@@ -164,7 +164,8 @@ class _MultiCallable:
         compression: grpc.Compression | None,
     ) -> Any:
         """A future or a response stream; never blocks, as grpcio's never do."""
-        from grpclb.sync.replay import LogicalFuture, LogicalStream
+        from grpclb.sync.replay import LogicalFuture
+        from grpclb.sync.stream import LogicalStream
 
         deadline, wait, digest = self._prepare(timeout, metadata, wait_for_ready)
         args = (metadata, credentials, wait, compression)
