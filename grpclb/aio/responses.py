@@ -44,8 +44,24 @@ class _UnaryResponse(_Call):
         try:
             if self._run.policy.hedging:
                 response = await self._hedged()
-            else:
-                response = await self._retried()
+            else:  # retries, inline: one coroutine less on every call
+                while True:
+                    attempt = self._attempt  # the common case: started when the call was made
+                    if attempt is None:
+                        attempt = await self._started()
+                    try:
+                        response = await attempt
+                    except grpc.aio.AioRpcError as error:
+                        if await self._retry_after(error):
+                            continue
+                        raise
+                    except asyncio.CancelledError:
+                        self.cancel()  # the awaiting task was cancelled: so is the RPC
+                        raise
+                    break
+                handle = self._handle
+                if handle is not None:
+                    handle.release(_OK)  # here, not in the done-callback: one loop turn sooner
             self._outcome = (response, None)
             code = _OK
             return response
@@ -58,22 +74,6 @@ class _UnaryResponse(_Call):
             self._settle(code)
             if self._finished is not None:
                 self._finished.set()
-
-    async def _retried(self) -> Any:
-        while True:
-            attempt = self._attempt  # the common case: started when the call was made
-            if attempt is None:
-                attempt = await self._started()
-            try:
-                response = await self._on_attempt(attempt)
-            except grpc.aio.AioRpcError as error:
-                if await self._retry_after(error):
-                    continue
-                raise
-            handle = self._handle
-            if handle is not None:
-                handle.release(_OK)  # here, not in the done-callback: one loop turn sooner
-            return response
 
     async def _hedged(self) -> Any:
         """A6 hedging: attempts on distinct pods, the first final answer wins."""
