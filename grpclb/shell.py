@@ -17,7 +17,8 @@ from typing import Any
 import grpc
 from opentelemetry.metrics import MeterProvider
 
-from grpclb.config.settings import Settings, service_config_value
+from grpclb.config.service_config import service_config_value
+from grpclb.config.settings import Settings
 from grpclb.config.target import Target, parse_target
 from grpclb.core.balancer import Balancer, Clock
 from grpclb.core.retry import CallPolicy, method_policy
@@ -151,7 +152,7 @@ class ChannelShell:
     """The parts of a balancing channel that do not depend on its flavour."""
 
     _label = "grpclb"
-    _calls: ModuleType  # the flavour's call path: grpclb.calls or grpclb.aio.calls
+    _calls: ModuleType  # the flavour's multicallables: grpclb.sync.calls, grpclb.aio.multicallables
     _target: Target
     _settings: Settings
     _balancer: Balancer

@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
 
-from grpclb._grpcio import aio_finished_status, intercepted_call, interceptors_of
+from grpclb._grpcio import aio_finished_status
 from grpclb.core.admission import Metadata, request_hash
 from grpclb.core.attempt import Attempt
 from grpclb.core.retry import CallRun
@@ -39,7 +38,7 @@ from grpclb.errors import LocalRpcError
 from grpclb.telemetry import trace_retry
 
 if TYPE_CHECKING:
-    from grpclb.aio.channel import Channel
+    from grpclb.aio.multicallables import _MultiCallable
 
 log = logging.getLogger("grpclb")
 _OK = grpc.StatusCode.OK
@@ -105,116 +104,6 @@ def _spawn_release(attempt: Attempt, call: Any) -> None:
 
 def _constant(value: Any) -> Callable[[], Any]:
     return lambda: value
-
-
-class _MultiCallable:
-    _kind = ""  # the grpc.aio.Channel factory a pod's multicallable comes from
-    _replayable = True
-
-    def __init__(
-        self,
-        channel: Channel,
-        method: str,
-        serializer: Any,
-        deserializer: Any,
-        registered: bool,
-    ) -> None:
-        self._channel = channel
-        self._method = method
-        self._key = (self._kind, method, serializer, deserializer, registered)
-        self.policy = channel._policy_for(method, self._replayable)
-        self._interceptors = interceptors_of(self._kind, channel._interceptors)
-
-    def _logical(self, request: Any, kwargs: dict[str, Any]) -> Any:  # pragma: no cover
-        raise NotImplementedError
-
-    def _start(self, request: Any, kwargs: dict[str, Any]) -> Any:
-        """The logical call; with interceptors, wrapped in them once (not per attempt)."""
-        if not self._interceptors:
-            return self._logical(request, kwargs)
-        return intercepted_call(
-            self._kind,
-            self._interceptors,
-            functools.partial(self._after_interceptors, kwargs.get("compression")),
-            request,
-            self._method,
-            kwargs.get("timeout"),
-            kwargs.get("metadata"),
-            kwargs.get("credentials"),
-            kwargs.get("wait_for_ready"),
-            self._channel._ensure_started(),
-        )
-
-    def _after_interceptors(self, compression: Any, details: Any, request: Any) -> Any:
-        """The end of the interceptor chain: the logical call, as the interceptors left it."""
-        method = details.method
-        method = method.decode() if isinstance(method, bytes) else str(method)
-        owner = self
-        if method != self._method:  # an interceptor changed the method
-            _, _, serializer, deserializer, registered = self._key
-            owner = type(self)(self._channel, method, serializer, deserializer, registered)
-        kwargs = {
-            "timeout": details.timeout,
-            "metadata": details.metadata,
-            "credentials": details.credentials,
-            "wait_for_ready": details.wait_for_ready,
-        }
-        if compression is not None:
-            kwargs["compression"] = compression
-        return owner._logical(request, kwargs)
-
-    def on(self, attempt: Attempt) -> Any:
-        connection = attempt.connection
-        found = connection.multicallables.get(self._key)
-        if found is None:  # one event loop thread: no lock needed
-            kind, method, serializer, deserializer, registered = self._key
-            found = getattr(connection.channel, kind)(
-                method, serializer, deserializer, _registered_method=registered
-            )
-            connection.multicallables[self._key] = found
-        return found
-
-
-class UnaryUnary(_MultiCallable, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
-    _kind = "unary_unary"
-
-    def __call__(self, request: Any, **kwargs: Any) -> Any:
-        return self._start(request, kwargs)
-
-    def _logical(self, request: Any, kwargs: dict[str, Any]) -> Any:
-        return UnaryUnaryCall(self, request, **kwargs)
-
-
-class UnaryStream(_MultiCallable, grpc.aio.UnaryStreamMultiCallable):  # type: ignore[misc]
-    _kind = "unary_stream"
-
-    def __call__(self, request: Any, **kwargs: Any) -> Any:
-        return self._start(request, kwargs)
-
-    def _logical(self, request: Any, kwargs: dict[str, Any]) -> Any:
-        return UnaryStreamCall(self, request, **kwargs)
-
-
-class StreamUnary(_MultiCallable, grpc.aio.StreamUnaryMultiCallable):  # type: ignore[misc]
-    _kind = "stream_unary"
-    _replayable = False
-
-    def __call__(self, request_iterator: Any = None, **kwargs: Any) -> Any:
-        return self._start(request_iterator, kwargs)
-
-    def _logical(self, request: Any, kwargs: dict[str, Any]) -> Any:
-        return StreamUnaryCall(self, request, **kwargs)
-
-
-class StreamStream(_MultiCallable, grpc.aio.StreamStreamMultiCallable):  # type: ignore[misc]
-    _kind = "stream_stream"
-    _replayable = False
-
-    def __call__(self, request_iterator: Any = None, **kwargs: Any) -> Any:
-        return self._start(request_iterator, kwargs)
-
-    def _logical(self, request: Any, kwargs: dict[str, Any]) -> Any:
-        return StreamStreamCall(self, request, **kwargs)
 
 
 class _Call:
@@ -436,176 +325,3 @@ class _Call:
 
     def __repr__(self) -> str:
         return f"<grpclb.aio call {self._owner._method} attempt={self._attempt!r}>"
-
-
-class _UnaryResponse(_Call):
-    _outcome: tuple[Any, BaseException | None] | None = None
-    _finished: asyncio.Event | None = None
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._response().__await__()
-
-    async def _response(self) -> Any:
-        if self._driven:  # another task drives this call: share its outcome
-            if self._finished is None:
-                self._finished = asyncio.Event()
-            if self._outcome is None:
-                await self._finished.wait()
-        if self._outcome is not None:
-            if self._outcome[1] is not None:
-                raise self._outcome[1]
-            return self._outcome[0]
-        self._driven = True
-        code = None
-        try:
-            if self._run.policy.hedging:
-                response = await self._hedged()
-            else:
-                response = await self._retried()
-            self._outcome = (response, None)
-            code = _OK
-            return response
-        except BaseException as error:
-            if self._outcome is None:
-                self._outcome = (None, error)
-            code = error.code() if isinstance(error, grpc.aio.AioRpcError) else _CANCELLED
-            raise
-        finally:
-            self._settle(code)
-            if self._finished is not None:
-                self._finished.set()
-
-    async def _retried(self) -> Any:
-        while True:
-            attempt = self._attempt  # the common case: started when the call was made
-            if attempt is None:
-                attempt = await self._started()
-            try:
-                response = await self._on_attempt(attempt)
-            except grpc.aio.AioRpcError as error:
-                if await self._retry_after(error):
-                    continue
-                raise
-            handle = self._handle
-            if handle is not None:
-                handle.release(_OK)  # here, not in the done-callback: one loop turn sooner
-            return response
-
-    async def _hedged(self) -> Any:
-        """A6 hedging: attempts on distinct pods, the first final answer wins."""
-        run, clock = self._run, self._loop.time
-        hedging_delay = run.policy.hedging_delay or 0.0
-        changed = asyncio.Event()
-        running: dict[Any, Attempt] = {}
-
-        def track(call: Any) -> None:
-            assert self._handle is not None
-            running[call] = self._handle
-            call.add_done_callback(lambda _: changed.set())
-
-        track(await self._started())
-        next_hedge = clock() + hedging_delay
-        last: Any = None
-        try:
-            while True:
-                if run.may_hedge() and clock() >= next_hedge:
-                    attempt = self._channel._pick_hedge(self._digest, self._owner._method, run)
-                    if attempt is None:
-                        run.attempts = run.policy.max_attempts  # no budget or no pod: stop
-                    else:
-                        track(self._invoke(attempt))
-                        next_hedge = clock() + hedging_delay
-                if not running:
-                    self._attempt = last
-                    return await last  # no hedge left: the last failure stands
-                timeout = max(next_hedge - clock(), 0.0) if run.may_hedge() else None
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(changed.wait(), timeout)
-                changed.clear()
-                for call in [c for c in running if c.done()]:
-                    handle = running.pop(call)
-                    code = aio_finished_status(call) or await call.code()
-                    if code is _OK:
-                        handle.release(_OK)
-                        self._attempt, self._handle = call, handle
-                        return await call
-                    trailing = await call.trailing_metadata()
-                    final, delay = run.hedge_failed(code, _constant(trailing))
-                    last = self._attempt = call
-                    if final:
-                        return await call  # raises its error
-                    if delay is not None:
-                        next_hedge = clock() + delay  # A6: at once, or after the pushback
-        finally:
-            for call in running:
-                call.cancel()  # the losers: a cancel is no verdict on their pods
-
-    async def _wait_settled(self) -> None:
-        with contextlib.suppress(grpc.RpcError, asyncio.CancelledError):
-            await self
-
-
-class UnaryUnaryCall(_UnaryResponse, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
-    pass
-
-
-class _Writes:
-    async def write(self, request: Any) -> None:
-        call: Any = self
-        await call._on_attempt((await call._started()).write(request))
-
-    async def done_writing(self) -> None:
-        call: Any = self
-        await call._on_attempt((await call._started()).done_writing())
-
-
-class StreamUnaryCall(_Writes, _UnaryResponse, grpc.aio.StreamUnaryCall):  # type: ignore[misc]
-    pass
-
-
-class _StreamResponse(_Call):
-    _reader: AsyncIterator[Any] | None = None
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._messages()
-
-    async def read(self) -> Any:
-        if self._reader is None:
-            self._reader = self._messages()
-        try:
-            return await self._reader.__anext__()
-        except StopAsyncIteration:
-            return grpc.aio.EOF
-
-    async def _messages(self) -> AsyncIterator[Any]:
-        self._driven = True
-        received = False
-        code = None
-        try:
-            while True:
-                attempt = await self._started()
-                try:
-                    async for message in attempt:
-                        received = True
-                        yield message
-                    code = _OK
-                    return
-                except grpc.aio.AioRpcError as error:
-                    # What was read cannot be replayed: retry only before the first message.
-                    if received or not await self._retry_after(error):
-                        code = error.code()
-                        raise
-        except (asyncio.CancelledError, GeneratorExit):
-            self.cancel()  # the reader went away: so does the RPC
-            code = _CANCELLED
-            raise
-        finally:
-            self._settle(code)
-
-
-class UnaryStreamCall(_StreamResponse, grpc.aio.UnaryStreamCall):  # type: ignore[misc]
-    pass
-
-
-class StreamStreamCall(_Writes, _StreamResponse, grpc.aio.StreamStreamCall):  # type: ignore[misc]
-    pass

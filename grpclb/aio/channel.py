@@ -22,7 +22,7 @@ import grpc
 import grpc.aio
 from opentelemetry.metrics import MeterProvider
 
-from grpclb.aio import calls
+from grpclb.aio import multicallables
 from grpclb.aio.health import watch_health
 from grpclb.config.settings import Settings
 from grpclb.core.admission import wait_for_pods
@@ -94,7 +94,7 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
         self._background: set[asyncio.Task[None]] = set()
 
     _label = "grpclb.aio.Channel"
-    _calls = calls
+    _calls = multicallables
 
     def _ensure_started(self) -> asyncio.AbstractEventLoop:
         """Start background work in the running loop, on first use."""
@@ -182,7 +182,7 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._next_change(), min(left, 1.0))
 
-    # --- the call path's helpers (used by grpclb.aio.calls) ------------------------------
+    # --- the call path's helpers (used by the asyncio call path) ------------------------------
 
     def _start_now(self, digest: int | None, method: str, wait_for_ready: bool) -> Attempt | None:
         """An attempt if a pod is at hand, without waiting."""
@@ -244,7 +244,7 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
 
     def dial(self, connection: Connection) -> grpc.aio.Channel:
         self._ensure_started()  # grpc.aio channels belong to the loop that creates them
-        # No interceptors here: they run once around the logical call (grpclb.aio.calls),
+        # No interceptors here: they run once around the logical call (grpclb.aio.multicallables),
         # not once per attempt on each pod.
         address = dial_address(connection.endpoint.address)
         if self._credentials is None:

@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 
 import grpc
 
+from grpclb.config.parsing import is_off
 from grpclb.errors import ConfigError
 
 MAX_ATTEMPTS_CAP = 5  # gRFC A6: a maxAttempts above 5 is treated as 5, not rejected
@@ -390,3 +391,12 @@ def _retry_throttling(read: Reader, throttling: Mapping[str, Any]) -> RetryThrot
     if ratio <= 0:
         read.fail("retryThrottling.tokenRatio", "must be at least 0.001", raw_ratio)
     return RetryThrottling(max_tokens, ratio)
+
+
+def service_config_value(raw: object, where: str = "service_config") -> ServiceConfig | None:
+    """A parsed service config from JSON text, a dict, or one already parsed; off is None."""
+    if isinstance(raw, ServiceConfig):
+        return raw
+    if is_off(raw):
+        return None
+    return parse_service_config(raw, where)  # type: ignore[arg-type]

@@ -238,7 +238,6 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers):
         request_hash: int | None,
         avoid: Collection[Endpoint] = (),
         method: str = "",
-        *,
         retry: bool = False,
         ready_only: bool = False,
     ) -> Attempt | None:

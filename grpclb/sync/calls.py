@@ -119,6 +119,7 @@ class _MultiCallable:
         self._method = method
         self._key = (self._kind, method, request_serializer, response_deserializer, registered)
         self.policy = channel._policy_for(method, self._replayable)
+        self._timed = channel._balancer.telemetry.enabled  # records call durations
 
     def on(self, connection: Connection) -> Any:
         """The pod's own grpcio multicallable for this method, created once."""
@@ -164,7 +165,8 @@ class _MultiCallable:
         compression: grpc.Compression | None,
     ) -> Any:
         """A future or a response stream; never blocks, as grpcio's never do."""
-        from grpclb.sync.replay import LogicalFuture, LogicalStream
+        from grpclb.sync.replay import LogicalFuture
+        from grpclb.sync.stream import LogicalStream
 
         deadline, wait, digest = self._prepare(timeout, metadata, wait_for_ready)
         args = (metadata, credentials, wait, compression)
@@ -195,24 +197,30 @@ class _MultiCallable:
         compression: grpc.Compression | None,
     ) -> Any:
         deadline, wait, digest = self._prepare(timeout, metadata, wait_for_ready)
-        run = CallRun(self.policy, deadline)
-        if run.policy.hedging:  # attempts side by side: the future's machinery, waited on
+        policy = self.policy
+        if policy.hedging:  # attempts side by side: the future's machinery, waited on
             from grpclb.sync.replay import LogicalFuture
 
-            call = LogicalFuture(
-                self, run, request, digest, (metadata, credentials, wait, compression)
-            )
+            args = (metadata, credentials, wait, compression)
+            call = LogicalFuture(self, CallRun(policy, deadline), request, digest, args)
             result = call.result()
             return (result, call) if with_call else result
         channel, balancer, method = self._channel, self._balancer, self._method
-        started = time.perf_counter()
+        timed = self._timed
+        started = time.perf_counter() if timed else 0.0
+        run: CallRun | None = None  # made on the first failure: the common call never needs it
         retry = False
         while True:
-            try:
-                attempt = channel._begin(digest, deadline, wait, run.tried, method, retry)
-            except LocalRpcError as error:
-                channel._call_finished(method, error.code(), started)
-                raise
+            # The common case first: a pod at hand, no waiting, no retry to account for.
+            attempt = None if retry else balancer.start_call(digest, (), method, False, wait)
+            if attempt is None:
+                try:
+                    tried = () if run is None else run.tried
+                    attempt = channel._begin(digest, deadline, wait, tried, method, retry)
+                except LocalRpcError as error:
+                    if timed:
+                        channel._call_finished(method, error.code(), started)
+                    raise
             code = None
             try:
                 multicallable = self.on(attempt.connection)
@@ -237,16 +245,21 @@ class _MultiCallable:
                 raise
             attempt.release(code)
             if code is _OK:
-                run.succeeded()
-                channel._call_finished(method, _OK, started)
+                if policy.throttle is not None:
+                    policy.throttle.record_success()  # A6: a success earns a token back
+                if timed:
+                    channel._call_finished(method, _OK, started)
                 return result
+            if run is None:
+                run = CallRun(policy, deadline)
             # Decided after the release, as futures and aio calls do.
             run.tried.append(attempt.endpoint)
             delay = run.retry_delay(failure.code(), failure.trailing_metadata, time.monotonic())
             if delay is None or not balancer.reserve_retry():
                 if delay is not None:
                     trace_retry(failure.code(), None)  # over budget
-                channel._call_finished(method, failure.code(), started)
+                if timed:
+                    channel._call_finished(method, failure.code(), started)
                 raise failure
             trace_retry(failure.code(), delay)
             run.attempts += 1

@@ -1,0 +1,195 @@
+"""The asyncio call kinds: the drivers that await a logical call's attempts.
+
+A unary-response call is driven by the task that awaits it: it retries after
+a failure, or hedges, as the call's policy decides (``core.retry``). A
+response stream is driven by its reader and retried only before its first
+message. Every await on an attempt cancels the attempt if the awaiting task
+is cancelled (``_Call._on_attempt``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Generator
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from grpclb._grpcio import aio_finished_status
+from grpclb.aio.calls import _CANCELLED, _OK, _Call, _constant
+from grpclb.core.attempt import Attempt
+
+
+class _UnaryResponse(_Call):
+    _outcome: tuple[Any, BaseException | None] | None = None
+    _finished: asyncio.Event | None = None
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._response().__await__()
+
+    async def _response(self) -> Any:
+        if self._driven:  # another task drives this call: share its outcome
+            if self._finished is None:
+                self._finished = asyncio.Event()
+            if self._outcome is None:
+                await self._finished.wait()
+        if self._outcome is not None:
+            if self._outcome[1] is not None:
+                raise self._outcome[1]
+            return self._outcome[0]
+        self._driven = True
+        code = None
+        try:
+            if self._run.policy.hedging:
+                response = await self._hedged()
+            else:  # retries, inline: one coroutine less on every call
+                while True:
+                    attempt = self._attempt  # the common case: started when the call was made
+                    if attempt is None:
+                        attempt = await self._started()
+                    try:
+                        response = await attempt
+                    except grpc.aio.AioRpcError as error:
+                        if await self._retry_after(error):
+                            continue
+                        raise
+                    except asyncio.CancelledError:
+                        self.cancel()  # the awaiting task was cancelled: so is the RPC
+                        raise
+                    break
+                handle = self._handle
+                if handle is not None:
+                    handle.release(_OK)  # here, not in the done-callback: one loop turn sooner
+            self._outcome = (response, None)
+            code = _OK
+            return response
+        except BaseException as error:
+            if self._outcome is None:
+                self._outcome = (None, error)
+            code = error.code() if isinstance(error, grpc.aio.AioRpcError) else _CANCELLED
+            raise
+        finally:
+            self._settle(code)
+            if self._finished is not None:
+                self._finished.set()
+
+    async def _hedged(self) -> Any:
+        """A6 hedging: attempts on distinct pods, the first final answer wins."""
+        run, clock = self._run, self._loop.time
+        hedging_delay = run.policy.hedging_delay or 0.0
+        changed = asyncio.Event()
+        running: dict[Any, Attempt] = {}
+
+        def track(call: Any) -> None:
+            assert self._handle is not None
+            running[call] = self._handle
+            call.add_done_callback(lambda _: changed.set())
+
+        track(await self._started())
+        next_hedge = clock() + hedging_delay
+        last: Any = None
+        try:
+            while True:
+                if run.may_hedge() and clock() >= next_hedge:
+                    attempt = self._channel._pick_hedge(self._digest, self._owner._method, run)
+                    if attempt is None:
+                        run.attempts = run.policy.max_attempts  # no budget or no pod: stop
+                    else:
+                        track(self._invoke(attempt))
+                        next_hedge = clock() + hedging_delay
+                if not running:
+                    self._attempt = last
+                    return await last  # no hedge left: the last failure stands
+                timeout = max(next_hedge - clock(), 0.0) if run.may_hedge() else None
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(changed.wait(), timeout)
+                changed.clear()
+                for call in [c for c in running if c.done()]:
+                    handle = running.pop(call)
+                    code = aio_finished_status(call) or await call.code()
+                    if code is _OK:
+                        handle.release(_OK)
+                        self._attempt, self._handle = call, handle
+                        return await call
+                    trailing = await call.trailing_metadata()
+                    final, delay = run.hedge_failed(code, _constant(trailing))
+                    last = self._attempt = call
+                    if final:
+                        return await call  # raises its error
+                    if delay is not None:
+                        next_hedge = clock() + delay  # A6: at once, or after the pushback
+        finally:
+            for call in running:
+                call.cancel()  # the losers: a cancel is no verdict on their pods
+
+    async def _wait_settled(self) -> None:
+        with contextlib.suppress(grpc.RpcError, asyncio.CancelledError):
+            await self
+
+
+class UnaryUnaryCall(_UnaryResponse, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
+    pass
+
+
+class _Writes:
+    async def write(self, request: Any) -> None:
+        call: Any = self
+        await call._on_attempt((await call._started()).write(request))
+
+    async def done_writing(self) -> None:
+        call: Any = self
+        await call._on_attempt((await call._started()).done_writing())
+
+
+class StreamUnaryCall(_Writes, _UnaryResponse, grpc.aio.StreamUnaryCall):  # type: ignore[misc]
+    pass
+
+
+class _StreamResponse(_Call):
+    _reader: AsyncIterator[Any] | None = None
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._messages()
+
+    async def read(self) -> Any:
+        if self._reader is None:
+            self._reader = self._messages()
+        try:
+            return await self._reader.__anext__()
+        except StopAsyncIteration:
+            return grpc.aio.EOF
+
+    async def _messages(self) -> AsyncIterator[Any]:
+        self._driven = True
+        received = False
+        code = None
+        try:
+            while True:
+                attempt = await self._started()
+                try:
+                    async for message in attempt:
+                        received = True
+                        yield message
+                    code = _OK
+                    return
+                except grpc.aio.AioRpcError as error:
+                    # What was read cannot be replayed: retry only before the first message.
+                    if received or not await self._retry_after(error):
+                        code = error.code()
+                        raise
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancel()  # the reader went away: so does the RPC
+            code = _CANCELLED
+            raise
+        finally:
+            self._settle(code)
+
+
+class UnaryStreamCall(_StreamResponse, grpc.aio.UnaryStreamCall):  # type: ignore[misc]
+    pass
+
+
+class StreamStreamCall(_Writes, _StreamResponse, grpc.aio.StreamStreamCall):  # type: ignore[misc]
+    pass

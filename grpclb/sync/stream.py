@@ -1,0 +1,182 @@
+"""A response stream whose attempts may move: retried only before its first message.
+
+What was read cannot be replayed, so a received message commits the call
+(gRFC A6); until then a failed attempt is retried on another pod as the
+core decides, in the reader's ``next()``. The stream is returned at once,
+never blocking its caller while it waits for a pod (``sync.replay._Logical``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from grpclb.core.attempt import Attempt
+from grpclb.core.retry import CallRun
+from grpclb.errors import LocalRpcError
+from grpclb.sync.calls import call_outcome
+from grpclb.sync.replay import _OK, _cancelled, _Logical, log
+from grpclb.telemetry import trace_retry
+
+if TYPE_CHECKING:
+    from grpclb.sync.calls import _MultiCallable
+
+
+class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
+    """A response stream that may restart on another pod until its first message."""
+
+    def __init__(self, owner: _MultiCallable, run: CallRun, request: Any, digest: Any, args: Any):
+        super().__init__(owner, run, request, digest, args)
+        self._call: Any = None  # the current attempt's grpcio stream
+        self._attempt: Attempt | None = None
+        self._received = False
+        self._ready = threading.Event()  # an attempt started, or the call ended
+        self._wake = threading.Event()  # what a backoff waits on: set by cancel()
+        try:
+            attempt = self._pick(retry=False)
+        except LocalRpcError as error:
+            self._finish(error)
+            return
+        if attempt is not None:
+            self._launch(attempt)
+
+    def _launch(self, attempt: Attempt) -> None:
+        self._run.tried.append(attempt.endpoint)
+        try:
+            call = self._owner.invoke(
+                attempt, False, self._request, self._run.deadline, *self._args
+            )
+        except LocalRpcError as error:
+            self._finish(error)
+            return
+        with self._lock:
+            late = self._done.is_set()
+            self._call, self._attempt = call, attempt
+        if late:
+            call.cancel()
+        stream_ref, call_ref = weakref.ref(self), weakref.ref(call)
+
+        def ended() -> None:
+            try:
+                finished = call_ref()
+                code = None if finished is None else call_outcome(finished)
+                attempt.release(code)
+                stream = stream_ref()
+                if stream is None or finished is None:
+                    return
+                if stream._received or code is _OK or finished.cancelled():
+                    stream._finish(finished)  # final: it delivered, ended well, or was cancelled
+            except Exception:
+                log.exception("grpclb: handling an attempt's end failed")
+
+        if not call.add_callback(ended):
+            ended()
+        self._ready.set()
+
+    def _finish(self, final: Any) -> None:
+        super()._finish(final)
+        self._ready.set()
+
+    def _current(self) -> Any:
+        """The running attempt's stream (waiting for it to start), or the final error."""
+        self._ready.wait()
+        with self._lock:
+            return self._call if self._call is not None else self._final
+
+    def __iter__(self) -> LogicalStream:
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            current = self._current()
+            if isinstance(current, LocalRpcError):
+                raise current
+            try:
+                message = next(current)
+            except grpc.RpcError as error:
+                if self._received or not self._may_retry(error):
+                    if self._cancelled:  # cancelled during the backoff
+                        self._finish(_cancelled())
+                        raise self._final from None
+                    self._finish(current)
+                    raise
+                continue
+            except StopIteration:
+                self._finish(current)
+                raise
+            self._received = True
+            return message
+
+    next = __next__
+
+    def _may_retry(self, error: Any) -> bool:
+        """Retry before the first message; True when a new attempt is running or pending."""
+        run = self._run
+        delay = run.retry_delay(error.code(), error.trailing_metadata, time.monotonic())
+        if delay is None or self._done.is_set() or not self._balancer.reserve_retry():
+            return False
+        trace_retry(error.code(), delay)
+        run.attempts += 1
+        if self._wake.wait(delay):  # cancelled during the backoff
+            self._balancer.cancel_retry()
+            self._cancelled = True
+            return False
+        with self._lock:
+            self._call = None
+            self._ready.clear()
+        try:
+            attempt = self._pick(retry=True)
+        except LocalRpcError as error_now:
+            self._finish(error_now)
+            return True  # __next__ raises the final error
+        if attempt is not None:
+            self._launch(attempt)
+        return True
+
+    # grpc.Call and grpc.Future, answered by the current attempt
+    def cancel(self) -> bool:
+        self._wake.set()
+        with self._lock:
+            call = self._call
+            if call is None and self._done.is_set():
+                return False
+        if call is not None:
+            return bool(call.cancel())
+        self._cancelled = True
+        self._finish(_cancelled())
+        return True
+
+    def cancelled(self) -> bool:
+        current = self._current()
+        return self._cancelled or bool(current.cancelled())
+
+    def running(self) -> bool:
+        return not self._done.is_set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._current().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> Any:
+        return self._current().exception(timeout)
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        return self._current().traceback(timeout)
+
+    def code(self) -> grpc.StatusCode:
+        return self._current().code()
+
+    def details(self) -> str:
+        return str(self._current().details())
+
+    def initial_metadata(self) -> Any:
+        return self._current().initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        return self._current().trailing_metadata()
