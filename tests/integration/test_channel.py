@@ -299,6 +299,7 @@ def test_tls_verifies_the_service_name_while_dialling_pod_ips(pods, dns_server, 
     with grpclb.channel(
         target(dns_server, good), credentials=pki.client_credentials(), policy="round_robin"
     ) as channel:
+        wait_ready(channel, 2)  # both handshakes done: then round robin alternates
         assert len(spread(channel, 10)) == 2
 
     bad = pods(1, tls=pki.server_tls("someone-else.example"), first_host=20)
