@@ -196,6 +196,7 @@ class ChannelShell:
             self._settings.metrics_endpoint_limit,
             self._balancer.observe,
         )
+        self._timed = self._balancer.telemetry.enabled  # call durations are recorded
 
     def _note_method(self, method: str, registered: bool) -> None:
         """Generated stubs register their methods; only those are named in metrics (A66)."""

@@ -77,14 +77,17 @@ class _AttemptEnded:
     def __call__(self, call: Any) -> None:
         try:
             attempt = self.attempt
-            if not attempt.released:
+            owner = self.owner()
+            # A task awaiting this very attempt releases it itself when it resumes, one
+            # loop turn sooner and without scheduling anything (``_UnaryResponse``).
+            driving = owner is not None and owner._awaiting is call
+            if not attempt.released and not driving:
                 code = aio_finished_status(call)
                 if code is None and not call.cancelled():
                     # Interceptors hide grpcio's call: ask it the slow way, on the loop.
                     self.loop.call_soon(_spawn_release, attempt, call)
                 else:
                     self.loop.call_soon(attempt.release, code)
-            owner = self.owner()
             if owner is not None:
                 owner._attempt_done(call)
         except Exception:  # pragma: no cover - defensive
@@ -139,7 +142,8 @@ class _Call:
         self._callbacks: list[Callable[[Any], None]] = []
         self._settled = False
         self._driven = False  # someone awaits or iterates, and so decides retries
-        self._began = time.perf_counter()
+        self._began = time.perf_counter() if channel._timed else 0.0
+        self._awaiting: Any = None  # the attempt a task is awaiting right now, if any
         self._starter: asyncio.Task[None] | None = None
         self._loop = channel._ensure_started()
         try:

@@ -99,6 +99,8 @@ class UnaryUnary(_MultiCallable, grpc.aio.UnaryUnaryMultiCallable):  # type: ign
     _kind = "unary_unary"
 
     def __call__(self, request: Any, **kwargs: Any) -> Any:
+        if not self._interceptors:  # the common case, without a detour
+            return UnaryUnaryCall(self, request, **kwargs)
         return self._start(request, kwargs)
 
     def _logical(self, request: Any, kwargs: dict[str, Any]) -> Any:

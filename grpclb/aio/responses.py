@@ -49,19 +49,27 @@ class _UnaryResponse(_Call):
                     attempt = self._attempt  # the common case: started when the call was made
                     if attempt is None:
                         attempt = await self._started()
+                    handle = self._handle
+                    self._awaiting = attempt  # its done-callback leaves the release to us
                     try:
                         response = await attempt
                     except grpc.aio.AioRpcError as error:
+                        self._awaiting = None
+                        if handle is not None:
+                            handle.release(aio_finished_status(attempt))
                         if await self._retry_after(error):
                             continue
                         raise
                     except asyncio.CancelledError:
+                        self._awaiting = None
                         self.cancel()  # the awaiting task was cancelled: so is the RPC
+                        if handle is not None and attempt.done():
+                            handle.release(aio_finished_status(attempt))  # else: its callback
                         raise
+                    self._awaiting = None
+                    if handle is not None:
+                        handle.release(_OK)
                     break
-                handle = self._handle
-                if handle is not None:
-                    handle.release(_OK)  # here, not in the done-callback: one loop turn sooner
             self._outcome = (response, None)
             code = _OK
             return response
