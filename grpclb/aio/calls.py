@@ -178,8 +178,18 @@ class _Call:
         self._attempt, self._handle = call, attempt
         return call
 
-    async def _start_attempt(self, retry: bool) -> None:
-        """Wait for a pod and start an attempt there; a failure becomes the call's error."""
+    async def _start_attempt(self, retry: bool, backoff: float = 0.0) -> None:
+        """Wait out ``backoff``, wait for a pod, start an attempt; a failure becomes the error.
+
+        Always a task of its own (``_starter``): every task using the call shares it,
+        so the call (or its retry) starts once, and ``cancel()`` reaches it anywhere.
+        """
+        if backoff:
+            try:
+                await asyncio.sleep(backoff)
+            except BaseException:
+                self._channel._balancer.cancel_retry()  # the granted retry never starts
+                raise
         try:
             attempt = await self._channel._begin(
                 self._digest,
@@ -198,16 +208,18 @@ class _Call:
             attempt.release(None)
 
     async def _started(self) -> Any:
-        """The current attempt, after waiting for a pod if there was none."""
+        """The current attempt, after waiting for its start (a pod, a retry's backoff)."""
         if self._attempt is None and self._error is None:
             starter = self._starter
             if starter is not None and not starter.done():
                 # Shared by every task using the call (a reader and a writer, say), so
                 # the call starts once; cancel() cancels it, and so every waiter.
                 await asyncio.shield(starter)
-            else:
-                await self._start_attempt(True)  # a retry, started by the call's one driver
         if self._attempt is None:
+            if self._error is None:  # pragma: no cover - a starter that failed unexpectedly
+                self._fail(
+                    as_aio_error(LocalRpcError(grpc.StatusCode.UNKNOWN, "grpclb: no attempt"))
+                )
             assert self._error is not None
             if self._error.code() is _CANCELLED:
                 raise asyncio.CancelledError()  # as grpc.aio's cancelled calls do
@@ -222,8 +234,8 @@ class _Call:
             self.cancel()
             raise
 
-    async def _retry_after(self, error: grpc.aio.AioRpcError) -> bool:
-        """Prepare the next attempt after a failure; False when the failure is final."""
+    def _retry_after(self, error: grpc.aio.AioRpcError) -> bool:
+        """Arrange the next attempt after a failure; False when the failure is final."""
         run = self._run
         delay = run.retry_delay(error.code(), error.trailing_metadata, time.monotonic())
         if delay is None:
@@ -234,13 +246,7 @@ class _Call:
         trace_retry(error.code(), delay)
         run.attempts += 1
         self._attempt = self._handle = None
-        try:
-            await asyncio.sleep(delay)
-            if self._error is not None:  # cancelled during the backoff
-                raise asyncio.CancelledError()
-        except BaseException:
-            self._channel._balancer.cancel_retry()  # the granted retry never starts
-            raise
+        self._starter = self._channel._spawn(self._start_attempt(True, delay))
         return True
 
     def _fail(self, error: grpc.aio.AioRpcError) -> None:
@@ -250,8 +256,9 @@ class _Call:
         self._settle(error.code())
 
     def _attempt_done(self, call: Any) -> None:
-        if not self._driven or call.cancelled():
-            # Nobody will retry it: this attempt is the call's outcome.
+        # Nobody will retry it, or it was cancelled: this attempt is the call's outcome.
+        # (A hedge cancelled because another attempt won is not the current attempt.)
+        if not self._driven or (call.cancelled() and call is self._attempt):
             self._settle(aio_finished_status(call))
 
     def _settle(self, code: grpc.StatusCode | None) -> None:

@@ -190,13 +190,17 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
             raise grpc.aio.UsageError("Cannot invoke RPC on closed channel!")
         return self._balancer.start_call(digest, (), method, ready_only=wait_for_ready)
 
-    def _pick_hedge(self, digest: int | None, method: str, run: CallRun) -> Attempt | None:
+    def _pick_hedge(
+        self, digest: int | None, method: str, run: CallRun, wait_for_ready: bool
+    ) -> Attempt | None:
         """A hedged attempt on a pod not tried yet, now, with a budget grant; None if not."""
         balancer = self._balancer
         if balancer.closed or not balancer.reserve_retry():
             return None
         try:
-            attempt = balancer.start_call(digest, run.tried, method, retry=True)
+            attempt = balancer.start_call(
+                digest, run.tried, method, retry=True, ready_only=wait_for_ready
+            )
         except LocalRpcError:
             attempt = None
         if attempt is None:
@@ -292,20 +296,32 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
     # --- the background task -------------------------------------------------------------
 
     def __del__(self) -> None:
-        """Dropped without close(): stop the background work, as the sync channel does."""
+        """Dropped without close(): stop the background work, as the sync channel does.
+
+        The garbage collector may run this while the loop thread holds the balancer's
+        lock (any allocation can trigger it): take no lock here, defer to the loop.
+        """
         balancer = getattr(self, "_balancer", None)
-        if balancer is None or balancer.closed:
+        loop = getattr(self, "_loop", None)
+        if balancer is None or balancer.closed or loop is None:
             return
-        try:
-            connections = balancer.shutdown()
-            if self._task is not None:
-                self._task.cancel()
-            for connection in connections:
-                for task in (connection.watcher, connection.health_watch):
-                    if task is not None:
-                        task.cancel()
-        except Exception:  # pragma: no cover - e.g. the loop is already closed
-            pass
+        with contextlib.suppress(Exception):  # e.g. the loop is already closed
+            loop.call_soon_threadsafe(_shut_down, balancer, self._task)
+
+
+def _shut_down(balancer: Balancer, task: asyncio.Task[None] | None) -> None:
+    """A dropped channel's end, on its loop: forget the pods, stop their tasks."""
+    if balancer.closed:
+        return
+    if task is not None:
+        task.cancel()
+    for connection in balancer.shutdown():
+        for watch in (connection.watcher, connection.health_watch):
+            if watch is not None:
+                watch.cancel()
+        with contextlib.suppress(Exception):
+            closing = connection.channel.close(None)
+            asyncio.get_running_loop().create_task(closing)
 
 
 async def _maintain(

@@ -57,7 +57,7 @@ class _UnaryResponse(_Call):
                         self._awaiting = None
                         if handle is not None:
                             handle.release(aio_finished_status(attempt))
-                        if await self._retry_after(error):
+                        if self._retry_after(error):
                             continue
                         raise
                     except asyncio.CancelledError:
@@ -101,7 +101,9 @@ class _UnaryResponse(_Call):
         try:
             while True:
                 if run.may_hedge() and clock() >= next_hedge:
-                    attempt = self._channel._pick_hedge(self._digest, self._owner._method, run)
+                    attempt = self._channel._pick_hedge(
+                        self._digest, self._owner._method, run, self._wait_for_ready
+                    )
                     if attempt is None:
                         run.attempts = run.policy.max_attempts  # no budget or no pod: stop
                     else:
@@ -184,7 +186,7 @@ class _StreamResponse(_Call):
                     return
                 except grpc.aio.AioRpcError as error:
                     # What was read cannot be replayed: retry only before the first message.
-                    if received or not await self._retry_after(error):
+                    if received or not self._retry_after(error):
                         code = error.code()
                         raise
         except (asyncio.CancelledError, GeneratorExit):

@@ -155,8 +155,8 @@ class CallRun:
         A grant from the retry budget is still needed before the retry starts.
         """
         policy = self.policy
-        if code not in policy.codes:
-            return None
+        if code not in policy.codes or policy.retrying is None:
+            return None  # (a hedging policy on a response stream: one attempt, no retries)
         throttle = policy.throttle
         if throttle is not None:
             throttle.record_failure()

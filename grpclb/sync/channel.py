@@ -26,7 +26,7 @@ from grpclb._grpcio import connectivity_reader, request_connection
 from grpclb.config.settings import Settings
 from grpclb.core.admission import wait_for_pods
 from grpclb.core.attempt import Attempt
-from grpclb.core.balancer import Clock
+from grpclb.core.balancer import Balancer, Clock
 from grpclb.core.endpoints import Connection, Endpoint
 from grpclb.errors import LocalRpcError
 from grpclb.resolver import RefreshSchedule, Resolver
@@ -148,10 +148,14 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
         self.close()
 
     def __del__(self) -> None:
+        # The garbage collector may run this on a thread that holds the balancer's lock
+        # (any allocation can trigger it): take no lock here, hand the work to a thread.
         balancer = getattr(self, "_balancer", None)
         if balancer is not None and not balancer.closed:
             with contextlib.suppress(Exception):  # e.g. at interpreter exit
-                self._close_in_background(balancer.shutdown())
+                threading.Thread(
+                    target=_shut_down, args=(balancer, Channel._close_now), daemon=True
+                ).start()
 
     # --- the call path's helpers (used by grpclb.calls) ----------------------------
 
@@ -348,6 +352,12 @@ def _multicallable(connection: Connection, key: tuple[Any, ...]) -> Any:
             found = factory(method, serializer, deserializer, _registered_method=registered)
             connection.multicallables[key] = found
         return found
+
+
+def _shut_down(balancer: Balancer, close: Callable[[Connection], None]) -> None:
+    """A dropped channel's end, on a thread of its own: forget the pods, close their channels."""
+    with contextlib.suppress(Exception):  # e.g. at interpreter exit
+        _close_all(close, balancer.shutdown())
 
 
 def _maintain_while_alive(

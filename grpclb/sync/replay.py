@@ -169,6 +169,7 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
     def __init__(self, owner: _MultiCallable, run: CallRun, request: Any, digest: Any, args: Any):
         super().__init__(owner, run, request, digest, args)
         self._running: dict[int, Any] = {}  # id(attempt) -> its grpcio future
+        self._closing = False  # decided (answer or cancel): attempts starting now cancel
         self._failed: Any = None  # the latest failed attempt, the answer if no hedge can follow
         self._timer: threading.Timer | None = None
         try:
@@ -191,7 +192,7 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
             self._finish(LocalRpcError(grpc.StatusCode.UNKNOWN, f"grpclb: {error}"))
             return
         with self._lock:
-            if self._done.is_set():  # cancelled, or answered, while this attempt started
+            if self._done.is_set() or self._closing:  # cancelled, or answered, meanwhile
                 late = True
             else:
                 late = False
@@ -255,7 +256,14 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
         self._after(delay, self._retry)
 
     def _commit(self, call: Any, others: list[Any]) -> None:
-        """The call's answer is ``call``: the other attempts are cancelled (no verdict on pods)."""
+        """The call's answer is ``call``: the other attempts are cancelled (no verdict on pods).
+
+        ``_closing`` is set with the last look at the running attempts, under the lock,
+        so an attempt starting on another thread meanwhile sees it and cancels itself.
+        """
+        with self._lock:
+            self._closing = True
+            others = [*others, *(c for c in self._running.values() if c is not call)]
         if self._timer is not None:
             self._timer.cancel()
         self._finish(call)
@@ -316,7 +324,7 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
         with self._lock:
             if self._done.is_set():
                 return False
-            self._cancelled = True
+            self._cancelled = self._closing = True
             running = list(self._running.values())
         for call in running:
             call.cancel()

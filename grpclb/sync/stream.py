@@ -19,7 +19,7 @@ from grpclb.core.attempt import Attempt
 from grpclb.core.retry import CallRun
 from grpclb.errors import LocalRpcError
 from grpclb.sync.calls import call_outcome
-from grpclb.sync.replay import _OK, _cancelled, _Logical, log
+from grpclb.sync.replay import _OK, _cancelled, _in_context, _Logical, log
 from grpclb.telemetry import trace_retry
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
         self._call: Any = None  # the current attempt's grpcio stream
         self._attempt: Attempt | None = None
         self._received = False
+        self._reading = False  # a reader has called next(): it decides retries
         self._ready = threading.Event()  # an attempt started, or the call ended
         self._wake = threading.Event()  # what a backoff waits on: set by cancel()
         try:
@@ -53,8 +54,11 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
         except LocalRpcError as error:
             self._finish(error)
             return
+        except Exception as error:  # never leave a reader waiting for an attempt
+            self._finish(LocalRpcError(grpc.StatusCode.UNKNOWN, f"grpclb: {error}"))
+            return
         with self._lock:
-            late = self._done.is_set()
+            late = self._done.is_set() or self._wake.is_set()  # ended, or cancelled meanwhile
             self._call, self._attempt = call, attempt
         if late:
             call.cancel()
@@ -70,12 +74,54 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
                     return
                 if stream._received or code is _OK or finished.cancelled():
                     stream._finish(finished)  # final: it delivered, ended well, or was cancelled
+                else:
+                    stream._failed_unread(finished)
             except Exception:
                 log.exception("grpclb: handling an attempt's end failed")
 
         if not call.add_callback(ended):
             ended()
         self._ready.set()
+
+    def _failed_unread(self, call: Any) -> None:
+        """An attempt failed before its first message: decide here if nobody is reading.
+
+        A reader blocked in ``next()`` decides itself (``_may_retry``); a stream
+        nobody reads yet (its caller holds it, or only waits for its callbacks)
+        is retried from here, on a timer thread as futures are, or ends.
+        """
+        with self._lock:
+            if self._reading or self._call is not call or self._done.is_set():
+                return  # the reader decides
+            self._call = None
+            self._ready.clear()  # a reader arriving now waits for the retry, or the end
+        run = self._run
+        delay = run.retry_delay(call.code(), call.trailing_metadata, time.monotonic())
+        if delay is None or not self._balancer.reserve_retry():
+            if delay is not None:
+                trace_retry(call.code(), None)
+            with self._lock:
+                self._call = call
+            self._finish(call)
+            return
+        trace_retry(call.code(), delay)
+        run.attempts += 1
+        timer = threading.Timer(delay, _in_context, (self._context, self._retry_unread))
+        timer.daemon = True
+        timer.start()
+
+    def _retry_unread(self) -> None:
+        if self._done.is_set() or self._wake.is_set():  # ended or cancelled during the backoff
+            self._balancer.cancel_retry()
+            self._finish(_cancelled())
+            return
+        try:
+            attempt = self._pick(retry=True)
+        except LocalRpcError as error:
+            self._finish(error)
+            return
+        if attempt is not None:
+            self._launch(attempt)
 
     def _finish(self, final: Any) -> None:
         super()._finish(final)
@@ -91,6 +137,9 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
         return self
 
     def __next__(self) -> Any:
+        if not self._reading:
+            with self._lock:
+                self._reading = True  # from now on the reader decides retries
         while True:
             current = self._current()
             if isinstance(current, LocalRpcError):

@@ -1,0 +1,203 @@
+"""Races and rarely taken paths of the call engine, against real pods.
+
+- a channel finalized by the garbage collector while its thread holds the
+  balancer's lock must not deadlock (sync and asyncio);
+- a hedging policy on a response stream means one attempt, never a crash;
+- a sync response stream nobody reads still retries, ends and fires its
+  callbacks;
+- cancelling an asyncio call whose retry waits for a READY pod ends it at once;
+- a winning hedge settles its call as OK, not as its cancelled loser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+import grpclb
+import grpclb.aio
+from grpclb.testing import SERVICE_NAME, PodFleet, echo_pb2
+from tests.helpers import stub, wait_ready
+
+FleetFactory = Callable[..., PodFleet]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def serve(pods: FleetFactory, dns_server: Any, count: int) -> tuple[PodFleet, str]:
+    fleet = pods(count)
+    dns_server.set_records(SERVICE_NAME, [p.host for p in fleet])
+    return fleet, dns_server.target(SERVICE_NAME, fleet.port)
+
+
+@pytest.mark.parametrize("flavour", ["sync", "aio"])
+def test_a_channel_finalized_while_its_lock_is_held_does_not_deadlock(
+    pods: FleetFactory, dns_server: Any, flavour: str
+) -> None:
+    _, target = serve(pods, dns_server, 1)
+    # In a child process: a deadlock there fails this test instead of hanging pytest.
+    script = textwrap.dedent(
+        f"""
+        import asyncio, gc, sys
+        import grpclb, grpclb.aio
+
+        async def main():
+            if {flavour!r} == "sync":
+                channel = grpclb.channel({target!r})
+                channel.wait_for_endpoints(1, timeout=10)
+            else:
+                channel = grpclb.aio.channel({target!r})
+                await channel.wait_for_endpoints(1, timeout=10)
+            balancer = channel._balancer
+            holder = {{"channel": channel}}
+            holder["self"] = holder  # only a cycle keeps the channel now
+            del channel, holder
+            with balancer._lock:  # as if the collector ran inside a locked section
+                gc.collect()
+            await asyncio.sleep(0.2)
+            print("alive", balancer.closed)
+
+        asyncio.run(main())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "alive True" in done.stdout  # finalized: the pods were forgotten, later, safely
+
+
+HEDGE_ALL = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "grpclb.testing.Echo"}],
+                "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "0.05s"},
+            }
+        ]
+    }
+)
+
+
+def test_a_hedging_policy_on_a_response_stream_makes_one_attempt(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    fleet, target = serve(pods, dns_server, 2)
+    for pod in fleet:
+        pod.set_mode("unavailable")
+    with grpclb.channel(target, service_config=HEDGE_ALL) as channel:
+        wait_ready(channel, 2)
+        fleet.reset_stats()
+        with pytest.raises(grpc.RpcError) as raised:
+            list(stub(channel).ServerStream(echo_pb2.EchoRequest(count=1), timeout=5))
+        assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert sum(p.stats().calls for p in fleet) == 1
+
+    async def scenario() -> grpc.StatusCode:
+        async with grpclb.aio.channel(target, service_config=HEDGE_ALL) as aio_channel:
+            await aio_channel.wait_for_endpoints(2, timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                [r async for r in stub(aio_channel).ServerStream(echo_pb2.EchoRequest(), timeout=5)]
+            return error.value.code()
+
+    assert asyncio.run(scenario()) is grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_sync_stream_nobody_reads_retries_ends_and_fires_its_callbacks(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    fleet, target = serve(pods, dns_server, 2)
+    for pod in fleet:
+        pod.set_mode("unavailable")
+    with grpclb.channel(target, retries=2, policy="round_robin") as channel:
+        wait_ready(channel, 2)
+        fleet.reset_stats()
+        fired = threading.Event()
+        call = stub(channel).ServerStream(echo_pb2.EchoRequest(count=1), timeout=5)
+        call.add_done_callback(lambda _: fired.set())
+        assert fired.wait(5), "the stream never ended for a caller that does not read it"
+        assert call.done() and call.code() is grpc.StatusCode.UNAVAILABLE
+        assert sum(p.stats().calls for p in fleet) == 3  # retried as a reader would be
+        assert channel.stats().in_flight == 0
+
+
+def test_cancelling_an_aio_call_whose_retry_waits_for_a_pod_ends_it_at_once(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    fleet, target = serve(pods, dns_server, 1)
+    fleet[0].set_mode("unavailable")
+    settings: dict[str, Any] = {"retries": 2, "retry_backoff_base": "0.3s"}
+    settings["retry_backoff_max"] = "0.3s"
+
+    async def scenario() -> tuple[float, str]:
+        async with grpclb.aio.channel(target, **settings) as channel:
+            await channel.wait_for_endpoints(1, timeout=10)
+            call = stub(channel).Unary(echo_pb2.EchoRequest(), wait_for_ready=True)
+            task = asyncio.ensure_future(call)  # no deadline: only cancel() can end it
+            for _ in range(200):
+                if channel.stats().retries:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.to_thread(fleet[0].stop)  # the retry now waits for a READY pod
+            await asyncio.sleep(0.4)
+            assert call.cancel()
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(task, 3)
+                outcome = "completed"
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+            except asyncio.TimeoutError:
+                outcome = "still pending"
+            return time.monotonic() - started, outcome
+
+    took, outcome = asyncio.run(scenario())
+    assert outcome == "cancelled" and took < 1.0, (outcome, took)
+
+
+def test_a_winning_hedge_settles_its_call_ok(pods: FleetFactory, dns_server: Any) -> None:
+    fleet, target = serve(pods, dns_server, 2)
+    fleet[0].set_mode("slow", delay_ms=600)
+    config = json.dumps(
+        {
+            "methodConfig": [
+                {
+                    "name": [{"service": "grpclb.testing.Echo", "method": "Unary"}],
+                    "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "0.05s"},
+                }
+            ]
+        }
+    )
+
+    async def scenario() -> list[Any]:
+        seen: list[Any] = []
+        async with grpclb.aio.channel(
+            target, service_config=config, policy="round_robin"
+        ) as channel:
+            await channel.wait_for_endpoints(2, timeout=10)
+            for _ in range(4):
+                call = stub(channel).Unary(echo_pb2.EchoRequest(), timeout=5)
+                call.add_done_callback(lambda c: seen.append(c._outcome))
+                await call
+        return seen
+
+    outcomes = asyncio.run(scenario())
+    assert len(outcomes) == 4
+    assert all(o is not None and o[1] is None for o in outcomes), outcomes  # settled as OK
+    gc.collect()
