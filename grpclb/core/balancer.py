@@ -254,8 +254,16 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers):
                 endpoint = pick_avoiding(picker, usable, request_hash, avoid, self._rng)
             else:
                 endpoint = picker.pick(request_hash)
-            if endpoint is None or (ready_only and endpoint.state is not READY):
+            if endpoint is None:
                 return None
+            if ready_only and endpoint.state is not READY:
+                # The pick (a hash key's pod, say) is still connecting: another READY pod
+                # takes the call, or it waits; a wait that found READY pods would spin.
+                ready = [e for e in usable if e.state is READY]
+                ready = [e for e in ready if e not in avoid] or ready
+                if not ready:
+                    return None
+                endpoint = ready[int(self._rng.random() * len(ready))]
             with self._lock:
                 connection = endpoint.connection
                 if connection is None or endpoint.removed:

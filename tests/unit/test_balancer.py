@@ -1053,3 +1053,29 @@ def test_a_pod_back_in_dns_while_draining_is_found_by_address_as_live() -> None:
     assert sorted(r.state for r in rows) == ["draining", "idle"]
     assert h.balancer.stats().by_address()[A].state == "idle"
     busy.release(C.OK)
+
+
+# --- wait_for_ready picks ---------------------------------------------------------------
+
+
+def test_a_wait_for_ready_pick_never_lands_on_a_pod_that_is_not_ready() -> None:
+    h = Harness(policy="round_robin")
+    h.resolve(A, B)
+    assert h.balancer.start_call(None, (), "", False, True) is None  # nothing READY yet
+    h.ready(B)
+    picks = {h.balancer.start_call(None, (), "", False, True).endpoint.address for _ in range(6)}  # type: ignore[union-attr]
+    assert picks == {B}
+
+
+def test_a_wait_for_ready_hash_pick_whose_pod_connects_goes_to_a_ready_pod() -> None:
+    # The key's pod still connecting must not leave the call spinning between a pick that
+    # refuses and an admission that sees READY pods: another READY pod takes it.
+    h = Harness(policy="ring_hash", hash_key="x-user")
+    h.resolve(A, B, CC)
+    h.ready(A, B, CC)
+    h.set_state(A, S.CONNECTING)
+    h.set_state(B, S.CONNECTING)
+    for key in range(50):
+        attempt = h.balancer.start_call(key * 0x9E3779B97F4A7C15 % 2**64, (), "", False, True)
+        assert attempt is not None and attempt.endpoint.address == CC
+        attempt.release(C.OK)
