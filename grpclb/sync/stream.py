@@ -60,6 +60,9 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
         with self._lock:
             late = self._done.is_set() or self._wake.is_set()  # ended, or cancelled meanwhile
             self._call, self._attempt = call, attempt
+            # Ready before its callback is registered: an attempt that fails at once may
+            # clear it again (``_failed_unread``), and must not find it set afterwards.
+            self._ready.set()
         if late:
             call.cancel()
         stream_ref, call_ref = weakref.ref(self), weakref.ref(call)
@@ -81,7 +84,6 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
 
         if not call.add_callback(ended):
             ended()
-        self._ready.set()
 
     def _failed_unread(self, call: Any) -> None:
         """An attempt failed before its first message: decide here if nobody is reading.
