@@ -39,6 +39,8 @@ class _UnaryResponse(_Call):
             if self._outcome[1] is not None:
                 raise self._outcome[1]
             return self._outcome[0]
+        if self._settled and self._attempt is not None:
+            return await self._attempt  # it ended before anyone awaited: its outcome stands
         self._driven = True
         code = None
         try:
@@ -172,6 +174,10 @@ class _StreamResponse(_Call):
             return grpc.aio.EOF
 
     async def _messages(self) -> AsyncIterator[Any]:
+        if self._settled and self._attempt is not None:
+            async for message in self._attempt:  # it ended before anyone read: it stands
+                yield message
+            return
         self._driven = True
         received = False
         code = None

@@ -201,3 +201,34 @@ def test_a_winning_hedge_settles_its_call_ok(pods: FleetFactory, dns_server: Any
     assert len(outcomes) == 4
     assert all(o is not None and o[1] is None for o in outcomes), outcomes  # settled as OK
     gc.collect()
+
+
+def test_an_aio_call_that_ended_before_anyone_awaited_it_keeps_its_outcome(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    fleet, target = serve(pods, dns_server, 2)
+    failing = min(fleet, key=lambda p: p.address)  # pick_first's choice
+    failing.set_mode("unavailable")
+
+    async def scenario() -> tuple[list[Any], Any, int]:
+        async with grpclb.aio.channel(target, policy="pick_first", retries=2) as channel:
+            await channel.wait_for_endpoints(2, timeout=10)
+            await asyncio.to_thread(fleet.reset_stats)
+            fired: list[Any] = []
+            call = stub(channel).Unary(echo_pb2.EchoRequest(), timeout=5)
+            call.add_done_callback(lambda c: fired.append(True))
+            for _ in range(300):  # nobody awaits: its one attempt is its outcome
+                if fired:
+                    break
+                await asyncio.sleep(0.01)
+            try:
+                outcome: Any = (await call).pod
+            except grpc.aio.AioRpcError as error:
+                outcome = error.code()
+            served = await asyncio.to_thread(lambda: sum(p.stats().calls for p in fleet))
+            return fired, outcome, served
+
+    fired, outcome, served = asyncio.run(scenario())
+    assert fired == [True]
+    assert outcome is grpc.StatusCode.UNAVAILABLE  # what its callbacks were told, not a retry
+    assert served == 1
