@@ -16,7 +16,7 @@ from typing import Any
 import grpclb
 import grpclb.aio
 from grpclb.testing import SERVICE_NAME, PodFleet, ThreadPod, echo_pb2
-from tests.helpers import stub, wait_until
+from tests.helpers import stub, wait_ready, wait_until
 from tests.integration.test_resilience import Load
 
 FleetFactory = Callable[..., PodFleet]
@@ -89,7 +89,9 @@ def test_service_unknown_for_the_configured_service_name_leaves_rotation(
     assert isinstance(pod, ThreadPod)
     settings = {"health_check": True, "health_check_service_name": "grpclb.testing.Echo"}
     with grpclb.channel(target, policy="round_robin", **settings) as channel:
-        wait_until(lambda: health_of(channel).get(pod.address) == "serving", 10, "serving")
+        wait_until(lambda: answered(channel), 10, "every pod's first health answer")
+        wait_ready(channel, 4)
+        assert health_of(channel)[pod.address] == "serving"
         pod.set_health("SERVICE_UNKNOWN", "grpclb.testing.Echo")
         wait_until(lambda: health_of(channel)[pod.address] == "service_unknown", 1.0)
         assert channel.stats().by_address()[pod.address].state == "unhealthy"
