@@ -269,12 +269,12 @@ class ChannelShell:
         if telemetry.enabled and code is not None:  # None: the caller's own error, no status
             telemetry.call_finished(method, code, time.perf_counter() - started)
 
-    def _call_timer(self, method: str) -> Callable[[grpc.StatusCode | None], None] | None:
-        """``_call_finished`` bound to a call starting now; None when nothing records it."""
+    def _call_timer(self, method: str) -> Callable[[Any, grpc.StatusCode | None], None] | None:
+        """``_call_finished`` for a call starting now, as an attempt's ``then``; or None."""
         if not self._balancer.telemetry.enabled:
             return None
         started = time.perf_counter()
-        return lambda code: self._call_finished(method, code, started)
+        return lambda _call, code: self._call_finished(method, code, started)
 
     def __repr__(self) -> str:
         return repr(self._balancer).replace("<grpclb", f"<{self._label}", 1)

@@ -127,13 +127,11 @@ class _Call:
         self._owner, self._channel = owner, channel
         self._request = request
         policy = owner.policy
-        if policy.timeout is not None and (timeout is None or policy.timeout < timeout):
-            timeout = policy.timeout  # the shorter of the call's and the service config's
-        if wait_for_ready is None:
-            wait_for_ready = policy.wait_for_ready
-        self._metadata, self._wait_for_ready = metadata, bool(wait_for_ready)
+        deadline, self._wait_for_ready = policy.call_limits(
+            timeout, wait_for_ready, time.monotonic()
+        )
+        self._metadata = metadata
         self._credentials, self._compression = credentials, compression
-        deadline = None if timeout is None else time.monotonic() + timeout
         self._run = CallRun(policy, deadline)
         self._digest = request_hash(metadata, channel._hash_key)
         self._attempt: Any = None  # the current grpc.aio call

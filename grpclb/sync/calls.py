@@ -14,7 +14,7 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from grpclb.sync.channel import Channel
 
 log = logging.getLogger("grpclb")
+T = TypeVar("T")
 _OK = grpc.StatusCode.OK
 
 
@@ -68,32 +69,45 @@ def connection_closed(connection: Connection) -> LocalRpcError:
     )
 
 
-def release_when_done(
-    attempt: Attempt, call: Any, ended: Callable[[grpc.StatusCode | None], None] | None = None
-) -> None:
-    """Release a future's or stream's attempt when its call ends in any way.
+Then = Callable[[Any, "grpc.StatusCode | None"], None]  # (the ended call, its pod's status)
+
+
+def release_when_done(attempt: Attempt, call: Any, then: Then | None = None) -> None:
+    """Release a future's or stream's attempt when its call ends in any way; then ``then``.
 
     Registered with ``add_callback`` and holding the call only weakly:
     ``add_done_callback`` would bind the call to the callback and keep a call
     the caller abandoned alive, never cancelled. A dead reference means the
-    call was collected (grpcio cancels it then). It never raises: an exception
-    here can kill grpcio's polling thread and hang the channel. ``ended``
-    hears the status too (the logical call's telemetry).
+    call was collected (grpcio cancels it then): the attempt is still released,
+    and ``then`` is not called. It never raises: an exception here can kill
+    grpcio's polling thread and hang the channel.
     """
     call_ref = weakref.ref(call)
 
-    def release() -> None:
+    def ended() -> None:
         try:
             finished = call_ref()
             code = None if finished is None else call_outcome(finished)
             attempt.release(code)
-            if ended is not None:
-                ended(code)
+            if then is not None and finished is not None:
+                then(finished, code)
         except Exception:  # pragma: no cover - defensive, see docstring
-            log.exception("grpclb: releasing a call failed")
+            log.exception("grpclb: handling an attempt's end failed")
 
-    if not call.add_callback(release):
-        release()  # it ended already
+    if not call.add_callback(ended):
+        ended()  # it ended already
+
+
+def weakly(owner: T, method: Callable[[T, Any, grpc.StatusCode | None], None]) -> Then:
+    """``method`` bound to ``owner`` weakly: a stand-in its caller dropped is collected."""
+    owner_ref = weakref.ref(owner)
+
+    def call(finished: Any, code: grpc.StatusCode | None) -> None:
+        target = owner_ref()
+        if target is not None:
+            method(target, finished, code)
+
+    return call
 
 
 def remaining(deadline: float | None) -> float | None:
@@ -131,13 +145,8 @@ class _MultiCallable:
     ) -> tuple[float | None, bool, int | None]:
         """(deadline, wait_for_ready, request hash): the call's own values, then its config's."""
         self._channel._check_usable()
-        policy = self.policy
-        if policy.timeout is not None and (timeout is None or policy.timeout < timeout):
-            timeout = policy.timeout  # the shorter of the call's and the service config's
-        if wait_for_ready is None:
-            wait_for_ready = policy.wait_for_ready
-        deadline = None if timeout is None else time.monotonic() + timeout
-        return deadline, bool(wait_for_ready), request_hash(metadata, self._channel._hash_key)
+        deadline, wait = self.policy.call_limits(timeout, wait_for_ready, time.monotonic())
+        return deadline, wait, request_hash(metadata, self._channel._hash_key)
 
     def invoke(
         self, attempt: Attempt, future: bool, request: Any, deadline: float | None, *args: Any

@@ -24,7 +24,6 @@ import contextvars
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +33,7 @@ from grpclb.core.admission import wait_for_pods
 from grpclb.core.attempt import Attempt
 from grpclb.core.retry import CallRun
 from grpclb.errors import LocalRpcError
-from grpclb.sync.calls import call_outcome
+from grpclb.sync.calls import release_when_done, weakly
 from grpclb.telemetry import trace_retry
 
 if TYPE_CHECKING:
@@ -163,6 +162,13 @@ def _code_of(final: Any) -> grpc.StatusCode | None:
         return None
 
 
+def _attempt_ended_for(attempt: Attempt) -> Callable[[LogicalFuture, Any, Any], None]:
+    def ended(future: LogicalFuture, call: Any, code: grpc.StatusCode | None) -> None:
+        _in_context(future._context, future._attempt_done, attempt, call, code)
+
+    return ended
+
+
 class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
     """A unary-response call's future over one or more attempts (retries or hedges)."""
 
@@ -199,23 +205,9 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
                 self._running[id(attempt)] = call
         if late:
             call.cancel()
-        # Weak references only: a future the caller drops must be collected, and so
-        # cancelled, as grpcio's own would be; the attempt is released regardless.
-        future_ref, call_ref = weakref.ref(self), weakref.ref(call)
-
-        def ended() -> None:
-            try:
-                finished = call_ref()
-                code = None if finished is None else call_outcome(finished)
-                attempt.release(code)
-                future = future_ref()
-                if future is not None and finished is not None:
-                    _in_context(future._context, future._attempt_done, attempt, finished, code)
-            except Exception:
-                log.exception("grpclb: handling an attempt's end failed")
-
-        if not call.add_callback(ended):
-            ended()
+        # Weakly: a future the caller drops must be collected, and so cancelled, as
+        # grpcio's own would be; the attempt is released regardless.
+        release_when_done(attempt, call, weakly(self, _attempt_ended_for(attempt)))
         if run.policy.hedging and not late:
             self._arm_hedge(run.policy.hedging_delay or 0.0)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -18,8 +17,8 @@ import grpc
 from grpclb.core.attempt import Attempt
 from grpclb.core.retry import CallRun
 from grpclb.errors import LocalRpcError
-from grpclb.sync.calls import call_outcome
-from grpclb.sync.replay import _OK, _cancelled, _in_context, _Logical, log
+from grpclb.sync.calls import release_when_done, weakly
+from grpclb.sync.replay import _OK, _cancelled, _in_context, _Logical
 from grpclb.telemetry import trace_retry
 
 if TYPE_CHECKING:
@@ -65,25 +64,13 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
             self._ready.set()
         if late:
             call.cancel()
-        stream_ref, call_ref = weakref.ref(self), weakref.ref(call)
+        release_when_done(attempt, call, weakly(self, LogicalStream._attempt_ended))
 
-        def ended() -> None:
-            try:
-                finished = call_ref()
-                code = None if finished is None else call_outcome(finished)
-                attempt.release(code)
-                stream = stream_ref()
-                if stream is None or finished is None:
-                    return
-                if stream._received or code is _OK or finished.cancelled():
-                    stream._finish(finished)  # final: it delivered, ended well, or was cancelled
-                else:
-                    stream._failed_unread(finished)
-            except Exception:
-                log.exception("grpclb: handling an attempt's end failed")
-
-        if not call.add_callback(ended):
-            ended()
+    def _attempt_ended(self, call: Any, code: grpc.StatusCode | None) -> None:
+        if self._received or code is _OK or call.cancelled():
+            self._finish(call)  # final: it delivered, ended well, or was cancelled
+        else:
+            self._failed_unread(call)
 
     def _failed_unread(self, call: Any) -> None:
         """An attempt failed before its first message: decide here if nobody is reading.
