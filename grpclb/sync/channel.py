@@ -157,7 +157,7 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
                     target=_shut_down, args=(balancer, Channel._close_now), daemon=True
                 ).start()
 
-    # --- the call path's helpers (used by grpclb.calls) ----------------------------
+    # --- the call path's helpers (used by grpclb.sync.calls) ------------------------
 
     def _check_usable(self) -> None:
         """Raise as grpcio does for a channel that can take no call (closed, or forked)."""
