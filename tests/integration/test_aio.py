@@ -1059,8 +1059,9 @@ def test_sigkill_during_2000_concurrent_calls_fails_only_refused_retries(
     assert 660 <= on_victim <= 670  # a third
     assert failed == [], Counter(type(e) for e in failed)
     assert at_kill >= 300, at_kill  # most of its share was in flight
-    # (calls the victim started between its count and the kill may still have been served)
-    assert stats.retries >= at_kill - 10 and stats.retries_refused == 0, stats
+    # Calls the victim started between its count and the kill may still have been served,
+    # so the retries are about the unserved calls; the exact account is the next assert.
+    assert stats.retries >= 0.9 * at_kill and stats.retries_refused == 0, stats
     # every call on the victim was served there before the kill, or retried elsewhere
     assert Counter(outcomes)[fleet[2].address] + stats.retries == on_victim
 
