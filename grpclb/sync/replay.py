@@ -108,12 +108,16 @@ class _Logical:
                 retry,
             )
         except LocalRpcError as error:
-            self._finish(error)
+            self._no_pod(error)
             return
         except Exception as error:
-            self._finish(LocalRpcError(grpc.StatusCode.UNAVAILABLE, f"grpclb: {error}"))
+            self._no_pod(LocalRpcError(grpc.StatusCode.UNAVAILABLE, f"grpclb: {error}"))
             return
         _in_context(self._context, self._launch, attempt)
+
+    def _no_pod(self, error: LocalRpcError) -> None:
+        """An attempt found no pod in time: with nothing else running, that is the outcome."""
+        self._finish(error)
 
     def _launch(self, attempt: Attempt) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -303,6 +307,13 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
             return
         if attempt is not None:
             self._launch(attempt)
+
+    def _no_pod(self, error: LocalRpcError) -> None:
+        # A hedge that waited for a pod in vain must not end attempts still running.
+        with self._lock:
+            idle = not self._running
+        if idle:
+            self._finish(error)
 
     def _hedge_refused(self, error: LocalRpcError | None) -> None:
         """No further hedge: the running attempts carry on; with none, the last failure stands."""
