@@ -24,6 +24,7 @@ import grpc
 from grpclb.config.settings import Settings
 from grpclb.config.target import Target
 from grpclb.core.attempt import Attempt
+from grpclb.core.budget import RetryBudget
 from grpclb.core.endpoints import (
     IDLE,
     READY,
@@ -61,7 +62,7 @@ _Action = Callable[[], None]
 _CANCELLED = grpc.StatusCode.CANCELLED
 
 
-class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers):
+class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, RetryBudget):
     """Owns the pods of one target and answers which connection serves a call."""
 
     def __init__(
@@ -335,40 +336,6 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers):
             if connection.draining_since is not None:
                 self._close_if_drained_locked(connection, actions)
         self._run(actions)
-
-    def reserve_retry(self) -> bool:
-        """Envoy's retry budget: retries in flight stay under a share of calls in flight.
-
-        A call waiting out its backoff is still a call in flight, and so is the
-        call asking (as Envoy counts the request it retries): the base is
-        attempts in flight plus granted retries not yet started plus one, so a
-        burst of failures does not shrink the base its retries are measured
-        against. The share is truncated, as Envoy's is. A granted retry counts
-        from now (its backoff included) until its attempt is released or
-        ``cancel_retry()``, so retries decided at the same moment cannot all
-        pass the same check. Hedges are granted the same way.
-        """
-        s = self.settings
-        with self._lock:
-            active = self._in_flight + self._retries_waiting + 1
-            allowed = max(
-                s.retry_budget_min_concurrency, int(s.retry_budget_percent * active / 100)
-            )
-            granted = self._retries_in_flight < allowed
-            if granted:
-                self._retries_in_flight += 1
-                self._retries_waiting += 1
-                self.counters["retries"] += 1
-            else:
-                self.counters["retries_refused"] += 1
-            self.telemetry.retry(granted)
-            return granted
-
-    def cancel_retry(self) -> None:
-        """A granted retry that never started (no pod, deadline, cancelled)."""
-        with self._lock:
-            self._retries_in_flight -= 1
-            self._retries_waiting -= 1
 
     def _apply_verdict_locked(self, verdict: Verdict) -> None:
         for _ in range(verdict.overflow):
