@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 import grpc
@@ -50,3 +51,29 @@ def spread(
         reply = echo.Unary(echo_pb2.EchoRequest(message=str(i)), timeout=5, metadata=metadata)
         counts[reply.pod] += 1
     return counts
+
+
+# --- asyncio ------------------------------------------------------------------------------
+
+
+def drive(coroutine: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+    """Run one test's coroutine in a fresh event loop, bounded as a whole."""
+    return asyncio.run(asyncio.wait_for(coroutine, timeout))
+
+
+async def until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "") -> T:
+    """Poll ``predicate`` on the loop until it is truthy, at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(0.01)
+
+
+async def ready(channel: Any, count: int, timeout: float = 10.0) -> None:
+    """Wait until ``count`` pods of an asyncio channel are READY (starting it if need be)."""
+    channel.get_state(try_to_connect=True)  # starts resolution without a call
+    await until(lambda: ready_count(channel) == count, timeout, f"{count} ready pods")

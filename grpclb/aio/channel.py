@@ -25,7 +25,7 @@ from opentelemetry.metrics import MeterProvider
 from grpclb.aio import multicallables
 from grpclb.aio.health import watch_health
 from grpclb.config.settings import Settings
-from grpclb.core.admission import wait_for_pods
+from grpclb.core.admission import attempt_or_wait
 from grpclb.core.attempt import Attempt
 from grpclb.core.balancer import Balancer, Clock
 from grpclb.core.endpoints import READY, Connection, Endpoint
@@ -223,18 +223,14 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
         balancer = self._balancer
         try:
             while True:
-                attempt = balancer.start_call(
-                    digest, tried, method, retry=retry, ready_only=wait_for_ready
+                found = attempt_or_wait(
+                    balancer, digest, tried, method, retry, wait_for_ready, deadline
                 )
-                if attempt is not None:
-                    return attempt
-                try:
-                    wait = wait_for_pods(balancer, wait_for_ready, deadline, time.monotonic())
-                except ValueError:  # closed while this call waited: cancelled, as grpc.aio does
-                    raise LocalRpcError(grpc.StatusCode.CANCELLED, "Channel closed!") from None
-                if wait:
+                if isinstance(found, Attempt):
+                    return found
+                if found:
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._next_change(), wait)
+                        await asyncio.wait_for(self._next_change(), found)
         except BaseException:
             if retry:
                 balancer.cancel_retry()  # the granted retry never started

@@ -8,11 +8,14 @@ a detail naming the target and why the set is empty.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Collection, Sequence
 
 import grpc
 
+from grpclb.core.attempt import Attempt
 from grpclb.core.balancer import Balancer
+from grpclb.core.endpoints import Endpoint
 from grpclb.core.hashing import hash_key
 from grpclb.errors import LocalRpcError
 
@@ -56,3 +59,27 @@ def wait_for_pods(
             f"({balancer.last_resolution_error or 'none yet'})",
         )
     return min(remaining, WAIT_SLICE)
+
+
+def attempt_or_wait(
+    balancer: Balancer,
+    digest: int | None,
+    tried: Collection[Endpoint],
+    method: str,
+    retry: bool,
+    wait_for_ready: bool,
+    deadline: float | None,
+) -> Attempt | float:
+    """An attempt on a pod now, or the seconds to wait before looking again.
+
+    Raises when the call must fail now: ``LocalRpcError`` (no pods, the deadline,
+    the circuit breaker), or CANCELLED when the channel closed while the call
+    waited, as grpcio reports such a call. Each flavour only waits its own way.
+    """
+    attempt = balancer.start_call(digest, tried, method, retry, wait_for_ready)
+    if attempt is not None:
+        return attempt
+    try:
+        return wait_for_pods(balancer, wait_for_ready, deadline, time.monotonic())
+    except ValueError:  # closed while this call waited: cancelled, as grpcio does
+        raise LocalRpcError(grpc.StatusCode.CANCELLED, "Channel closed!") from None

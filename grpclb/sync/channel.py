@@ -24,11 +24,10 @@ from opentelemetry.metrics import MeterProvider
 
 from grpclb._grpcio import connectivity_reader, request_connection
 from grpclb.config.settings import Settings
-from grpclb.core.admission import wait_for_pods
+from grpclb.core.admission import attempt_or_wait
 from grpclb.core.attempt import Attempt
 from grpclb.core.balancer import Balancer, Clock
 from grpclb.core.endpoints import Connection, Endpoint
-from grpclb.errors import LocalRpcError
 from grpclb.resolver import RefreshSchedule, Resolver
 from grpclb.shell import ChannelOptions, ChannelShell, dial_address
 from grpclb.stats import ChannelStats, check_min_ready, enough_ready, not_ready_error
@@ -187,18 +186,14 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
         try:
             while True:
                 version = self._version
-                attempt = balancer.start_call(
-                    digest, tried, method, retry=retry, ready_only=wait_for_ready
+                found = attempt_or_wait(
+                    balancer, digest, tried, method, retry, wait_for_ready, deadline
                 )
-                if attempt is not None:
-                    return attempt
-                try:
-                    wait = wait_for_pods(balancer, wait_for_ready, deadline, time.monotonic())
-                except ValueError:  # closed while this call waited: cancelled, as grpcio does
-                    raise LocalRpcError(grpc.StatusCode.CANCELLED, "Channel closed!") from None
+                if isinstance(found, Attempt):
+                    return found
                 with self._changed:
-                    if wait and self._version == version:
-                        self._changed.wait(timeout=wait)
+                    if found and self._version == version:
+                        self._changed.wait(timeout=found)
         except BaseException:
             if retry:
                 balancer.cancel_retry()  # the granted retry never started

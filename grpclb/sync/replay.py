@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from grpclb.core.admission import wait_for_pods
+from grpclb.core.admission import attempt_or_wait
 from grpclb.core.attempt import Attempt
 from grpclb.core.retry import CallRun
 from grpclb.errors import LocalRpcError
@@ -73,28 +73,58 @@ class _Logical:
         self._callbacks: list[Callable[[], None]] = []
         self._started = time.perf_counter()
         self._cancelled = False
+        self._timer: threading.Timer | None = None  # the pending retry or hedge
 
     def _pick(self, retry: bool) -> Attempt | None:
         """An attempt now, or None after arranging one on a waiting thread; may raise."""
         run = self._run
-        wait = bool(self._args[2])
         try:
-            attempt = self._balancer.start_call(
-                self._digest, run.tried, self._owner._method, retry=retry, ready_only=wait
+            found = attempt_or_wait(
+                self._balancer,
+                self._digest,
+                run.tried,
+                self._owner._method,
+                retry,
+                bool(self._args[2]),
+                run.deadline,
             )
-            if attempt is None:
-                try:
-                    wait_for_pods(self._balancer, wait, run.deadline, time.monotonic())
-                except ValueError:  # closed meanwhile: cancelled, as grpcio does
-                    raise LocalRpcError(grpc.StatusCode.CANCELLED, "Channel closed!") from None
         except BaseException:
             if retry:
                 self._balancer.cancel_retry()
             raise
-        if attempt is None:  # it may wait: do so on a thread, never in the caller's
-            waiter = threading.Thread(target=self._wait_for_pod, args=(retry,), daemon=True)
-            waiter.start()
-        return attempt
+        if isinstance(found, Attempt):
+            return found
+        # It may wait: do so on a thread, never in the caller's.
+        threading.Thread(target=self._wait_for_pod, args=(retry,), daemon=True).start()
+        return None
+
+    def _next_attempt(self, retry: bool) -> None:
+        """Start the call's next attempt now or, with no pod at hand, once one comes."""
+        try:
+            attempt = self._pick(retry)
+        except LocalRpcError as error:
+            self._finish(error)
+            return
+        if attempt is not None:
+            self._launch(attempt)
+
+    def _cancel_requested(self) -> bool:
+        """A cancel the stand-in has not acted on yet (a stream's, during its backoff)."""
+        return False
+
+    def _retry(self) -> None:
+        """A granted retry's turn, after its backoff; its grant is given back if it never starts."""
+        if self._done.is_set() or self._cancel_requested():
+            self._balancer.cancel_retry()
+            self._finish(_cancelled())  # (a no-op when the call has ended already)
+            return
+        self._next_attempt(retry=True)
+
+    def _after(self, delay: float, action: Callable[[], None]) -> None:
+        timer = threading.Timer(delay, _in_context, (self._context, action))
+        timer.daemon = True
+        self._timer = timer
+        timer.start()
 
     def _wait_for_pod(self, retry: bool) -> None:
         try:
@@ -181,14 +211,7 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
         self._running: dict[int, Any] = {}  # id(attempt) -> its grpcio future
         self._closing = False  # decided (answer or cancel): attempts starting now cancel
         self._failed: Any = None  # the latest failed attempt, the answer if no hedge can follow
-        self._timer: threading.Timer | None = None
-        try:
-            attempt = self._pick(retry=False)
-        except LocalRpcError as error:
-            self._finish(error)
-            return
-        if attempt is not None:
-            self._launch(attempt)
+        self._next_attempt(retry=False)
 
     def _launch(self, attempt: Attempt) -> None:
         owner, run = self._owner, self._run
@@ -265,25 +288,6 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
         self._finish(call)
         for other in others:
             other.cancel()
-
-    def _after(self, delay: float, action: Callable[[], None]) -> None:
-        timer = threading.Timer(delay, _in_context, (self._context, action))
-        timer.daemon = True
-        self._timer = timer
-        timer.start()
-
-    def _retry(self) -> None:
-        """A granted retry's turn (its budget grant is given back if it never starts)."""
-        if self._done.is_set():
-            self._balancer.cancel_retry()
-            return
-        try:
-            attempt = self._pick(retry=True)
-        except LocalRpcError as error:
-            self._finish(error)
-            return
-        if attempt is not None:
-            self._launch(attempt)
 
     def _arm_hedge(self, delay: float) -> None:
         """A6: the next hedge after ``delay``, if the call has no final answer by then."""

@@ -18,7 +18,7 @@ from grpclb.core.attempt import Attempt
 from grpclb.core.retry import CallRun
 from grpclb.errors import LocalRpcError
 from grpclb.sync.calls import release_when_done, weakly
-from grpclb.sync.replay import _OK, _cancelled, _in_context, _Logical
+from grpclb.sync.replay import _OK, _cancelled, _Logical
 from grpclb.telemetry import trace_retry
 
 if TYPE_CHECKING:
@@ -36,13 +36,7 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
         self._reading = False  # a reader has called next(): it decides retries
         self._ready = threading.Event()  # an attempt started, or the call ended
         self._wake = threading.Event()  # what a backoff waits on: set by cancel()
-        try:
-            attempt = self._pick(retry=False)
-        except LocalRpcError as error:
-            self._finish(error)
-            return
-        if attempt is not None:
-            self._launch(attempt)
+        self._next_attempt(retry=False)
 
     def _launch(self, attempt: Attempt) -> None:
         self._run.tried.append(attempt.endpoint)
@@ -95,22 +89,10 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
             return
         trace_retry(call.code(), delay)
         run.attempts += 1
-        timer = threading.Timer(delay, _in_context, (self._context, self._retry_unread))
-        timer.daemon = True
-        timer.start()
+        self._after(delay, self._retry)
 
-    def _retry_unread(self) -> None:
-        if self._done.is_set() or self._wake.is_set():  # ended or cancelled during the backoff
-            self._balancer.cancel_retry()
-            self._finish(_cancelled())
-            return
-        try:
-            attempt = self._pick(retry=True)
-        except LocalRpcError as error:
-            self._finish(error)
-            return
-        if attempt is not None:
-            self._launch(attempt)
+    def _cancel_requested(self) -> bool:
+        return self._wake.is_set()  # cancel() during the backoff
 
     def _finish(self, final: Any) -> None:
         super()._finish(final)
@@ -166,13 +148,7 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
         with self._lock:
             self._call = None
             self._ready.clear()
-        try:
-            attempt = self._pick(retry=True)
-        except LocalRpcError as error_now:
-            self._finish(error_now)
-            return True  # __next__ raises the final error
-        if attempt is not None:
-            self._launch(attempt)
+        self._next_attempt(retry=True)  # a failure to start is final: __next__ raises it
         return True
 
     # grpc.Call and grpc.Future, answered by the current attempt

@@ -22,7 +22,7 @@ import os
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
@@ -34,7 +34,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 import grpclb.aio
 from grpclb import telemetry
 from grpclb.testing import SERVICE_NAME, PodFleet, echo_pb2
-from tests.helpers import ready_count, stub
+from tests.helpers import drive, ready, stub, until
 
 FAST = {"dns_refresh_interval": "200ms", "dns_min_refresh_interval": "100ms"}
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -49,23 +49,6 @@ T = TypeVar("T")
 # --- driving coroutines and bounded waits ---------------------------------------------------
 
 
-def drive(coroutine: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
-    """Run one test's coroutine in a fresh event loop, bounded as a whole."""
-    return asyncio.run(asyncio.wait_for(coroutine, timeout))
-
-
-async def until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "") -> T:
-    """Poll ``predicate`` on the loop until it is truthy, at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
-
-
 async def until_off_loop(predicate: Callable[[], T], timeout: float = 10.0, what: str = "") -> T:
     """Like ``until`` for a blocking predicate (a pod's Control call): run off the loop."""
     deadline = time.monotonic() + timeout
@@ -76,11 +59,6 @@ async def until_off_loop(predicate: Callable[[], T], timeout: float = 10.0, what
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         await asyncio.sleep(0.01)
-
-
-async def ready(channel: grpclb.aio.Channel, count: int, timeout: float = 10.0) -> None:
-    channel.get_state(try_to_connect=True)  # starts resolution without a call
-    await until(lambda: ready_count(channel) == count, timeout, f"{count} ready pods")
 
 
 async def still_pending(awaitable: Awaitable[Any], seconds: float) -> asyncio.Future[Any]:

@@ -18,7 +18,7 @@ import grpclb
 import grpclb.aio
 from grpclb.core.endpoints import Connection
 from grpclb.testing import SERVICE_NAME, echo_pb2
-from tests.helpers import ready_count, spread, stub, wait_ready, wait_until
+from tests.helpers import ready_count, spread, stub, until, wait_ready, wait_until
 
 FAST = {"dns_refresh_interval": "100ms", "dns_min_refresh_interval": "50ms"}
 
@@ -87,14 +87,6 @@ def test_a_failed_answer_keeps_the_previous_pods_serving_in_asyncio(pods, dns_se
             await until(lambda: ready_count(channel) == 3)
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
-
-
-async def until(predicate: Any, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, f"timed out waiting for {predicate}"
-        await asyncio.sleep(0.01)
 
 
 def test_grpcio_refusing_a_channel_is_reported_at_creation_not_as_no_endpoints(pods):

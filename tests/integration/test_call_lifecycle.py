@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,7 +39,7 @@ import pytest
 import grpclb
 import grpclb.aio
 from grpclb.testing import SERVICE_NAME, PodFleet, echo_pb2
-from tests.helpers import stub, wait_ready, wait_until
+from tests.helpers import drive, ready, stub, until, wait_ready, wait_until
 
 FleetFactory = Callable[..., PodFleet]
 T = TypeVar("T")
@@ -71,26 +71,6 @@ def eventually(predicate: Callable[[], Any], timeout: float) -> bool:
         return bool(wait_until(predicate, timeout))
     except AssertionError:
         return False
-
-
-def drive(coroutine: Coroutine[Any, Any, T], timeout: float = 9.0) -> T:
-    """Run one aio scenario in a fresh loop, bounded as a whole."""
-    return asyncio.run(asyncio.wait_for(coroutine, timeout))
-
-
-async def until(predicate: Callable[[], Any], timeout: float, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
-
-
-async def ready(channel: grpclb.aio.Channel, count: int) -> None:
-    channel.get_state(try_to_connect=True)  # starts resolution without a call
-    await until(
-        lambda: sum(e.state == "ready" for e in channel.stats().endpoints) == count, 5, "pods"
-    )
 
 
 async def ending(awaitable: Any) -> Any:

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,7 +36,7 @@ import pytest
 import grpclb
 import grpclb.aio
 from grpclb.testing import SERVICE_NAME, PodFleet, echo_pb2
-from tests.helpers import stub, wait_ready, wait_until
+from tests.helpers import drive, ready, stub, until, wait_ready, wait_until
 
 FleetFactory = Callable[..., PodFleet]
 T = TypeVar("T")
@@ -54,26 +54,6 @@ def serve(pods: FleetFactory, dns_server: Any, count: int) -> tuple[PodFleet, st
 
 def request(**fields: Any) -> echo_pb2.EchoRequest:
     return echo_pb2.EchoRequest(**fields)
-
-
-def drive(coroutine: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
-    """Run one aio scenario in a fresh loop, bounded as a whole."""
-    return asyncio.run(asyncio.wait_for(coroutine, timeout))
-
-
-async def until(predicate: Callable[[], Any], timeout: float, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
-
-
-async def ready(channel: grpclb.aio.Channel, count: int) -> None:
-    channel.get_state(try_to_connect=True)  # starts resolution without a call
-    await until(
-        lambda: sum(e.state == "ready" for e in channel.stats().endpoints) == count, 5, "pods"
-    )
 
 
 async def soon(predicate: Callable[[], Any], timeout: float) -> bool:
