@@ -40,17 +40,16 @@ WHY: dict[str, str] = {
     "on the connection by the multicallable object instead",
     "_start": "one more Python call layer between `_blocking` and `_begin`",
     "__init__": "(aio) a `_Call` per call: its limits, a `CallRun`, the request hash and "
-    "about fifteen attributes, before any I/O",
+    "about ten attributes, before any I/O",
     "_invoke": "(aio) calls the pod's grpcio multicallable with keyword arguments and "
     "registers the attempt's one done-callback (`_AttemptEnded`)",
-    "_response": "(aio) the driver: awaits the attempt, releases it, settles the call",
-    "_start_now": "(aio) `_ensure_started`, `request_hash` and `start_call` per call",
     "_finish": "(aio) the done-callback's deferred `Attempt.release`",
     "finished_status": "(aio) reads the status through grpcio's private attributes",
     "__call__": "the multicallable entry point (and, in aio, the `_AttemptEnded` done-callback)",
     "pick": "the policy's choice itself: the only part that balancing needs",
     "_settle": "(aio) runs the call's own done-callbacks once the outcome is known",
-    "__await__": "(aio) the grpclb call's await entry: one more coroutine layer",
+    "__await__": "(aio) the driver (a generator): awaits the attempt, releases it, "
+    "settles the call",
     "_started": "(aio) an awaited helper even when the attempt is already running",
     "_attempt_done": "(aio) settles a call nobody drives, from its attempt's done-callback",
     "add_done_callback": "(aio) grpcio wraps each callback in a `functools.partial`",

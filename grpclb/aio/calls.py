@@ -76,12 +76,16 @@ class _AttemptEnded:
 
     def __call__(self, call: Any) -> None:
         try:
-            attempt = self.attempt
             owner = self.owner()
-            # A task awaiting this very attempt releases it itself when it resumes, one
-            # loop turn sooner and without scheduling anything (``_UnaryResponse``).
-            driving = owner is not None and owner._awaiting is call
-            if not attempt.released and not driving:
+            if owner is not None and owner._awaiting is call:
+                # The task awaiting this very attempt releases and settles the call itself
+                # when it resumes, one loop turn sooner and without scheduling anything
+                # (``_UnaryResponse``). Only a cancel shows at once, as grpc.aio's does.
+                if call.cancelled():
+                    owner._settle(aio_finished_status(call))
+                return
+            attempt = self.attempt
+            if not attempt.released:
                 code = aio_finished_status(call)
                 if code is None and not call.cancelled():
                     # Interceptors hide grpcio's call: ask it the slow way, on the loop.
@@ -112,6 +116,17 @@ def _constant(value: Any) -> Callable[[], Any]:
 class _Call:
     """One logical call: its attempts on pods, and grpc.aio's Call interface over them."""
 
+    # What most calls never change is a class default, not a per-call assignment.
+    _attempt: Any = None  # the current grpc.aio call
+    _handle: Attempt | None = None  # its hold on a pod
+    _error: grpc.aio.AioRpcError | None = None
+    _callbacks: list[Callable[[Any], None]] | None = None
+    _settled = False
+    _driven = False  # someone awaits or iterates, and so decides retries
+    _awaiting: Any = None  # the attempt a task is awaiting right now, if any
+    _starter: asyncio.Task[None] | None = None
+    _run: CallRun | None = None  # made by ``_progress()``, when a second attempt is considered
+
     def __init__(
         self,
         owner: _MultiCallable,
@@ -132,20 +147,17 @@ class _Call:
         )
         self._metadata = metadata
         self._credentials, self._compression = credentials, compression
-        self._run = CallRun(policy, deadline)
-        self._digest = request_hash(metadata, channel._hash_key)
-        self._attempt: Any = None  # the current grpc.aio call
-        self._handle: Attempt | None = None  # its hold on a pod
-        self._error: grpc.aio.AioRpcError | None = None
-        self._callbacks: list[Callable[[Any], None]] = []
-        self._settled = False
-        self._driven = False  # someone awaits or iterates, and so decides retries
+        self._policy, self._deadline = policy, deadline
+        self._digest = request_hash(metadata, channel._hash_key) if metadata else None
         self._began = time.perf_counter() if channel._timed else 0.0
-        self._awaiting: Any = None  # the attempt a task is awaiting right now, if any
-        self._starter: asyncio.Task[None] | None = None
-        self._loop = channel._ensure_started()
+        self._loop = channel._loop or channel._ensure_started()
+        balancer = channel._balancer
+        if balancer.closed:
+            raise grpc.aio.UsageError("Cannot invoke RPC on closed channel!")
         try:
-            attempt = channel._start_now(self._digest, owner._method, self._wait_for_ready)
+            attempt = balancer.start_call(
+                self._digest, (), owner._method, ready_only=self._wait_for_ready
+            )
         except LocalRpcError as error:
             self._fail(as_aio_error(error))
             return
@@ -157,11 +169,14 @@ class _Call:
             self._starter = channel._spawn(self._start_attempt(False))
 
     def _invoke(self, attempt: Attempt) -> Any:
-        deadline = self._run.deadline
+        deadline = self._deadline
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-        self._run.tried.append(attempt.endpoint)
+        if self._run is not None:
+            self._run.tried.append(attempt.endpoint)
+        owner = self._owner
+        method = attempt.connection.multicallables.get(owner._key) or owner.on(attempt)
         try:
-            call = self._owner.on(attempt)(
+            call = method(
                 self._request,
                 timeout=remaining,
                 metadata=self._metadata,
@@ -191,9 +206,9 @@ class _Call:
         try:
             attempt = await self._channel._begin(
                 self._digest,
-                self._run.deadline,
+                self._deadline,
                 self._wait_for_ready,
-                self._run.tried,
+                () if self._run is None else self._run.tried,
                 self._owner._method,
                 retry,
             )
@@ -232,9 +247,19 @@ class _Call:
             self.cancel()
             raise
 
+    def _progress(self) -> CallRun:
+        """The call's way through its policy, made when first needed: most calls end at
+        their first attempt and never need one."""
+        run = self._run
+        if run is None:
+            run = self._run = CallRun(self._policy, self._deadline)
+            if self._handle is not None:
+                run.tried.append(self._handle.endpoint)  # the attempt made before it
+        return run
+
     def _retry_after(self, error: grpc.aio.AioRpcError) -> bool:
         """Arrange the next attempt after a failure; False when the failure is final."""
-        run = self._run
+        run = self._progress()
         delay = run.retry_delay(error.code(), error.trailing_metadata, time.monotonic())
         if delay is None:
             return False
@@ -256,18 +281,19 @@ class _Call:
     def _attempt_done(self, call: Any) -> None:
         # Nobody will retry it, or it was cancelled: this attempt is the call's outcome.
         # (A hedge cancelled because another attempt won is not the current attempt.)
-        if not self._driven or (call.cancelled() and call is self._attempt):
+        if not self._driven or (call is self._attempt and call.cancelled()):
             self._settle(aio_finished_status(call))
 
     def _settle(self, code: grpc.StatusCode | None) -> None:
         if self._settled:
             return
         self._settled = True
-        if code is _OK:
-            self._run.succeeded()
-        self._channel._call_finished(self._owner._method, code, self._began)
-        callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
+        if code is _OK and self._policy.throttle is not None:
+            self._progress().succeeded()
+        if self._began:
+            self._channel._call_finished(self._owner._method, code, self._began)
+        callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks or ():
             try:
                 callback(self)
             except Exception:
@@ -295,12 +321,14 @@ class _Call:
         )
 
     def time_remaining(self) -> float | None:
-        deadline = self._run.deadline
+        deadline = self._deadline
         return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         if self._settled:
             callback(self)
+        elif self._callbacks is None:
+            self._callbacks = [callback]
         else:
             self._callbacks.append(callback)
 

@@ -184,12 +184,6 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
 
     # --- the call path's helpers (used by the asyncio call path) ------------------------------
 
-    def _start_now(self, digest: int | None, method: str, wait_for_ready: bool) -> Attempt | None:
-        """An attempt if a pod is at hand, without waiting."""
-        if self._balancer.closed:
-            raise grpc.aio.UsageError("Cannot invoke RPC on closed channel!")
-        return self._balancer.start_call(digest, (), method, ready_only=wait_for_ready)
-
     def _pick_hedge(
         self, digest: int | None, method: str, run: CallRun, wait_for_ready: bool
     ) -> Attempt | None:

@@ -27,34 +27,33 @@ class _UnaryResponse(_Call):
     _finished: asyncio.Event | None = None
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return self._response().__await__()
-
-    async def _response(self) -> Any:
+        # A generator, not a coroutine: no coroutine and wrapper per call, one frame less.
         if self._driven:  # another task drives this call: share its outcome
             if self._finished is None:
                 self._finished = asyncio.Event()
             if self._outcome is None:
-                await self._finished.wait()
+                yield from self._finished.wait().__await__()
         if self._outcome is not None:
             if self._outcome[1] is not None:
                 raise self._outcome[1]
             return self._outcome[0]
         if self._settled and self._attempt is not None:
-            return await self._attempt  # it ended before anyone awaited: its outcome stands
+            # It ended before anyone awaited: its outcome stands.
+            return (yield from self._attempt.__await__())
         self._driven = True
         code = None
         try:
-            if self._run.policy.hedging:
-                response = await self._hedged()
+            if self._policy.hedging_delay is not None:  # (not the property: per call)
+                response = yield from self._hedged().__await__()
             else:  # retries, inline: one coroutine less on every call
                 while True:
                     attempt = self._attempt  # the common case: started when the call was made
                     if attempt is None:
-                        attempt = await self._started()
+                        attempt = yield from self._started().__await__()
                     handle = self._handle
                     self._awaiting = attempt  # its done-callback leaves the release to us
                     try:
-                        response = await attempt
+                        response = yield from attempt.__await__()
                     except grpc.aio.AioRpcError as error:
                         self._awaiting = None
                         if handle is not None:
@@ -87,7 +86,7 @@ class _UnaryResponse(_Call):
 
     async def _hedged(self) -> Any:
         """A6 hedging: attempts on distinct pods, the first final answer wins."""
-        run, clock = self._run, self._loop.time
+        run, clock = self._progress(), self._loop.time
         hedging_delay = run.policy.hedging_delay or 0.0
         changed = asyncio.Event()
         running: dict[Any, Attempt] = {}

@@ -37,7 +37,7 @@ from grpclb.core.endpoints import (
 from grpclb.core.factory import PickerFactory
 from grpclb.core.hashing import HashTable
 from grpclb.core.health import EndpointHealth
-from grpclb.core.outlier import OutlierDetector, OutlierRecord, Verdict
+from grpclb.core.outlier import NO_VERDICT, OutlierDetector, OutlierRecord, Verdict
 from grpclb.core.pickers import NO_PICKER, Picker, pick_avoiding
 from grpclb.core.recycling import ConnectionLifecycle
 from grpclb.core.slowstart import SlowStart
@@ -331,11 +331,12 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, Re
                 if not endpoint.removed:
                     now = self._clock() if failed else 0.0  # time matters only to failures
                     verdict = self._detector.record(endpoint.outlier, failed, now, self._records)
-                    if verdict or verdict.overflow:
+                    if verdict is not NO_VERDICT:
                         self._apply_verdict_locked(verdict)
             if connection.draining_since is not None:
                 self._close_if_drained_locked(connection, actions)
-        self._run(actions)
+        if actions or self._wake_later:
+            self._run(actions)
 
     def _apply_verdict_locked(self, verdict: Verdict) -> None:
         for _ in range(verdict.overflow):

@@ -47,7 +47,8 @@ class Verdict:
         return bool(self.ejected or self.returned)
 
 
-_NOTHING = Verdict()
+NO_VERDICT = Verdict()
+"""What most outcomes change: nothing (compare by identity on the hot path)."""
 
 
 class OutlierDetector:
@@ -71,7 +72,7 @@ class OutlierDetector:
         if not failed:
             record.successes += 1
             record.consecutive_failures = 0
-            return _NOTHING
+            return NO_VERDICT
         record.failures += 1
         record.consecutive_failures += 1
         threshold = self.settings.consecutive_failures
@@ -80,7 +81,7 @@ class OutlierDetector:
                 return Verdict(overflow=1)
             self._eject(record, now)
             return Verdict(ejected=(record,), reasons=("consecutive_failures",))
-        return _NOTHING
+        return NO_VERDICT
 
     def on_interval(self, records: Sequence[OutlierRecord], now: float) -> Verdict:
         """The periodic pass: statistical ejections, returns, multiplier decay."""
