@@ -303,18 +303,10 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, Re
     def release(self, attempt: Attempt, code: grpc.StatusCode | None) -> None:
         """End an attempt (see ``Attempt.release``): release its counts, learn from its outcome."""
         connection = attempt.connection
-        if self.telemetry.enabled and attempt.started and not attempt.released:
-            self.telemetry.attempt_finished(
-                attempt.method,
-                connection.endpoint.address,
-                len(self._endpoints),
-                code,
-                time.perf_counter() - attempt.started,
-            )
         actions: list[_Action] = []
         with self._lock:
             if attempt.released:
-                return
+                return  # a racing release (a done-callback, another thread) came first
             attempt.released = True
             endpoint = connection.endpoint
             connection.in_flight -= 1
@@ -335,6 +327,14 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, Re
                         self._apply_verdict_locked(verdict)
             if connection.draining_since is not None:
                 self._close_if_drained_locked(connection, actions)
+        if attempt.started:  # telemetry is on: recorded by the one release that won, unlocked
+            self.telemetry.attempt_finished(
+                attempt.method,
+                connection.endpoint.address,
+                len(self._endpoints),
+                code,
+                time.perf_counter() - attempt.started,
+            )
         if actions or self._wake_later:
             self._run(actions)
 

@@ -1079,3 +1079,33 @@ def test_a_wait_for_ready_hash_pick_whose_pod_connects_goes_to_a_ready_pod() -> 
         attempt = h.balancer.start_call(key * 0x9E3779B97F4A7C15 % 2**64, (), "", False, True)
         assert attempt is not None and attempt.endpoint.address == CC
         attempt.release(C.OK)
+
+
+def test_an_attempt_is_recorded_once_when_two_releases_race() -> None:
+    """A done-callback and the awaiting task (or two threads) may release at once: one wins."""
+    from grpclb.telemetry import NullTelemetry
+
+    class Recording(NullTelemetry):
+        enabled = True
+
+        def __init__(self) -> None:
+            self.finished: list[grpc.StatusCode | None] = []
+            self.racer: Attempt | None = None
+
+        def attempt_finished(self, method, address, pods, code, seconds) -> None:  # type: ignore[no-untyped-def]
+            self.finished.append(code)
+            if self.racer is not None:  # the other release arrives while this one records
+                racer, self.racer = self.racer, None
+                racer.release(C.UNAVAILABLE)
+
+    h = Harness(policy="round_robin")
+    recording = Recording()
+    h.balancer.telemetry = recording
+    h.resolve(A)
+    h.ready(A)
+    attempt = h.call()
+    recording.racer = attempt
+    attempt.release(C.OK)
+    assert recording.finished == [C.OK]
+    assert h.balancer.stats().in_flight == 0
+    assert h.endpoint(A).failures == 0  # the loser's verdict is not counted either
