@@ -78,7 +78,7 @@ def settings_from_options(
 def pod_channel_options(
     target: Target, options: ChannelOptions, secure: bool
 ) -> list[tuple[str, Any]]:
-    """Options for one pod's channel: its own TCP connection, the service's name.
+    """Options for one pod's channel: its own TCP connection, the service's name, no retries.
 
     The call authority and the TLS name stay the service's, so a certificate
     for the service verifies while we dial a pod's IP; verification is never
@@ -87,6 +87,10 @@ def pod_channel_options(
     merged = list(options)
     names = {name for name, _ in merged}
     merged.append(("grpc.use_local_subchannel_pool", 1))
+    if "grpc.enable_retries" not in names:
+        # grpclb is the one retry layer: grpcio's own, inside a pod's channel, would only
+        # ever retry on that same pod, and its machinery costs every call (docs/service-config.md).
+        merged.append(("grpc.enable_retries", 0))
     if not target.is_static and "grpc.default_authority" not in names:
         merged.append(("grpc.default_authority", target.authority))
     if secure and not target.is_static and "grpc.ssl_target_name_override" not in names:

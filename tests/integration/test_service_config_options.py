@@ -30,7 +30,8 @@ def test_service_config_option_balances_and_never_reaches_pod_channels(pods, dns
     assert sorted(counts) == sorted(fleet.addresses)
     assert set(counts.values()) == {100}
     assert "grpc.service_config" not in pod_options
-    assert pod_options["grpc.enable_retries"] == 1  # harmless without a service config
+    # The user's own choice is kept: grpcio's transparent retries, inside each pod's channel.
+    assert pod_options["grpc.enable_retries"] == 1
 
 
 def test_aio_channel_lifts_the_option_too():
@@ -41,6 +42,8 @@ def test_aio_channel_lifts_the_option_too():
         try:
             assert channel.settings.policy == "round_robin"
             assert "grpc.service_config" not in dict(channel._options)
+            # grpclb is the one retry layer: grpcio's is off in pod channels unless asked for.
+            assert dict(channel._options)["grpc.enable_retries"] == 0
         finally:
             await asyncio.wait_for(channel.close(), 10)
 
