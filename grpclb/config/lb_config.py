@@ -156,11 +156,10 @@ def _algorithm(
     found: LbSettings = {f"{prefix}_ejection": (True, path)}
     enforcement = algorithm.get("enforcementPercentage")
     if enforcement is not None:
-        percent = read.percent(f"{path}.enforcementPercentage", enforcement)
-        if percent not in (0, 100):
-            # grpclb ejects every outlier it finds or none; it has no per-ejection coin flip.
-            read.fail(f"{path}.enforcementPercentage", "grpclb supports only 0 or 100", percent)
-        found[f"{prefix}_ejection"] = (percent == 100, f"{path}.enforcementPercentage")
+        where_from = f"{path}.enforcementPercentage"
+        percent = read.percent(where_from, enforcement)
+        found[f"{prefix}_ejection"] = (percent > 0, where_from)  # 0: the analysis never acts
+        found[f"{prefix}_enforcement_percent"] = (percent, where_from)
     for field, setting in (("minimumHosts", "minimum_hosts"), ("requestVolume", "request_volume")):
         if algorithm.get(field) is not None:
             value = read.integer(f"{path}.{field}", algorithm[field])

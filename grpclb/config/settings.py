@@ -74,10 +74,12 @@ class Settings:
     consecutive_failures: int = 5
     ejection_interval: float = 10.0
     success_rate_ejection: bool = True
+    success_rate_enforcement_percent: int = 100
     success_rate_stdev_factor: float = 1.9
     success_rate_minimum_hosts: int = 5
     success_rate_request_volume: int = 100
     failure_percentage_ejection: bool = False
+    failure_percentage_enforcement_percent: int = 100
     failure_percentage_threshold: float = 85.0
     failure_percentage_minimum_hosts: int = 5
     failure_percentage_request_volume: int = 50

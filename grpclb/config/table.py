@@ -222,6 +222,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Envoy enforcing_success_rate 100",
     ),
     Setting(
+        "success_rate_enforcement_percent",
+        integer(0, 100),
+        100,
+        "Chance, in percent, that a pod found by success-rate analysis is ejected.",
+        "gRFC A50 enforcement_percentage; Envoy enforcing_success_rate",
+    ),
+    Setting(
         "success_rate_stdev_factor",
         number(0.0, 100.0),
         1.9,
@@ -248,6 +255,13 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         "Eject pods whose failure percentage exceeds the threshold.",
         "Envoy enforcing_failure_percentage 0",
+    ),
+    Setting(
+        "failure_percentage_enforcement_percent",
+        integer(0, 100),
+        100,
+        "Chance, in percent, that a pod found by failure-percentage analysis is ejected.",
+        "gRFC A50 enforcement_percentage",
     ),
     Setting(
         "failure_percentage_threshold",

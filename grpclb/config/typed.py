@@ -73,10 +73,12 @@ class ChannelSettings(TypedDict, total=False):
     consecutive_failures: int
     ejection_interval: Duration
     success_rate_ejection: bool
+    success_rate_enforcement_percent: int
     success_rate_stdev_factor: float
     success_rate_minimum_hosts: int
     success_rate_request_volume: int
     failure_percentage_ejection: bool
+    failure_percentage_enforcement_percent: int
     failure_percentage_threshold: float
     failure_percentage_minimum_hosts: int
     failure_percentage_request_volume: int

@@ -100,7 +100,7 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, Re
         self._table_next_at = -math.inf  # no table build starts before (balancer clock)
         self.subsetter = Subsetter(settings)
         self.resolved_pods = 0  # in the last DNS answer; more than the pods when subsetting
-        self._detector = OutlierDetector(settings)
+        self._detector = OutlierDetector(settings, self._rng)
         self._records: list[OutlierRecord] = []  # every member's, for the detector
         self._next_interval = clock() + settings.ejection_interval
         self._slow_start = SlowStart(settings)

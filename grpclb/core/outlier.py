@@ -10,6 +10,7 @@ fake clock.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -54,8 +55,9 @@ NO_VERDICT = Verdict()
 class OutlierDetector:
     """Decides ejections; owns no pods, only reads and writes their records."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, rng: random.Random | None = None) -> None:
         self.settings = settings
+        self._rng = rng or random.Random()  # the enforcement draws; injected by tests
 
     def ejection_time(self, record: OutlierRecord) -> float:
         # "base_ejection_time * number of times ejected, capped by max_ejection_time" - Envoy
@@ -94,6 +96,8 @@ class OutlierDetector:
             if not self._may_eject(records):
                 overflow += 1
                 continue
+            if not self._enforced(reason):
+                continue
             self._eject(record, now)
             ejected.append(record)
             reasons.append(reason)
@@ -124,6 +128,21 @@ class OutlierDetector:
         if ejected == 0:
             return True  # one pod may always be ejected
         return (ejected + 1) * 100 <= self.settings.max_ejection_percent * total
+
+    def _enforced(self, reason: str) -> bool:
+        """gRFC A50 (Envoy's enforcing_*): an outlier found is ejected with this chance.
+
+        "randomly generate an integer between [0, 100). If that number is less than
+        enforcement_percentage, eject that address."
+        """
+        s = self.settings
+        if reason == "success_rate":
+            percent = s.success_rate_enforcement_percent
+        else:
+            percent = s.failure_percentage_enforcement_percent
+        if percent <= 0 or percent >= 100:
+            return percent >= 100  # certain either way: no draw
+        return self._rng.randrange(100) < percent
 
     @staticmethod
     def _eject(record: OutlierRecord, now: float) -> None:

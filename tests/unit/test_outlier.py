@@ -8,6 +8,7 @@ named fields (``ejected``, ``ejection_multiplier``, ``ejections``).
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 
 import pytest
@@ -395,3 +396,61 @@ def test_interval_with_nothing_to_do() -> None:
     records = pods(5)
     assert det.on_interval(records, 10.0) == Verdict()
     assert det.on_interval([], 20.0) == Verdict()
+
+
+# --- enforcement (gRFC A50 enforcement_percentage, Envoy's enforcing_*) -------------------
+
+
+class Draws(random.Random):
+    """``randrange`` answers from a fixed list: the enforcement draws, in order."""
+
+    def __init__(self, *draws: int) -> None:
+        super().__init__(0)
+        self.draws = list(draws)
+
+    def randrange(self, *args: object, **kwargs: object) -> int:  # type: ignore[override]
+        return self.draws.pop(0)
+
+
+@pytest.mark.parametrize(
+    ("percent", "draw", "ejected"),
+    [(50, 49, True), (50, 50, False), (1, 0, True), (0, 0, False), (100, 99, True)],
+)
+def test_an_outlier_is_ejected_when_the_draw_is_below_the_enforcement(
+    percent: int, draw: int, ejected: bool
+) -> None:
+    settings = Settings.load({"success_rate_enforcement_percent": percent}, environ={})
+    rng = Draws(draw)
+    det = OutlierDetector(settings, rng)
+    records = with_outcomes([(100, 0)] * 4 + [(50, 50)])
+    verdict = det.on_interval(records, 10.0)
+    assert records[4].ejected is ejected
+    assert verdict.ejected == ((records[4],) if ejected else ())
+    assert rng.draws == ([draw] if percent in (0, 100) else [])  # 0 and 100 need no draw
+
+
+def test_failure_percentage_has_its_own_enforcement() -> None:
+    settings = Settings.load(
+        {
+            "success_rate_ejection": False,
+            "failure_percentage_ejection": True,
+            "failure_percentage_enforcement_percent": 30,
+            "max_ejection_percent": 100,
+        },
+        environ={},
+    )
+    det = OutlierDetector(settings, Draws(10, 90, 29, 30))
+    records = with_outcomes([(0, 50)] * 4 + [(100, 0)])
+    verdict = det.on_interval(records, 10.0)
+    assert indices(records, verdict.ejected) == [0, 2]  # draws 10 and 29 are below 30
+
+
+def test_enforcement_spares_outliers_at_the_rate_asked() -> None:
+    """Over many intervals a 25 % enforcement ejects about a quarter of the outliers found."""
+    settings = Settings.load({"success_rate_enforcement_percent": 25}, environ={})
+    det = OutlierDetector(settings, random.Random(5))
+    ejected = 0
+    for _ in range(400):
+        records = with_outcomes([(100, 0)] * 4 + [(50, 50)])
+        ejected += len(det.on_interval(records, 10.0).ejected)
+    assert 70 <= ejected <= 130  # 100 expected; the seed makes it exact, the bound explains it

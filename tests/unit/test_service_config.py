@@ -537,11 +537,6 @@ ERROR_CASES: list[tuple[str, Any, str]] = [
         "successRateEjection.enforcementPercentage: must be an integer from 0 to 100",
     ),
     (
-        "outlier_enforcement_partial",
-        outlier(successRateEjection={"enforcementPercentage": 50}),
-        "outlier_detection_experimental.successRateEjection.enforcementPercentage: grpclb supports only 0 or 100 (got 50)",  # noqa: E501
-    ),
-    (
         "outlier_threshold_over_100",
         outlier(failurePercentageEjection={"threshold": 101}),
         "failurePercentageEjection.threshold: must be an integer from 0 to 100",
@@ -728,10 +723,12 @@ LB_CASES: list[tuple[str, Any, dict[str, Any]]] = [
             "max_ejection_time": 20.0,
             "max_ejection_percent": 50,
             "success_rate_ejection": True,
+            "success_rate_enforcement_percent": 100,
             "success_rate_stdev_factor": 1.5,
             "success_rate_minimum_hosts": 3,
             "success_rate_request_volume": 20,
             "failure_percentage_ejection": True,
+            "failure_percentage_enforcement_percent": 100,
             "failure_percentage_threshold": 60.0,
             "failure_percentage_minimum_hosts": 2,
             "failure_percentage_request_volume": 10,
@@ -743,7 +740,22 @@ LB_CASES: list[tuple[str, Any, dict[str, Any]]] = [
         {
             "policy": "round_robin",
             "success_rate_ejection": False,
+            "success_rate_enforcement_percent": 0,
             "failure_percentage_ejection": False,
+        },
+    ),
+    (
+        "outlier_enforcement_partial",
+        outlier(
+            successRateEjection={"enforcementPercentage": 50},
+            failurePercentageEjection={"enforcementPercentage": 10},
+        ),
+        {
+            "policy": "round_robin",
+            "success_rate_ejection": True,
+            "success_rate_enforcement_percent": 50,
+            "failure_percentage_ejection": True,
+            "failure_percentage_enforcement_percent": 10,
         },
     ),
     (
