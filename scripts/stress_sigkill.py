@@ -4,7 +4,8 @@ The scenario of ``test_sigkill_during_2000_concurrent_calls_fails_only_refused_r
 (tests/integration/test_aio.py), run ``--runs`` times (default 20), each on a
 fresh fleet of three process pods behind the dnsmasq harness: round_robin,
 the retry budget open (``retry_budget_percent=100``), 80 ms calls, and one
-pod killed as soon as it has started 20 of its third. With retries and an
+pod SIGKILLing itself as it starts the 20th call of its third (the pods'
+``sigkill_at`` mode, exact under any load). With retries and an
 open budget, a run should fail no call; a cut call that is not retried shows
 up as a failure.
 
@@ -32,26 +33,13 @@ from typing import Any
 RUN_LIMIT_S = 90.0  # one run's child process, from start to its report
 
 
-async def scenario(
-    where: str, victim: str, victim_pid: int, calls: int, budget: float, kill_after: int
-) -> Any:
+async def scenario(where: str, victim: str, calls: int, budget: float, kill_after: int) -> Any:
     """One run, in the child: returns what the run saw, as a JSON-able dict."""
     import grpc
     import grpc.aio
 
     import grpclb.aio
     from grpclb.testing import echo_pb2, echo_pb2_grpc
-
-    control = echo_pb2_grpc.ControlStub(grpc.insecure_channel(victim))  # type: ignore[no-untyped-call]
-
-    def kill_once_serving() -> int:
-        deadline = time.monotonic() + 20
-        while (started := control.GetStats(echo_pb2.Empty(), timeout=2).calls) < kill_after:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the victim never served")
-            time.sleep(0.002)
-        os.kill(victim_pid, signal.SIGKILL)
-        return int(started)
 
     async def outcome(call: Any) -> str:
         try:
@@ -76,7 +64,6 @@ async def scenario(
         on_victim = channel.stats().by_address()[victim].calls  # picks happen at creation
         gathered = asyncio.gather(*(outcome(c) for c in pending))
         try:
-            at_kill = await asyncio.to_thread(kill_once_serving)
             outcomes = await asyncio.wait_for(gathered, 40)
         finally:
             gathered.cancel()
@@ -85,7 +72,7 @@ async def scenario(
     failed = Counter(o for o in outcomes if not o.startswith("ok "))
     return {
         "on_victim": on_victim,
-        "unserved_at_kill": on_victim - at_kill,
+        "unserved_at_kill": on_victim - kill_after,
         "failed": sum(failed.values()),
         "failures": dict(failed.most_common(3)),
         "retries": stats.retries,
@@ -95,10 +82,8 @@ async def scenario(
 
 
 def child(argv: list[str]) -> None:
-    where, victim, pid, calls, budget, kill_after = argv
-    found = asyncio.run(
-        scenario(where, victim, int(pid), int(calls), float(budget), int(kill_after))
-    )
+    where, victim, calls, budget, kill_after = argv
+    found = asyncio.run(scenario(where, victim, int(calls), float(budget), int(kill_after)))
     print(json.dumps(found), flush=True)
 
 
@@ -109,14 +94,14 @@ def one_run(dns: Any, calls: int, budget: float, kill_after: int) -> dict[str, A
     fleet = PodFleet(3, processes=True)
     try:
         dns.set_records(SERVICE_NAME, [p.host for p in fleet])
-        victim: Any = fleet[2]  # a ProcessPod: it has a pid
+        victim: Any = fleet[2]
+        victim.set_mode("sigkill_at", kill_after)  # it SIGKILLs itself as that call starts
         command = [
             sys.executable,
             __file__,
             "--child",
             dns.target(SERVICE_NAME, fleet.port),
             victim.address,
-            str(victim.pid),
             str(calls),
             str(budget),
             str(kill_after),

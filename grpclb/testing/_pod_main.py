@@ -27,7 +27,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from grpclb.testing import echo_pb2, echo_pb2_grpc
 
-MODES = frozenset({"ok", "unavailable", "not_found", "slow", "hang"})
+MODES = frozenset({"ok", "unavailable", "not_found", "slow", "hang", "sigkill_at"})
+# "sigkill_at": the pod process SIGKILLs itself as it starts call number ``delay_ms`` (a
+# count here, not a delay): an exact moment under any load, where a signal from outside,
+# timed by polling counts through the same busy server, lands late. Process pods only.
 # A hanging call without a deadline would otherwise pin a worker thread forever.
 HANG_LIMIT_S = 60.0
 # Bounds the work one request can ask for, so a typo cannot stall a test run.
@@ -51,6 +54,7 @@ class PodState:
     calls: int = 0
     in_flight: int = 0
     peers: set[str] = field(default_factory=set)
+    may_kill_itself: bool = False  # a pod process of its own: "sigkill_at" is allowed
 
     def snapshot_locked(self) -> echo_pb2.PodStats:
         """Builds the stats message; the caller holds ``lock``."""
@@ -85,6 +89,8 @@ class EchoServicer(echo_pb2_grpc.EchoServicer):
             state.in_flight += 1
             state.peers.add(context.peer())
             mode, delay_ms = state.mode, state.delay_ms
+            if mode == "sigkill_at" and state.calls >= delay_ms:
+                os.kill(os.getpid(), signal.SIGKILL)
         try:
             if mode in _FAILURES:
                 context.abort(_FAILURES[mode], f"pod {state.address} set to {mode}")
@@ -149,6 +155,10 @@ class ControlServicer(echo_pb2_grpc.ControlServicer):
     def SetMode(self, request: echo_pb2.Mode, context: grpc.ServicerContext) -> echo_pb2.Mode:
         if request.mode not in MODES:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown mode {request.mode!r}")
+        if request.mode == "sigkill_at" and not self._state.may_kill_itself:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "sigkill_at is for process pods only"
+            )
         with self._state.lock:
             self._state.mode, self._state.delay_ms = request.mode, request.delay_ms
         return echo_pb2.Mode(mode=request.mode, delay_ms=request.delay_ms)
@@ -201,17 +211,19 @@ def serve(
     tls: tuple[bytes, bytes] | None = None,
     max_workers: int = 32,
     health_service: bool = True,
+    may_kill_itself: bool = False,
 ) -> PodServer:
     """Starts a pod server on ``host:port``; ``tls`` is ``(private_key_pem, cert_chain_pem)``.
 
     ``health_service=False`` serves no grpc.health.v1, as many real servers do not.
+    ``may_kill_itself`` allows the "sigkill_at" mode: only in a pod process of its own.
 
     Raises ``OSError`` when the address is taken: ``grpc.so_reuseport`` is off so
     two pods can never silently share one address.
     """
     executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="pod")
     server = grpc.server(executor, options=[("grpc.so_reuseport", 0)])
-    state = PodState(address=format_address(host, port))
+    state = PodState(address=format_address(host, port), may_kill_itself=may_kill_itself)
     health_servicer = health.HealthServicer()
     for service in ("", "grpclb.testing.Echo"):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -257,7 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.tls_key, "rb") as key, open(args.tls_cert, "rb") as chain:
             tls = (key.read(), chain.read())
     try:
-        pod = serve(args.host, args.port, tls=tls, max_workers=args.max_workers)
+        pod = serve(
+            args.host, args.port, tls=tls, max_workers=args.max_workers, may_kill_itself=True
+        )
     except OSError as exc:
         print(f"pod {name}: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -980,40 +980,35 @@ def test_10000_concurrent_calls_over_20_pods_all_succeed_evenly(
     assert stats.calls == 10_000 and stats.failures == 0
 
 
+KILL_AT = 20  # the victim's call that kills it as it starts
+
+
 async def kill_under_load(
     where: str, victim: Any, **settings: Any
 ) -> tuple[list[Outcome], int, int, Any]:
     """2,000 concurrent calls over 3 pods; SIGKILL ``victim`` while most of its share is in flight.
 
     Each pod runs 32 handlers at a time, so with 80 ms calls the victim needs
-    about 1.7 s for its third. It is killed as soon as it has started 20 calls,
-    counted by the pod itself (the client lags behind the pods under this load,
-    so its own counts would kill too late): the rest of its share is then
-    queued or running there. Returns the outcomes, the calls picked for the
-    victim, the victim's unserved calls at the kill, and the channel's stats.
+    about 1.7 s for its third. It SIGKILLs itself as it starts its 20th call
+    (the pod's "sigkill_at" mode): the rest of its share is then queued or
+    running there. A kill from outside, timed by polling the pod's counts,
+    lands late whenever those polls queue behind the calls on the busy pod.
+    Returns the outcomes, the calls picked for the victim, the victim's
+    unserved calls at the kill, and the channel's stats.
     """
     async with grpclb.aio.channel(where, policy="round_robin", **settings) as channel:
         await ready(channel, 3)
         echo = stub(channel)
+        victim.set_mode("sigkill_at", KILL_AT)
         calls = [echo.Unary(request(sleep_ms=80), timeout=30) for _ in range(2000)]
         on_victim = row(channel, victim.address).calls  # picks happen when calls are made
-
-        def kill_once_serving() -> int:
-            deadline = time.monotonic() + 20
-            while (started := victim.stats().calls) < 20:
-                assert time.monotonic() < deadline, "the victim never served"
-                time.sleep(0.002)
-            victim.kill()
-            return started
-
         gathered = asyncio.gather(*(outcome(c) for c in calls))
         try:
-            started_at_kill = await asyncio.to_thread(kill_once_serving)
             outcomes = await asyncio.wait_for(gathered, 40)
         finally:
             gathered.cancel()
         await until(lambda: channel.stats().in_flight == 0, 5, "calls released")
-        return outcomes, on_victim, on_victim - started_at_kill, channel.stats()
+        return outcomes, on_victim, on_victim - KILL_AT, channel.stats()
 
 
 def test_sigkill_during_2000_concurrent_calls_fails_only_refused_retries(

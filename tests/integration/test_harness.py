@@ -209,6 +209,30 @@ def test_process_pods_start_together_and_die_on_sigkill(pods: FleetFactory) -> N
     assert survivor.stats().calls == 2
 
 
+def test_a_process_pod_kills_itself_as_its_nth_call_starts(pods: FleetFactory) -> None:
+    (victim,) = pods(1, processes=True)
+    assert isinstance(victim, ProcessPod)
+    victim.set_mode("sigkill_at", 3)
+    with echo_stub(victim.address) as stub:
+        for _ in range(2):
+            assert stub.Unary(pb.EchoRequest(), timeout=DEADLINE_S).pod == victim.address
+        error = rpc_error(lambda: stub.Unary(pb.EchoRequest(), timeout=DEADLINE_S))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE  # the third call: no answer
+    deadline = time.monotonic() + DEADLINE_S
+    while victim.returncode is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert victim.returncode == -signal.SIGKILL
+
+
+def test_a_thread_pod_refuses_to_kill_its_process(pods: FleetFactory) -> None:
+    (pod,) = pods(1)
+    with pytest.raises(grpc.RpcError) as raised:
+        pod.set_mode("sigkill_at", 1)
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with echo_stub(pod.address) as stub:
+        assert stub.Unary(pb.EchoRequest(), timeout=DEADLINE_S).pod == pod.address
+
+
 def test_process_pod_start_failure_shows_the_childs_stderr(pods: FleetFactory) -> None:
     (pod,) = pods(1)
     with pytest.raises(RuntimeError, match=r"(?s)exited with code 1.*cannot bind"):
