@@ -80,9 +80,7 @@ class _AttemptEnded:
             if owner is not None and owner._awaiting is call:
                 # The task awaiting this very attempt releases and settles the call itself
                 # when it resumes, one loop turn sooner and without scheduling anything
-                # (``_UnaryResponse``). Only a cancel shows at once, as grpc.aio's does.
-                if call.cancelled():
-                    owner._settle(aio_finished_status(call))
+                # (``_UnaryResponse``); a cancel settles it at once (``_Call.cancel``).
                 return
             attempt = self.attempt
             if not attempt.released:
@@ -301,8 +299,14 @@ class _Call:
 
     # grpc.aio.RpcContext
     def cancel(self) -> bool:
-        if self._attempt is not None:
-            return bool(self._attempt.cancel())
+        attempt = self._attempt
+        if attempt is not None:
+            cancelled = bool(attempt.cancel())
+            if cancelled and self._awaiting is attempt:
+                # Done at once, as a grpc.aio call is; the awaiting task, when it resumes
+                # with the CancelledError, finds the outcome settled and releases the pod.
+                self._settle(_CANCELLED)
+            return cancelled
         if self._settled:
             return False
         if self._starter is not None:

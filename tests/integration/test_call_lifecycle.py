@@ -183,6 +183,37 @@ def test_aio_cancel_ends_an_awaited_call_that_waits_for_a_pod(
     assert took < 0.5, took
 
 
+# --- aio: cancel() of a running call another task awaits: done at once, no verdict on the pod ---
+
+
+def test_aio_cancel_of_an_awaited_running_call_is_done_at_once(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    fleet, target = serve(pods, dns_server, 1)
+    (pod,) = fleet.pods
+    pod.set_mode("slow", delay_ms=3000)
+
+    async def scenario() -> tuple[bool, bool, int, Any, Any]:
+        async with grpclb.aio.channel(target, consecutive_failures=1) as channel:
+            await ready(channel, 1)
+            call = stub(channel).Unary(echo_pb2.EchoRequest(), timeout=8)
+            fired: list[Any] = []
+            call.add_done_callback(fired.append)
+            awaiter = asyncio.ensure_future(ending(call))
+            await until(lambda: pod.stats().in_flight == 1, 5, "the call at the pod")
+            assert call.cancel()
+            done_at_once = call.done() and call.cancelled()
+            result = await asyncio.wait_for(awaiter, 3)
+            await until(lambda: channel.stats().in_flight == 0, 3, "the attempt released")
+            return done_at_once, fired == [call], len(fired), result, channel.stats()
+
+    done_at_once, fired_with_call, fired, result, stats = drive(scenario())
+    assert done_at_once
+    assert fired_with_call and fired == 1
+    assert isinstance(result, asyncio.CancelledError), repr(result)
+    assert stats.failures == 0 and stats.endpoints[0].ejections == 0  # a cancel is no verdict
+
+
 # --- aio: a cancel during a retry backoff gives the retry budget back --------------------------
 
 
