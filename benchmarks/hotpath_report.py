@@ -39,7 +39,7 @@ WHY: dict[str, str] = {
     "_on": "looks the per-pod multicallable up by a 5-tuple key (hashed every call); cache it "
     "on the connection by the multicallable object instead",
     "_start": "one more Python call layer between `_blocking` and `_begin`",
-    "__init__": "(aio) a `_Call` per call: its limits, a `CallRun`, the request hash and "
+    "__init__": "(aio) a `_Call` per call: its limits, the request hash and "
     "about ten attributes, before any I/O",
     "_invoke": "(aio) calls the pod's grpcio multicallable with keyword arguments and "
     "registers the attempt's one done-callback (`_AttemptEnded`)",
