@@ -17,6 +17,7 @@ OWNER_ORDER = ("grpclb", "opentelemetry-api (called by grpclb)", "grpcio", "prot
 
 # What a function on the call path does per call, and what would make it cheaper. Only the
 # functions a run finds among the costliest are shown, so a renamed one simply drops out.
+# Keyed by name, or by "module path:name" where names are shared (``_why``).
 WHY: dict[str, str] = {
     "start_call": "takes the balancer lock and updates six in-flight/call counters, calls "
     "`trace_attempt`, reads `telemetry.enabled`; keep one in-flight count per connection "
@@ -29,9 +30,9 @@ WHY: dict[str, str] = {
     "_begin": "a `getpid()` system call per call (fork check), `request_hash` even without a "
     "hash key, a read of the wake-up version; check the pid with `os.register_at_fork` "
     "instead and skip hashing when `hash_key` is None",
-    "trace_attempt": "asks OpenTelemetry for the current span on every call even when no "
-    "tracer provider is configured; decide once per channel, as `telemetry_for` already "
-    "does for metrics",
+    "trace_attempt": "asks OpenTelemetry for the current context on every attempt, to mark "
+    "a recording span with the pod; a once-per-channel check of the global tracer provider "
+    "would miss spans from a provider that is not the global one",
     "get_value": "OpenTelemetry context lookup behind `trace.get_current_span()`",
     "get_current": "OpenTelemetry context lookup behind `trace.get_current_span()`",
     "get_current_span": "called by `trace_attempt` on every call",
@@ -39,13 +40,18 @@ WHY: dict[str, str] = {
     "_on": "looks the per-pod multicallable up by a 5-tuple key (hashed every call); cache it "
     "on the connection by the multicallable object instead",
     "_start": "one more Python call layer between `_blocking` and `_begin`",
-    "__init__": "(aio) a `_Call` per call: its limits, the request hash and "
+    "aio/calls.py:__init__": "(aio) a `_Call` per call: its limits, the request hash and "
     "about ten attributes, before any I/O",
+    "core/attempt.py:__init__": "the attempt handle: its connection, pod, method, start time "
+    "and budget grant",
+    "core/attempt.py:release": "the handle's once-only release: a check, then `Balancer.release`",
     "_invoke": "(aio) calls the pod's grpcio multicallable with keyword arguments and "
     "registers the attempt's one done-callback (`_AttemptEnded`)",
     "_finish": "(aio) the done-callback's deferred `Attempt.release`",
     "finished_status": "(aio) reads the status through grpcio's private attributes",
-    "__call__": "the multicallable entry point (and, in aio, the `_AttemptEnded` done-callback)",
+    "__call__": "the multicallable entry point",
+    "aio/calls.py:__call__": "(aio) the attempt's done-callback (`_AttemptEnded`): nothing "
+    "when the task awaiting the attempt releases it itself",
     "pick": "the policy's choice itself: the only part that balancing needs",
     "_settle": "(aio) runs the call's own done-callbacks once the outcome is known",
     "__await__": "(aio) the driver (a generator): awaits the attempt, releases it, "
@@ -58,6 +64,13 @@ WHY: dict[str, str] = {
 
 def _name(label: str) -> str:
     return label.split("`")[1] if "`" in label else label
+
+
+def _why(label: str) -> str:
+    """What the function of a profile label ("`name` (path:line)") does, from ``WHY``."""
+    name = _name(label)
+    path = label.rsplit("(", 1)[-1].rsplit(":", 1)[0] if "(" in label else ""
+    return WHY.get(f"{path}:{name}", WHY.get(name, ""))
 
 
 def describe(
@@ -125,7 +138,7 @@ def describe(
                     label,
                     f"{us:.2f}",
                     f"{100 * us / total:.0f} %",
-                    WHY.get(_name(label), ""),
+                    _why(label),
                 )
             )
     section.tables.append(

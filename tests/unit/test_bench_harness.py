@@ -127,3 +127,13 @@ def test_bench_script_installs_proxies_only_for_runs_that_use_them(args, wanted)
         ["bash", "-c", f'{function}wants_proxies "$@"', "bash", *args], check=False, timeout=10
     )
     assert (done.returncode == 0) is wanted
+
+
+def test_hot_path_descriptions_tell_functions_of_one_name_apart() -> None:
+    from benchmarks.hotpath_report import _why
+
+    handle = _why("`__init__` (core/attempt.py:28)")
+    logical_call = _why("`__init__` (aio/calls.py:128)")
+    assert handle and logical_call and handle != logical_call
+    assert _why("`start_call` (core/balancer.py:237)")  # a name of its own needs no path
+    assert _why("`no_such_function` (core/balancer.py:1)") == ""
