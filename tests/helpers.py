@@ -61,6 +61,14 @@ def drive(coroutine: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
     return asyncio.run(asyncio.wait_for(coroutine, timeout))
 
 
+async def ending(awaitable: Any) -> Any:
+    """What awaiting gives: the pod that replied, or the exception (never raises)."""
+    try:
+        return str((await awaitable).pod)
+    except BaseException as error:  # CancelledError included: the ending is the finding
+        return error
+
+
 async def until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "") -> T:
     """Poll ``predicate`` on the loop until it is truthy, at most ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

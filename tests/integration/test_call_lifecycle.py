@@ -39,7 +39,7 @@ import pytest
 import grpclb
 import grpclb.aio
 from grpclb.testing import SERVICE_NAME, PodFleet, echo_pb2
-from tests.helpers import drive, ready, stub, until, wait_ready, wait_until
+from tests.helpers import drive, ending, ready, stub, until, wait_ready, wait_until
 
 FleetFactory = Callable[..., PodFleet]
 T = TypeVar("T")
@@ -71,14 +71,6 @@ def eventually(predicate: Callable[[], Any], timeout: float) -> bool:
         return bool(wait_until(predicate, timeout))
     except AssertionError:
         return False
-
-
-async def ending(awaitable: Any) -> Any:
-    """What awaiting gives: the pod that replied, or the exception (never raises)."""
-    try:
-        return str((await awaitable).pod)
-    except BaseException as error:  # CancelledError included: the ending is the finding
-        return error
 
 
 def granted(channel: Any, retries: int) -> bool:
