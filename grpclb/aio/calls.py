@@ -286,8 +286,9 @@ class _Call:
         if self._settled:
             return
         self._settled = True
-        if code is _OK and self._policy.throttle is not None:
-            self._progress().succeeded()
+        throttle = self._policy.throttle
+        if code is _OK and throttle is not None:
+            throttle.record_success()  # A6: a success earns a token back (as the sync path)
         if self._began:
             self._channel._call_finished(self._owner._method, code, self._began)
         callbacks, self._callbacks = self._callbacks, None
