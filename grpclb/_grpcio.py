@@ -1,7 +1,8 @@
 """Every use of grpcio's private API, in one place.
 
 grpcio's public API cannot do these things a balancing channel needs: read a
-finished grpc.aio call's status without awaiting, ask an IDLE sync channel to
+finished grpc.aio call's status without awaiting, write a grpc.aio request
+stream without losing the server's status to a write, ask an IDLE sync channel to
 connect without leaving work for its polling thread, learn a sync channel's
 connectivity without a polling thread per channel, and run asyncio client
 interceptors around a call that is not made on one grpc.aio channel. Each helper here
@@ -12,13 +13,18 @@ is noticed in CI rather than in production.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
 import grpc.aio
 from grpc import _common as grpc_common
+from grpc._cython import cygrpc
 from grpc.aio import _interceptor as _aio_interceptor
+
+log = logging.getLogger("grpclb")
 
 _STATUS_CODES: dict[Any, grpc.StatusCode] = grpc_common.CYGRPC_STATUS_CODE_TO_STATUS_CODE
 _CONNECTIVITY: dict[Any, grpc.ChannelConnectivity] = (
@@ -37,6 +43,58 @@ def aio_finished_status(call: Any) -> grpc.StatusCode | None:
         return _STATUS_CODES[call._cython_call._status.code()]
     except Exception:
         return None
+
+
+async def send_request_stream(call: Any, messages: Iterator[Any] | AsyncIterator[Any]) -> None:
+    """Write ``messages`` on a grpc.aio stream-request call opened without them, then half-close.
+
+    grpc.aio's own writers (a request iterator given to the call, or
+    ``write()``) turn a write that loses the race with the server's status
+    into INTERNAL "Internal error from Core", and that status replaces the
+    server's: measured without grpclb, 80 of 100 bidirectional calls to a pod
+    answering UNAVAILABLE ended INTERNAL. A retry decision needs the pod's own
+    status, so this writer stops at the first write the core refuses and
+    leaves the status to the server. As grpc.aio's does, it cancels the call
+    when the caller's iterator raises.
+    """
+    try:
+        if isinstance(messages, AsyncIterator):
+            async for message in messages:
+                if not await _send_message(call, message):
+                    return
+        else:
+            for message in messages:
+                if not await _send_message(call, message):
+                    return
+        if not call.done():
+            call._done_writing_flag = True
+            await call._cython_call.send_receive_close()
+    except cygrpc.InternalError:
+        return  # the call ended as it was half-closed: its status says how
+    except asyncio.CancelledError:
+        call.cancel()
+        raise
+    except Exception:
+        log.debug("grpclb: a request iterator raised; the call is cancelled", exc_info=True)
+        call.cancel()
+
+
+async def _send_message(call: Any, message: Any) -> bool:
+    """Send one request message; False once the call has ended (not an error of its own)."""
+    if call.done():
+        return False
+    if not call._metadata_sent.is_set():
+        await call._metadata_sent.wait()
+        if call.done():
+            return False
+    serialized = grpc_common.serialize(message, call._request_serializer)
+    if serialized is None:
+        raise ValueError("grpclb: a request message could not be serialized")
+    try:
+        await call._cython_call.send_serialized_message(serialized)
+    except cygrpc.InternalError:
+        return False
+    return True
 
 
 def core_channel(channel: grpc.Channel) -> Any:

@@ -40,7 +40,8 @@ def lift_grpc_options(
     ``grpc.service_config`` becomes the ``service_config`` setting (as if given
     as that keyword): left on the pod channels, gRPC's own retries and policy
     would run inside each pod's channel, nested under grpclb's. ``grpc.lb_policy_name``
-    becomes ``policy`` at the lowest precedence above the default. Returns the
+    becomes ``policy``, and ``grpc.per_rpc_retry_buffer_size`` ``retry_buffer_bytes``,
+    at the lowest precedence above the default. Returns the
     pod options, the overrides and the fallbacks for ``Settings.load``.
     """
     pod_options: PodOptions = []
@@ -58,6 +59,11 @@ def lift_grpc_options(
             lifted["service_config"] = service_config_value(value, where)
         elif name == "grpc.lb_policy_name":
             fallbacks["policy"] = (value, "channel option grpc.lb_policy_name")
+        elif name == "grpc.per_rpc_retry_buffer_size":
+            fallbacks["retry_buffer_bytes"] = (
+                value,
+                "channel option grpc.per_rpc_retry_buffer_size",
+            )
         else:
             pod_options.append((name, value))
     return pod_options, lifted, fallbacks
@@ -258,12 +264,14 @@ class ChannelShell:
 
     # --- what both call paths ask of their channel ------------------------------------
 
-    def _policy_for(self, method: str, replayable: bool) -> CallPolicy:
+    def _policy_for(self, method: str, request_stream: bool) -> CallPolicy:
         """The retry or hedging policy of ``method``'s calls, resolved once per method."""
-        key = (method, replayable)
+        key = (method, request_stream)
         policy = self._policies.get(key)
         if policy is None:
-            policy = method_policy(self._settings, method, replayable, self._rng, self._throttle)
+            policy = method_policy(
+                self._settings, method, request_stream, self._rng, self._throttle
+            )
             self._policies[key] = policy
         return policy
 

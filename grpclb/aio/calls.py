@@ -33,7 +33,7 @@ import grpc.aio
 from grpclb._grpcio import aio_finished_status
 from grpclb.core.admission import Metadata, request_hash
 from grpclb.core.attempt import Attempt
-from grpclb.core.retry import CallRun
+from grpclb.core.retry import CallRun, Replayed
 from grpclb.errors import LocalRpcError
 from grpclb.telemetry import trace_retry
 
@@ -124,6 +124,7 @@ class _Call:
     _awaiting: Any = None  # the attempt a task is awaiting right now, if any
     _starter: asyncio.Task[None] | None = None
     _run: CallRun | None = None  # made by ``_progress()``, when a second attempt is considered
+    _requests: Replayed | None = None  # a request stream kept for retries (``_Writes``)
 
     def __init__(
         self,
@@ -250,7 +251,7 @@ class _Call:
         their first attempt and never need one."""
         run = self._run
         if run is None:
-            run = self._run = CallRun(self._policy, self._deadline)
+            run = self._run = CallRun(self._policy, self._deadline, self._requests)
             if self._handle is not None:
                 run.tried.append(self._handle.endpoint)  # the attempt made before it
         return run

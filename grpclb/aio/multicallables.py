@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 class _MultiCallable:
     _kind = ""  # the grpc.aio.Channel factory a pod's multicallable comes from
-    _replayable = True
+    _request_stream = False
 
     def __init__(
         self,
@@ -42,7 +42,7 @@ class _MultiCallable:
         self._channel = channel
         self._method = method
         self._key = (self._kind, method, serializer, deserializer, registered)
-        self.policy = channel._policy_for(method, self._replayable)
+        self.policy = channel._policy_for(method, self._request_stream)
         self._interceptors = interceptors_of(self._kind, channel._interceptors)
 
     def _logical(self, request: Any, kwargs: dict[str, Any]) -> Any:  # pragma: no cover
@@ -119,7 +119,7 @@ class UnaryStream(_MultiCallable, grpc.aio.UnaryStreamMultiCallable):  # type: i
 
 class StreamUnary(_MultiCallable, grpc.aio.StreamUnaryMultiCallable):  # type: ignore[misc]
     _kind = "stream_unary"
-    _replayable = False
+    _request_stream = True
 
     def __call__(self, request_iterator: Any = None, **kwargs: Any) -> Any:
         return self._start(request_iterator, kwargs)
@@ -130,7 +130,7 @@ class StreamUnary(_MultiCallable, grpc.aio.StreamUnaryMultiCallable):  # type: i
 
 class StreamStream(_MultiCallable, grpc.aio.StreamStreamMultiCallable):  # type: ignore[misc]
     _kind = "stream_stream"
-    _replayable = False
+    _request_stream = True
 
     def __call__(self, request_iterator: Any = None, **kwargs: Any) -> Any:
         return self._start(request_iterator, kwargs)

@@ -96,6 +96,7 @@ class Settings:
     retry_codes: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE})
     retry_backoff_base: float = 0.025
     retry_backoff_max: float = 0.25
+    retry_buffer_bytes: int = 262_144
     retry_budget_percent: float = 20.0
     retry_budget_min_concurrency: int = 10
     metrics_endpoint_limit: int = 100

@@ -374,6 +374,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Envoy 10 x base",
     ),
     Setting(
+        "retry_buffer_bytes",
+        integer(0),
+        262_144,
+        "Bytes of a request stream kept for its retries; past them the call is not retried.",
+        "gRPC per_rpc_retry_buffer_size",
+    ),
+    Setting(
         "retry_budget_percent",
         number(0.0, 100.0),
         20.0,

@@ -91,6 +91,7 @@ class ChannelSettings(TypedDict, total=False):
     retry_codes: StatusCodes
     retry_backoff_base: Duration
     retry_backoff_max: Duration
+    retry_buffer_bytes: int
     retry_budget_percent: float
     retry_budget_min_concurrency: int
     metrics_endpoint_limit: int

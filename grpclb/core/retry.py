@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 import tenacity
@@ -34,6 +34,13 @@ PUSHBACK_KEY = "grpc-retry-pushback-ms"
 # The failed attempt's trailing metadata, read only when a decision needs it.
 Trailing = Callable[[], Sequence[tuple[str, Any]] | None]
 _STOP = -1.0  # a pushback telling the client not to retry
+
+
+class Replayed(Protocol):
+    """A request stream kept for retries (``core.request_buffer``)."""
+
+    @property
+    def committed(self) -> bool: ...
 
 
 class _FullJitter(tenacity.wait.wait_base):
@@ -100,23 +107,23 @@ def channel_policy(settings: Settings, rng: random.Random) -> CallPolicy:
 def method_policy(
     settings: Settings,
     method: str,
-    replayable: bool,
+    request_stream: bool,
     rng: random.Random,
     throttle: RetryThrottle | None = None,
 ) -> CallPolicy:
     """The policy of ``method``'s calls: its service config entry, else the channel's retries.
 
-    Calls whose requests cannot be replayed (a request stream) get no retries
-    and no hedges, whatever the config says; their timeout and waitForReady
-    still apply.
+    A request stream is retried from its buffer (``core.request_buffer``) but
+    never hedged: under a ``hedgingPolicy`` its calls make one attempt, and
+    their timeout and waitForReady still apply.
     """
     config = settings.service_config
     entry = config.method_config(method) if config is not None else None
-    base = channel_policy(settings, rng) if replayable else NO_RETRIES
+    base = channel_policy(settings, rng)
     if entry is None:
         return base
     limits: dict[str, Any] = {"timeout": entry.timeout, "wait_for_ready": entry.wait_for_ready}
-    if not replayable or entry.retries_off:
+    if entry.retries_off:
         return CallPolicy(1, frozenset(), None, None, **limits, origin="no retries")
     if entry.retry_policy is not None:
         p = entry.retry_policy
@@ -126,6 +133,15 @@ def method_policy(
             throttle=throttle, origin="service config retryPolicy",
         )  # fmt: skip
     if entry.hedging_policy is not None:
+        if request_stream:
+            return CallPolicy(
+                1,
+                frozenset(),
+                None,
+                None,
+                **limits,
+                origin="hedgingPolicy, not for request streams",
+            )
         h = entry.hedging_policy
         return CallPolicy(
             h.max_attempts, h.non_fatal_status_codes, h.hedging_delay, None, **limits,
@@ -153,11 +169,14 @@ def pushback(trailing_metadata: Sequence[tuple[str, Any]] | None) -> float | Non
 class CallRun:
     """One logical call's progress through its policy; the drivers do what it decides."""
 
-    __slots__ = ("_state", "attempts", "deadline", "policy", "tried")
+    __slots__ = ("_state", "attempts", "deadline", "policy", "requests", "tried")
 
-    def __init__(self, policy: CallPolicy, deadline: float | None) -> None:
+    def __init__(
+        self, policy: CallPolicy, deadline: float | None, requests: Replayed | None = None
+    ) -> None:
         self.policy = policy
         self.deadline = deadline
+        self.requests = requests  # a request stream's buffer: committed, no attempt may follow
         self.attempts = 1  # started so far
         self.tried: list[Endpoint] = []  # pods of earlier attempts, avoided by later ones
         self._state: tenacity.RetryCallState | None = None  # made on the first backoff
@@ -178,6 +197,8 @@ class CallRun:
         server_says = pushback(trailing())
         if server_says == _STOP or self.attempts >= policy.max_attempts:
             return None
+        if self.requests is not None and self.requests.committed:
+            return None  # A6: what was sent is no longer kept (or the caller's iterator raised)
         if throttle is not None and not throttle.allows():
             return None
         if server_says is not None:

@@ -21,6 +21,7 @@ import grpc
 from grpclb.core.admission import Metadata, request_hash
 from grpclb.core.attempt import Attempt
 from grpclb.core.endpoints import Connection
+from grpclb.core.request_buffer import RequestBuffer
 from grpclb.core.retry import CallRun
 from grpclb.errors import LocalRpcError
 from grpclb.telemetry import trace_retry
@@ -118,7 +119,7 @@ class _MultiCallable:
     """What the four kinds share: the method, its policy and its per-pod multicallables."""
 
     _kind = ""
-    _replayable = True  # the request is one message, so an attempt can be repeated
+    _request_stream = False  # requests are an iterator: kept in a buffer for retries
 
     def __init__(
         self,
@@ -132,7 +133,7 @@ class _MultiCallable:
         self._balancer = channel._balancer
         self._method = method
         self._key = (self._kind, method, request_serializer, response_deserializer, registered)
-        self.policy = channel._policy_for(method, self._replayable)
+        self.policy = channel._policy_for(method, self._request_stream)
         self._timed = channel._balancer.telemetry.enabled  # records call durations
 
     def on(self, connection: Connection) -> Any:
@@ -148,10 +149,19 @@ class _MultiCallable:
         deadline, wait = self.policy.call_limits(timeout, wait_for_ready, time.monotonic())
         return deadline, wait, request_hash(metadata, self._channel._hash_key)
 
+    def _buffer(self, requests: Iterator[Any]) -> RequestBuffer | None:
+        """A request stream kept for retries, if its policy may retry it (else read once)."""
+        if self.policy.max_attempts == 1:
+            return None
+        limit = self._channel._settings.retry_buffer_bytes
+        return RequestBuffer(requests, limit, self._key[3])
+
     def invoke(
         self, attempt: Attempt, future: bool, request: Any, deadline: float | None, *args: Any
     ) -> Any:
         """Start ``attempt`` as a grpcio future or response stream; nothing is released here."""
+        if type(request) is RequestBuffer:
+            request = request.attempt()  # what earlier attempts sent, then the rest
         try:
             multicallable = self.on(attempt.connection)
             if future:
@@ -190,7 +200,10 @@ class _MultiCallable:
                 call = self.invoke(attempt, future, request, deadline, *args)
                 release_when_done(attempt, call, self._channel._call_timer(self._method))
                 return call
-        run = CallRun(self.policy, deadline)
+        requests = self._buffer(request) if self._request_stream else None
+        run = CallRun(self.policy, deadline, requests)
+        if requests is not None:
+            request = requests
         if future:
             return LogicalFuture(self, run, request, digest, args)
         return LogicalStream(self, run, request, digest, args)
@@ -215,6 +228,7 @@ class _MultiCallable:
             result = call.result()
             return (result, call) if with_call else result
         channel, balancer, method = self._channel, self._balancer, self._method
+        requests = self._buffer(request) if self._request_stream else None
         timed = self._timed
         started = time.perf_counter() if timed else 0.0
         run: CallRun | None = None  # made on the first failure: the common call never needs it
@@ -236,7 +250,12 @@ class _MultiCallable:
                 if with_call:
                     multicallable = multicallable.with_call
                 result = multicallable(
-                    request, remaining(deadline), metadata, credentials, wait, compression
+                    request if requests is None else requests.attempt(),
+                    remaining(deadline),
+                    metadata,
+                    credentials,
+                    wait,
+                    compression,
                 )
                 code = _OK
             except LocalRpcError as error:  # its connection closed before it was sent
@@ -260,7 +279,7 @@ class _MultiCallable:
                     channel._call_finished(method, _OK, started)
                 return result
             if run is None:
-                run = CallRun(policy, deadline)
+                run = CallRun(policy, deadline, requests)
             # Decided after the release, as futures and aio calls do.
             run.tried.append(attempt.endpoint)
             delay = run.retry_delay(failure.code(), failure.trailing_metadata, time.monotonic())
@@ -342,7 +361,7 @@ class UnaryStream(_MultiCallable, grpc.UnaryStreamMultiCallable):  # type: ignor
 
 class StreamUnary(_MultiCallable, grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
     _kind = "stream_unary"
-    _replayable = False  # a request iterator is read once
+    _request_stream = True
 
     def __call__(
         self,
@@ -386,7 +405,7 @@ class StreamUnary(_MultiCallable, grpc.StreamUnaryMultiCallable):  # type: ignor
 
 class StreamStream(_MultiCallable, grpc.StreamStreamMultiCallable):  # type: ignore[misc]
     _kind = "stream_stream"
-    _replayable = False
+    _request_stream = True
 
     def __call__(
         self,

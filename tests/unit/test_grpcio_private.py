@@ -46,6 +46,29 @@ def test_finished_aio_call_status_is_readable_without_awaiting() -> None:
     assert status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+def test_aio_request_stream_writer_reaches_what_it_writes_with() -> None:
+    """``send_request_stream`` writes through the Cython call, past grpc.aio's writer."""
+    from grpc._cython import cygrpc
+
+    async def scenario() -> None:
+        async with grpc.aio.insecure_channel("ipv4:127.0.0.1:1") as channel:
+            call = channel.stream_stream("/x.Y/Z")(timeout=0.5)
+            assert isinstance(call._metadata_sent, asyncio.Event)
+            assert call._request_serializer is None
+            assert call._done_writing_flag is False
+            assert callable(call._cython_call.send_serialized_message)
+            assert callable(call._cython_call.send_receive_close)
+            await _grpcio.send_request_stream(call, iter([b"a", b"b"]))  # never raises
+            assert call.done()  # nobody listens at port 1: the call ended, writes stopped
+            assert await call.code() in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
+
+    assert issubclass(cygrpc.InternalError, Exception)
+    asyncio.run(scenario())
+
+
 def test_sync_channel_state_is_readable_without_a_thread_and_refused_once_closed() -> None:
     channel = grpc.insecure_channel("ipv4:127.0.0.1:1")
     read = _grpcio.connectivity_reader(channel)

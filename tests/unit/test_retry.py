@@ -98,9 +98,9 @@ RETRY = {
 }
 
 
-def policy_of(method_config: dict[str, Any], replayable: bool = True, **top: Any) -> Any:
+def policy_of(method_config: dict[str, Any], request_stream: bool = False, **top: Any) -> Any:
     s = settings(service_config=config(method_config, **top).source)
-    return method_policy(s, METHOD, replayable, Edge(high=True))
+    return method_policy(s, METHOD, request_stream, Edge(high=True))
 
 
 def test_a6_backoff_is_initial_times_multiplier_capped() -> None:
@@ -147,8 +147,8 @@ def test_a_negative_pushback_stops_retries() -> None:
 
 def test_retry_policy_null_turns_retries_off_while_other_methods_keep_them() -> None:
     s = settings(service_config=config({"retryPolicy": None}).source, retries=2)
-    assert method_policy(s, METHOD, True, random.Random()).max_attempts == 1
-    assert method_policy(s, "/pkg.Other/Do", True, random.Random()).max_attempts == 3
+    assert method_policy(s, METHOD, False, random.Random()).max_attempts == 1
+    assert method_policy(s, "/pkg.Other/Do", False, random.Random()).max_attempts == 3
 
 
 def test_a_method_config_without_a_policy_keeps_channel_retries_and_adds_limits() -> None:
@@ -156,10 +156,25 @@ def test_a_method_config_without_a_policy_keeps_channel_retries_and_adds_limits(
     assert (policy.max_attempts, policy.timeout, policy.wait_for_ready) == (3, 1.5, True)
 
 
-def test_request_streams_are_never_retried_or_hedged() -> None:
-    assert policy_of({"retryPolicy": RETRY}, replayable=False).max_attempts == 1
+def test_request_streams_are_retried_but_never_hedged() -> None:
+    assert policy_of({"retryPolicy": RETRY}, request_stream=True).max_attempts == 4
+    assert policy_of({"timeout": "1s"}, request_stream=True).max_attempts == 3  # channel retries
     hedging = {"maxAttempts": 3, "hedgingDelay": "0.1s"}
-    assert policy_of({"hedgingPolicy": hedging}, replayable=False).max_attempts == 1
+    policy = policy_of({"hedgingPolicy": hedging, "timeout": "2s"}, request_stream=True)
+    assert (policy.max_attempts, policy.hedging, policy.timeout) == (1, False, 2.0)
+
+
+class _Buffer:
+    committed = False
+
+
+def test_a_committed_request_stream_is_not_retried() -> None:
+    buffer = _Buffer()
+    run = CallRun(policy_of({"retryPolicy": RETRY}, request_stream=True), None, buffer)
+    assert run.retry_delay(C.UNAVAILABLE, no_trailing, 0.0) is not None
+    run.attempts += 1
+    buffer.committed = True
+    assert run.retry_delay(C.UNAVAILABLE, no_trailing, 0.0) is None
 
 
 def test_throttling_stops_retries_below_half_the_tokens() -> None:
@@ -167,7 +182,7 @@ def test_throttling_stops_retries_below_half_the_tokens() -> None:
     s = settings(service_config=sc.source)
     assert sc.retry_throttling is not None
     throttle = RetryThrottle(sc.retry_throttling)
-    policy = method_policy(s, METHOD, True, Edge(high=True), throttle)
+    policy = method_policy(s, METHOD, False, Edge(high=True), throttle)
     # Each failure takes a token: 4 -> 3 (allowed), 3 -> 2 (2 is not above 4/2: refused).
     assert CallRun(policy, None).retry_delay(C.UNAVAILABLE, no_trailing, 0.0) is not None
     assert CallRun(policy, None).retry_delay(C.UNAVAILABLE, no_trailing, 0.0) is None

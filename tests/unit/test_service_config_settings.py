@@ -164,6 +164,17 @@ def test_lb_policy_name_option_becomes_the_lowest_policy() -> None:
     assert settings.policy == "random"
 
 
+def test_retry_buffer_size_option_becomes_the_lowest_retry_buffer_bytes() -> None:
+    options = [("grpc.per_rpc_retry_buffer_size", 1024), ("x", 2)]
+    settings, pod_options = settings_from_options(options, {}, environ={})
+    assert (settings.retry_buffer_bytes, pod_options[:1]) == (1024, [("x", 2)])
+    assert settings.origin("retry_buffer_bytes") == "channel option grpc.per_rpc_retry_buffer_size"
+    settings, _ = settings_from_options(options, {"retry_buffer_bytes": 10}, environ={})
+    assert settings.retry_buffer_bytes == 10
+    with pytest.raises(ConfigError, match=r"grpc\.per_rpc_retry_buffer_size"):
+        settings_from_options([("grpc.per_rpc_retry_buffer_size", -5)], {}, environ={})
+
+
 def test_bad_lb_policy_name_option_names_the_option() -> None:
     with pytest.raises(
         ConfigError, match=r"^channel option grpc\.lb_policy_name='grpclb' is invalid"

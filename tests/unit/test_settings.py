@@ -84,6 +84,7 @@ def test_loaded_default_equals_table_default(setting: object) -> None:
         ("retry_codes", frozenset({C.UNAVAILABLE})),
         ("retry_backoff_base", 0.025),
         ("retry_backoff_max", 0.25),
+        ("retry_buffer_bytes", 262_144),
         ("retry_budget_percent", 20.0),
         ("retry_budget_min_concurrency", 10),
         ("max_requests", None),
@@ -146,6 +147,7 @@ GOOD_ENV: dict[str, tuple[str, object]] = {
     ),
     "retry_backoff_base": ("100ms", 0.1),
     "retry_backoff_max": ("1s", 1.0),
+    "retry_buffer_bytes": ("1048576", 1_048_576),
     "retry_budget_percent": ("50", 50.0),
     "retry_budget_min_concurrency": ("3", 3),
     "metrics_endpoint_limit": ("20", 20),
@@ -420,6 +422,7 @@ BAD: list[tuple[str, str]] = [
     ("retry_codes", "NOT_A_CODE"),
     ("retry_backoff_base", "fast"),
     ("retry_backoff_max", "0.01"),  # below retry_backoff_base (25ms)
+    ("retry_buffer_bytes", "-1"),
     ("retry_budget_percent", "120"),
     ("retry_budget_min_concurrency", "-1"),
     ("metrics_endpoint_limit", "-1"),

@@ -1,0 +1,205 @@
+"""Client-streaming and bidirectional calls are retried with their messages replayed (A6).
+
+Real pods behind the real DNS server. A request stream is read once from the
+caller's iterator and kept (up to ``retry_buffer_bytes``), so a retry on
+another pod sends every message again, in order, then reads on; past the
+limit, or after a response message, the call is committed and not retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+import grpclb
+import grpclb.aio
+from grpclb.testing import SERVICE_NAME, PodFleet, echo_pb2
+from tests.helpers import drive, stub, wait_ready, wait_until
+
+FleetFactory = Callable[..., PodFleet]
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+# Retries on another pod, every time: ejection would hide the failing pod from later calls.
+KEEP_PODS = {
+    "policy": "round_robin",
+    "consecutive_failures": 0,
+    "retry_budget_min_concurrency": 100,
+}
+
+
+def serve(pods: FleetFactory, dns_server: Any, count: int) -> tuple[PodFleet, str]:
+    fleet = pods(count)
+    dns_server.set_records(SERVICE_NAME, [p.host for p in fleet])
+    return fleet, dns_server.target(SERVICE_NAME, fleet.port)
+
+
+def requests(*messages: str) -> Iterator[echo_pb2.EchoRequest]:
+    for message in messages:
+        yield echo_pb2.EchoRequest(message=message)
+
+
+async def async_requests(*messages: str) -> AsyncIterator[echo_pb2.EchoRequest]:
+    for message in messages:
+        await asyncio.sleep(0)
+        yield echo_pb2.EchoRequest(message=message)
+
+
+def calls_at(fleet: PodFleet) -> list[int]:
+    return [p.stats().calls for p in fleet]
+
+
+def test_sync_request_streams_are_retried_with_every_message_replayed(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    fleet, target = serve(pods, dns_server, 3)
+    fleet[0].set_mode("unavailable")
+    with grpclb.channel(target, **KEEP_PODS) as channel:
+        wait_ready(channel, 3)
+        echo = stub(channel)
+        fleet.reset_stats()
+        for _ in range(6):
+            assert echo.ClientStream(requests("a", "b", "c"), timeout=5).message == "abc"
+            reply, call = echo.ClientStream.with_call(requests("d", "e"), timeout=5)
+            assert (reply.message, call.code()) == ("de", grpc.StatusCode.OK)
+            future = echo.ClientStream.future(requests("f", "g", "h", "i"), timeout=5)
+            assert future.result(timeout=5).message == "fghi"
+            replies = list(echo.BidiStream(requests("x", "y", "z"), timeout=5))
+            assert [r.message for r in replies] == ["x", "y", "z"]
+        assert calls_at(fleet)[0] >= 6  # the failing pod had its share: they were retried
+
+
+def test_asyncio_request_streams_are_retried_with_every_message_replayed(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    fleet, target = serve(pods, dns_server, 3)
+    fleet[0].set_mode("unavailable")
+
+    async def scenario() -> None:
+        async with grpclb.aio.channel(target, **KEEP_PODS) as channel:
+            await channel.channel_ready()
+            echo = stub(channel)
+            for _ in range(6):
+                reply = await echo.ClientStream(async_requests("a", "b", "c"), timeout=5)
+                assert reply.message == "abc"
+                reply = await echo.ClientStream(requests("d", "e"), timeout=5)  # a sync iterator
+                assert reply.message == "de"
+                bidi = echo.BidiStream(requests("x", "y"), timeout=5)
+                assert [r.message async for r in bidi] == ["x", "y"]
+                # grpc.aio alone reports most of these INTERNAL (a write racing the pod's
+                # answer); grpclb writes them itself and sees the pod's UNAVAILABLE.
+                bidi = echo.BidiStream(async_requests("p", "q", "r"), timeout=5)
+                assert [r.message async for r in bidi] == ["p", "q", "r"]
+
+    fleet.reset_stats()
+    drive(scenario())
+    assert calls_at(fleet)[0] >= 8
+
+
+def test_a_retry_policy_on_a_request_stream_makes_exactly_max_attempts(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    fleet, target = serve(pods, dns_server, 3)
+    for pod in fleet:
+        pod.set_mode("unavailable")
+    retry = {
+        "maxAttempts": 4,
+        "initialBackoff": "0.01s",
+        "maxBackoff": "0.05s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    method = {"service": "grpclb.testing.Echo", "method": "ClientStream"}
+    config = json.dumps({"methodConfig": [{"name": [method], "retryPolicy": retry}]})
+    options = [("grpc.service_config", config)]
+    with grpclb.channel(target, options=options, **KEEP_PODS) as channel:
+        wait_ready(channel, 3)
+        fleet.reset_stats()
+        with pytest.raises(grpc.RpcError) as raised:
+            stub(channel).ClientStream(requests("a", "b"), timeout=5)
+        assert raised.value.code() is UNAVAILABLE
+        assert sum(calls_at(fleet)) == 4
+
+    async def in_asyncio() -> int:
+        async with grpclb.aio.channel(target, options=options, **KEEP_PODS) as channel:
+            await channel.channel_ready()
+            await asyncio.to_thread(fleet.reset_stats)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub(channel).ClientStream(async_requests("a", "b"), timeout=5)
+            return sum(await asyncio.to_thread(calls_at, fleet))
+
+    assert drive(in_asyncio()) == 4
+
+
+def test_a_request_stream_over_the_buffer_limit_is_not_retried(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    fleet, target = serve(pods, dns_server, 2)
+    for pod in fleet:
+        pod.set_mode("unavailable")
+    settings = {**KEEP_PODS, "retry_buffer_bytes": 64}
+    with grpclb.channel(target, **settings) as channel:
+        wait_ready(channel, 2)
+        fleet.reset_stats()
+        with pytest.raises(grpc.RpcError):
+            stub(channel).ClientStream(requests("x" * 100), timeout=5)  # committed at once
+        assert sum(calls_at(fleet)) == 1
+        fleet.reset_stats()
+        with pytest.raises(grpc.RpcError):
+            stub(channel).ClientStream(requests("x" * 10), timeout=5)  # kept: retried twice
+        assert sum(calls_at(fleet)) == 3
+
+
+def test_a_request_iterator_that_raises_is_not_retried(pods: FleetFactory, dns_server: Any) -> None:
+    fleet, target = serve(pods, dns_server, 2)
+
+    def broken() -> Iterator[echo_pb2.EchoRequest]:
+        yield echo_pb2.EchoRequest(message="a")
+        raise RuntimeError("the caller's own bug")
+
+    settings = {**KEEP_PODS, "retry_codes": "UNAVAILABLE,UNKNOWN"}
+    with grpclb.channel(target, **settings) as channel:
+        wait_ready(channel, 2)
+        fleet.reset_stats()
+        with pytest.raises(grpc.RpcError) as raised:
+            stub(channel).ClientStream(broken(), timeout=5)
+        assert raised.value.code() is grpc.StatusCode.UNKNOWN  # grpcio's, as without grpclb
+        wait_until(lambda: sum(calls_at(fleet)) == 1, what="the one attempt counted")
+        assert sum(calls_at(fleet)) == 1
+        assert [e.failures for e in channel.stats().endpoints] == [0, 0]  # the caller's own
+
+
+def test_a_pod_lost_mid_stream_gets_the_stream_resent_to_another_and_read_on(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    fleet, target = serve(pods, dns_server, 2)
+    sent_two, go_on = threading.Event(), threading.Event()
+
+    def paced() -> Iterator[echo_pb2.EchoRequest]:
+        yield echo_pb2.EchoRequest(message="a")
+        yield echo_pb2.EchoRequest(message="b")
+        sent_two.set()
+        go_on.wait(10)  # the caller has more to say, later
+        yield echo_pb2.EchoRequest(message="c")
+
+    with grpclb.channel(target, **KEEP_PODS) as channel:
+        wait_ready(channel, 2)
+        fleet.reset_stats()
+        future = stub(channel).ClientStream.future(paced(), timeout=10)
+        assert sent_two.wait(5)
+        serving = wait_until(
+            lambda: [p for p in fleet if p.stats().in_flight == 1], what="the serving pod"
+        )[0]
+        serving.stop()  # the pod goes away with the call half sent
+        wait_until(
+            lambda: [p for p in fleet if p is not serving and p.stats().calls == 1],
+            what="the retry on the other pod",
+        )
+        go_on.set()
+        reply = future.result(timeout=10)
+        assert (reply.message, reply.index) == ("abc", 3)
+        assert reply.pod != serving.address
