@@ -153,6 +153,8 @@ class _WritesSent:
 
 
 _WRITES_SENT = _WritesSent()
+# grpc.aio's own words for it:
+_API_STYLE_ERROR = "The iterator and read/write APIs may not be mixed on a single RPC."
 _WRITERS: set[asyncio.Task[None]] = set()  # request writers, referenced until they end
 
 
@@ -194,6 +196,10 @@ class _Writes(_Call):
 
     def _writing(self) -> None:
         """Written messages commit the call (A6): they are sent, not kept."""
+        if isinstance(self._requests, (RequestBuffer, AsyncRequestBuffer)):
+            # grpclb writes the iterator itself, on an attempt opened for writes:
+            # refuse as grpc.aio refuses it on a call given an iterator.
+            raise grpc.aio.UsageError(_API_STYLE_ERROR)
         if self._requests is None:
             self._requests = _WRITES_SENT
             if self._run is not None:

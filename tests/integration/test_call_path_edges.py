@@ -100,14 +100,27 @@ async def main():
     gc.freeze()  # what lives now stays out of the way: full collections come often
     gc.set_threshold(1, 1, 1)
     gc.callbacks.append(count)
+    async def requests():  # a request stream grpclb keeps for retries and writes itself
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            yield echo_pb2.EchoRequest(sleep_ms=10)
+
     for i in range(rounds):
         async def orphan(read):
-            call = echo.ServerStream(echo_pb2.EchoRequest(count=100, sleep_ms=10), timeout=10)
+            if i % 3 == 0:
+                call = echo.ServerStream(echo_pb2.EchoRequest(count=100, sleep_ms=10), timeout=10)
+            elif i % 3 == 1:
+                call = echo.BidiStream(requests(), timeout=10)
+            else:
+                call = echo.ClientStream(requests(), timeout=10)
+                read = False  # (a unary response: awaited below, or not)
             knot = [call]
             knot.append(knot)  # a reference cycle: only the collector frees the call
             if read:
                 async for _ in call:
                     pass
+            elif i % 6 == 2:
+                await call
         task = asyncio.ensure_future(orphan(i % 2 == 0))  # cancelled reading, or never read
         await asyncio.sleep(0)
         task.cancel()

@@ -203,3 +203,23 @@ def test_a_pod_lost_mid_stream_gets_the_stream_resent_to_another_and_read_on(
         reply = future.result(timeout=10)
         assert (reply.message, reply.index) == ("abc", 3)
         assert reply.pod != serving.address
+
+
+def test_asyncio_refuses_writes_on_a_call_given_an_iterator_as_grpc_aio_does(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    _, target = serve(pods, dns_server, 1)
+
+    async def scenario(retries: int) -> None:
+        # retries=2: grpclb writes the iterator; retries=0: grpc.aio writes it.
+        async with grpclb.aio.channel(target, retries=retries) as channel:
+            await channel.channel_ready()
+            call = stub(channel).BidiStream(async_requests("a"), timeout=5)
+            with pytest.raises(grpc.aio.UsageError):
+                await call.write(echo_pb2.EchoRequest(message="b"))
+            with pytest.raises(grpc.aio.UsageError):
+                await call.done_writing()
+            assert [r.message async for r in call] == ["a"]
+
+    drive(scenario(2))
+    drive(scenario(0))
