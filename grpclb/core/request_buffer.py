@@ -8,9 +8,9 @@ then reads on from the caller's iterator, keeping what it reads.
 
 What is kept is bounded, as gRPC bounds it (``grpc.per_rpc_retry_buffer_size``,
 256 KiB by default): once the messages read exceed ``limit`` bytes the call
-is *committed*, the kept messages are dropped, and no attempt may follow the
-current one (``CallRun.retry_delay`` asks ``committed``). A caller's iterator
-that raises commits the call too: replaying it would only raise again.
+is *committed*: nothing more is kept, and no attempt may follow the current
+one (``CallRun.retry_delay`` asks ``committed``). A caller's iterator that
+raises commits the call too: replaying it would only raise again.
 
 Only the newest view is live. grpcio reads a request iterator from a thread
 (sync) or a task (asyncio) of the attempt's own, which may still be inside
@@ -48,7 +48,7 @@ class _Kept:
     def __init__(self, limit: int, serializer: Callable[[Any], bytes] | None) -> None:
         self.limit = limit
         self.serializer = serializer
-        self.messages: list[Any] = []
+        self.messages: list[Any] = []  # replayed to each new attempt; never shrinks
         self.read = 0  # messages read from the caller's iterator, kept or not
         self.size = 0
         self.ended = False  # the caller's iterator is exhausted
@@ -60,29 +60,32 @@ class _Kept:
         self.live += 1
         return self.live
 
-    def keep(self, message: Any, generation: int) -> None:
+    def keep(self, message: Any) -> None:
         self.read += 1
         if self.committed:
-            return  # the one attempt left reads on: nothing is kept for another
+            return  # the one attempt left reads on: nothing more is kept for another
+        # The message that crosses the limit is kept too: a view still replaying when a
+        # read commits the call can always reach the end of what was read.
+        self.messages.append(message)
         self.size += message_size(message, self.serializer)
-        if self.size > self.limit and generation == self.live:
+        if self.size > self.limit:
             self.committed = True  # A6: over the buffer limit, the call is committed
-            self.messages = []
-        else:
-            # (Read by an ended attempt: the next one needs it, over the limit or not;
-            # the next read of the live view commits.)
-            self.messages.append(message)
 
     def failed(self, error: BaseException) -> None:
         self.error = error
         self.committed = True
 
     def replayed(self, generation: int, index: int) -> tuple[bool, Any]:
-        """(True, message) for a view ``index`` messages in, if it need not read on."""
+        """(True, message) for a view ``index`` messages in, if it need not read on.
+
+        Lock-free: a list grows by whole appends, so a view replays while another
+        attempt's reader waits inside the caller's iterator (a ping-pong caller
+        writes its next message only after the answer the replay brings).
+        """
         if generation != self.live:
             return True, _END  # a view of an ended attempt: its stream ends
-        if index < self.read:
-            return True, self.messages[index]  # (a committed call's live view is never behind)
+        if index < len(self.messages):
+            return True, self.messages[index]
         if self.error is not None:
             raise self.error
         if self.ended:
@@ -106,7 +109,7 @@ class RequestBuffer:
     ) -> None:
         self._source = iter(requests)
         self._kept = _Kept(limit, serializer)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one reader of the caller's iterator at a time
 
     def attempt(self) -> Iterator[Any]:
         """The request stream of the next attempt; earlier attempts' streams end.
@@ -119,18 +122,20 @@ class RequestBuffer:
     def _view(self, generation: int) -> Iterator[Any]:
         kept, index = self._kept, 0
         while True:
-            with self._lock:
-                done, message = kept.replayed(generation, index)
-                if not done:
-                    try:
-                        message = next(self._source)
-                    except StopIteration:
-                        kept.ended = True
-                        return
-                    except BaseException as error:
-                        kept.failed(error)
-                        raise
-                    kept.keep(message, generation)
+            done, message = kept.replayed(generation, index)
+            if not done:
+                with self._lock:
+                    done, message = kept.replayed(generation, index)  # read meanwhile?
+                    if not done:
+                        try:
+                            message = next(self._source)
+                        except StopIteration:
+                            kept.ended = True
+                            return
+                        except BaseException as error:
+                            kept.failed(error)
+                            raise
+                        kept.keep(message)
             if message is _END:
                 return
             index += 1
@@ -138,7 +143,13 @@ class RequestBuffer:
 
 
 class AsyncRequestBuffer:
-    """``RequestBuffer`` for an asyncio call's async iterator (grpc.aio's other request style)."""
+    """``RequestBuffer`` for an asyncio call's async iterator (grpc.aio's other request style).
+
+    A read of the caller's iterator is a task of its own, shared by the views
+    that wait for it, until the call is committed: the attempt that started it
+    may be cancelled, and its cancel must not reach into the caller's iterator,
+    which the next attempt reads on.
+    """
 
     committed = property(lambda self: self._kept.committed)
 
@@ -150,7 +161,7 @@ class AsyncRequestBuffer:
     ) -> None:
         self._source = requests.__aiter__()
         self._kept = _Kept(limit, serializer)
-        self._lock = asyncio.Lock()
+        self._reading: asyncio.Future[None] | None = None
 
     def attempt(self) -> AsyncIterator[Any]:
         return self._view(self._kept.new_view())
@@ -158,9 +169,10 @@ class AsyncRequestBuffer:
     async def _view(self, generation: int) -> AsyncIterator[Any]:
         kept, index = self._kept, 0
         while True:
-            async with self._lock:
-                done, message = kept.replayed(generation, index)
-                if not done:
+            done, message = kept.replayed(generation, index)
+            if not done:
+                if kept.committed and self._reading is None:
+                    # No attempt follows this one: read straight from the caller.
                     try:
                         message = await self._source.__anext__()
                     except StopAsyncIteration:
@@ -169,8 +181,27 @@ class AsyncRequestBuffer:
                     except BaseException as error:
                         kept.failed(error)
                         raise
-                    kept.keep(message, generation)
+                    kept.keep(message)
+                else:
+                    reading = self._reading
+                    if reading is None:
+                        reading = self._reading = asyncio.ensure_future(self._read_one())
+                    await asyncio.shield(reading)
+                    continue  # what was read is kept: replayed above
             if message is _END:
                 return
             index += 1
             yield message
+
+    async def _read_one(self) -> None:
+        kept = self._kept
+        try:
+            message = await self._source.__anext__()
+        except StopAsyncIteration:
+            kept.ended = True
+        except BaseException as error:  # raised again to every view that reaches it
+            kept.failed(error)
+        else:
+            kept.keep(message)
+        finally:
+            self._reading = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -71,6 +72,47 @@ def test_sync_request_streams_are_retried_with_every_message_replayed(
             replies = list(echo.BidiStream(requests("x", "y", "z"), timeout=5))
             assert [r.message for r in replies] == ["x", "y", "z"]
         assert calls_at(fleet)[0] >= 6  # the failing pod had its share: they were retried
+
+
+class Pipe:
+    """A request iterator fed as the answers come: the ping-pong shape of a bidi call."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[echo_pb2.EchoRequest | None] = queue.Queue()
+
+    def add(self, message: str) -> None:
+        self._queue.put(echo_pb2.EchoRequest(message=message))
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def __iter__(self) -> Iterator[echo_pb2.EchoRequest]:
+        return self
+
+    def __next__(self) -> echo_pb2.EchoRequest:
+        item = self._queue.get(timeout=10)
+        if item is None:
+            raise StopIteration
+        return item
+
+
+def test_sync_ping_pong_is_retried_while_the_caller_waits_for_an_answer(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    fleet, target = serve(pods, dns_server, 3)
+    fleet[0].set_mode("unavailable")
+    with grpclb.channel(target, **KEEP_PODS) as channel:
+        wait_ready(channel, 3)
+        fleet.reset_stats()
+        for _ in range(6):
+            pipe = Pipe()
+            responses = stub(channel).BidiStream(pipe, timeout=10)
+            for message in ("ping", "pong", "ping"):
+                pipe.add(message)  # the next message only after the answer to this one
+                assert next(responses).message == message
+            pipe.close()
+            assert list(responses) == []
+        assert calls_at(fleet)[0] >= 2
 
 
 def test_asyncio_request_streams_are_retried_with_every_message_replayed(

@@ -41,27 +41,32 @@ def test_an_ended_attempts_stream_ends_when_a_new_one_starts() -> None:
 def test_a_message_an_ended_attempt_was_reading_is_kept_for_the_next() -> None:
     release, inside = threading.Event(), threading.Event()
 
-    def slow() -> Iterator[bytes]:
+    def paced() -> Iterator[bytes]:
         yield b"a"
         inside.set()
-        release.wait(5)
+        release.wait(5)  # a ping-pong caller: its next message waits for an answer
         yield b"b"
 
-    buffer = RequestBuffer(slow())
+    buffer = RequestBuffer(paced())
     first = buffer.attempt()
     assert next(first) == b"a"
     got: list[bytes] = []
     reader = threading.Thread(target=lambda: got.append(next(first)))
-    reader.start()
+    reader.start()  # grpcio's reader of the first attempt, inside the caller's iterator
     assert inside.wait(5)
-    second = buffer.attempt()  # starts while the first attempt's reader is inside
+    second = buffer.attempt()
+    replayed: list[bytes] = []
+    replayer = threading.Thread(target=lambda: replayed.append(next(second)))
+    replayer.start()
+    replayer.join(5)
+    assert replayed == [b"a"]  # replayed at once, not after the caller's next message
     release.set()
     reader.join(5)
     assert got == [b"b"]  # read by the ended attempt (grpcio drops it)...
-    assert list(second) == [b"a", b"b"]  # ...and sent by the next one
+    assert list(second) == [b"b"]  # ...and sent by the next one
 
 
-def test_over_the_limit_the_call_is_committed_and_nothing_is_kept() -> None:
+def test_over_the_limit_the_call_is_committed_and_nothing_more_is_kept() -> None:
     buffer = RequestBuffer(iter([b"12345", b"67890", b"x"]), limit=8)
     first = buffer.attempt()
     assert next(first) == b"12345"
@@ -69,24 +74,7 @@ def test_over_the_limit_the_call_is_committed_and_nothing_is_kept() -> None:
     assert next(first) == b"67890"  # 10 bytes > 8
     assert buffer.committed
     assert list(first) == [b"x"]  # the committed attempt goes on
-
-
-def test_a_read_by_an_ended_attempt_never_commits_the_next() -> None:
-    buffer = RequestBuffer(iter([b"12345", b"67890", b"x"]), limit=8)
-    first = buffer.attempt()
-    assert next(first) == b"12345"
-    # The ended attempt's reader was already past the generation check when the
-    # next attempt started: what it reads, over the limit or not, is kept.
-    view = buffer._kept
-    ended = view.live
-    view.new_view()
-    view.keep(next(buffer._source), ended)
-    assert not buffer.committed
-    second = buffer._view(view.live)
-    assert next(second) == b"12345"
-    assert next(second) == b"67890"
-    assert next(second) == b"x"  # the live attempt's own read over the limit commits
-    assert buffer.committed
+    assert buffer._kept.messages == [b"12345", b"67890"]  # (up to the one that crossed)
 
 
 def test_an_iterator_that_raises_commits_and_raises_again_for_later_attempts() -> None:
@@ -137,3 +125,26 @@ def test_async_iterators_are_replayed_too() -> None:
     head, rest, committed = asyncio.run(scenario())
     assert (head, rest, committed) == ([b"a"], [b"a", b"b", b"c"], True)
     assert len(reads) == 3
+
+
+def test_an_async_view_replays_while_another_waits_inside_the_callers_iterator() -> None:
+    async def scenario() -> list[bytes]:
+        more = asyncio.Event()
+
+        async def paced() -> AsyncIterator[bytes]:
+            yield b"a"
+            await more.wait()  # the caller writes again only after an answer
+            yield b"b"
+
+        buffer = AsyncRequestBuffer(paced())
+        first = buffer.attempt()
+        assert await first.__anext__() == b"a"
+        stuck = asyncio.ensure_future(first.__anext__())  # the first attempt's reader
+        await asyncio.sleep(0)
+        stuck.cancel()  # its attempt is cancelled: the caller's iterator must not be
+        second = buffer.attempt()
+        head = await asyncio.wait_for(second.__anext__(), 5)  # replayed at once
+        more.set()
+        return [head] + [m async for m in second]
+
+    assert asyncio.run(scenario()) == [b"a", b"b"]
