@@ -45,8 +45,14 @@ def aio_finished_status(call: Any) -> grpc.StatusCode | None:
         return None
 
 
-async def send_request_stream(call: Any, messages: Iterator[Any] | AsyncIterator[Any]) -> None:
+async def send_request_stream(
+    call: Any,
+    messages: Iterator[Any] | AsyncIterator[Any],
+    sent: Callable[[int], None] | None = None,
+) -> None:
     """Write ``messages`` on a grpc.aio stream-request call opened without them, then half-close.
+
+    ``sent(i)`` is told when the i-th message (from 0) has been sent.
 
     grpc.aio's own writers (a request iterator given to the call, or
     ``write()``) turn a write that loses the race with the server's status
@@ -57,15 +63,22 @@ async def send_request_stream(call: Any, messages: Iterator[Any] | AsyncIterator
     leaves the status to the server. As grpc.aio's does, it cancels the call
     when the caller's iterator raises.
     """
+    index = 0
     try:
         if isinstance(messages, AsyncIterator):
             async for message in messages:
                 if not await _send_message(call, message):
                     return
+                if sent is not None:
+                    sent(index)
+                index += 1
         else:
             for message in messages:
                 if not await _send_message(call, message):
                     return
+                if sent is not None:
+                    sent(index)
+                index += 1
         if not call.done():
             call._done_writing_flag = True
             await call._cython_call.send_receive_close()

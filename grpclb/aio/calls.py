@@ -124,6 +124,7 @@ class _Call:
     _awaiting: Any = None  # the attempt a task is awaiting right now, if any
     _starter: asyncio.Task[None] | None = None
     _run: CallRun | None = None  # made by ``_progress()``, when a second attempt is considered
+    _deciding = False  # an attempt nobody awaited failed: a task decides its retry
     _requests: Replayed | None = None  # a request stream kept for retries (``_Writes``)
 
     def __init__(
@@ -278,9 +279,37 @@ class _Call:
         self._settle(error.code())
 
     def _attempt_done(self, call: Any) -> None:
-        # Nobody will retry it, or it was cancelled: this attempt is the call's outcome.
-        # (A hedge cancelled because another attempt won is not the current attempt.)
-        if not self._driven or (call is self._attempt and call.cancelled()):
+        """An attempt ended that no task was awaiting (runs inside grpc.aio's callback)."""
+        if call is self._attempt and call.cancelled():
+            self._settle(aio_finished_status(call))  # cancelled: the call's outcome
+            return
+        if self._driven:
+            return  # the driving task decides (a hedge that lost is not the attempt)
+        code = aio_finished_status(call)
+        if code is not _OK and code is not None and self._policy.max_attempts > 1:
+            # Nobody awaits the call yet (its writer writes, its reader has not begun):
+            # its retry is decided in the background, as grpcio's own retries are,
+            # by a task, not here inside grpc.aio's callback.
+            self._deciding = True
+            self._loop.call_soon(self._decide_later, call)
+            return
+        self._settle(code)
+
+    def _decide_later(self, call: Any) -> None:
+        self._channel._spawn(self._decide_undriven(call))
+
+    async def _decide_undriven(self, call: Any) -> None:
+        """Retry a failed attempt nobody awaited, as its policy says; or let it stand."""
+        error: grpc.aio.AioRpcError | None = None
+        try:  # (a stream's call cannot be awaited: ask it what a failure would say)
+            code, trailing = await call.code(), await call.trailing_metadata()
+            error = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing)
+        except BaseException:  # pragma: no cover - cancelled meanwhile: its outcome stands
+            pass
+        self._deciding = False
+        if self._driven or self._settled or call is not self._attempt:
+            return  # a task began awaiting it meanwhile, and decided
+        if error is None or not self._retry_after(error):
             self._settle(aio_finished_status(call))
 
     def _settle(self, code: grpc.StatusCode | None) -> None:
@@ -302,6 +331,8 @@ class _Call:
     # grpc.aio.RpcContext
     def cancel(self) -> bool:
         attempt = self._attempt
+        if attempt is not None and self._deciding:
+            attempt = self._attempt = self._handle = None  # ended; its retry must not start
         if attempt is not None:
             cancelled = bool(attempt.cancel())
             if cancelled and self._awaiting is attempt:
@@ -323,7 +354,10 @@ class _Call:
 
     def done(self) -> bool:
         return self._settled or (
-            self._attempt is not None and self._attempt.done() and not self._driven
+            self._attempt is not None
+            and self._attempt.done()
+            and not self._driven
+            and not self._deciding
         )
 
     def time_remaining(self) -> float | None:

@@ -3,7 +3,9 @@
 A unary-response call is driven by the task that awaits it: it retries after
 a failure, or hedges, as the call's policy decides (``core.retry``). A
 response stream is driven by its reader and retried only before its first
-message. Every await on an attempt cancels the attempt if the awaiting task
+message. A call nobody drives yet is retried in the background
+(``_Call._attempt_done``). Request streams are kept for retries
+(``grpclb.aio.requests``). Every await on an attempt cancels the attempt if the awaiting task
 is cancelled (``_Call._on_attempt``).
 """
 
@@ -11,17 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-from collections.abc import AsyncIterable, AsyncIterator, Generator
+from collections.abc import AsyncIterator, Generator
 from typing import Any
 
 import grpc
 import grpc.aio
 
-from grpclb._grpcio import aio_finished_status, send_request_stream
+from grpclb._grpcio import aio_finished_status
 from grpclb.aio.calls import _CANCELLED, _OK, _Call, _constant
+from grpclb.aio.requests import _Writes
 from grpclb.core.attempt import Attempt
-from grpclb.core.request_buffer import AsyncRequestBuffer, RequestBuffer
 
 
 class _UnaryResponse(_Call):
@@ -144,74 +145,6 @@ class _UnaryResponse(_Call):
 
 class UnaryUnaryCall(_UnaryResponse, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
     pass
-
-
-class _WritesSent:
-    """A request stream sent with ``write()``: nothing is kept to send it again."""
-
-    committed = True
-
-
-_WRITES_SENT = _WritesSent()
-# grpc.aio's own words for it:
-_API_STYLE_ERROR = "The iterator and read/write APIs may not be mixed on a single RPC."
-_WRITERS: set[asyncio.Task[None]] = set()  # request writers, referenced until they end
-
-
-def _stop_writing(writer: asyncio.Task[None], call: Any) -> None:
-    # A cancelled attempt (the logical call was cancelled) stops its writer, as grpc.aio
-    # stops its own. An attempt that failed is not cancelled: its writer may be inside
-    # the caller's iterator, which the next attempt reads on (a cancel would end it).
-    if call.cancelled():
-        writer.cancel()
-
-
-class _Writes(_Call):
-    """A request stream: an iterator kept for retries (``core.request_buffer``), or writes."""
-
-    def __init__(self, owner: Any, request: Any = None, **kwargs: Any) -> None:
-        if request is not None and owner.policy.max_attempts > 1:
-            limit = owner._channel._settings.retry_buffer_bytes
-            serializer = owner._key[3]
-            if isinstance(request, AsyncIterable):
-                self._requests = AsyncRequestBuffer(request, limit, serializer)
-            else:
-                self._requests = RequestBuffer(request, limit, serializer)
-        super().__init__(owner, request, **kwargs)
-
-    def _invoke(self, attempt: Attempt) -> Any:
-        requests = self._requests
-        if not isinstance(requests, (RequestBuffer, AsyncRequestBuffer)):
-            return super()._invoke(attempt)  # one attempt, or written with write()
-        # Opened without its requests: grpclb writes them (what earlier attempts sent,
-        # then the rest), so that a write racing the pod's answer cannot replace the
-        # pod's status with grpc.aio's INTERNAL (``send_request_stream``).
-        self._request = None
-        call = super()._invoke(attempt)
-        writer = self._loop.create_task(send_request_stream(call, requests.attempt()))
-        _WRITERS.add(writer)
-        writer.add_done_callback(_WRITERS.discard)
-        call.add_done_callback(functools.partial(_stop_writing, writer))
-        return call
-
-    def _writing(self) -> None:
-        """Written messages commit the call (A6): they are sent, not kept."""
-        if isinstance(self._requests, (RequestBuffer, AsyncRequestBuffer)):
-            # grpclb writes the iterator itself, on an attempt opened for writes:
-            # refuse as grpc.aio refuses it on a call given an iterator.
-            raise grpc.aio.UsageError(_API_STYLE_ERROR)
-        if self._requests is None:
-            self._requests = _WRITES_SENT
-            if self._run is not None:
-                self._run.requests = _WRITES_SENT
-
-    async def write(self, request: Any) -> None:
-        self._writing()
-        await self._on_attempt((await self._started()).write(request))
-
-    async def done_writing(self) -> None:
-        self._writing()
-        await self._on_attempt((await self._started()).done_writing())
 
 
 class StreamUnaryCall(_Writes, _UnaryResponse, grpc.aio.StreamUnaryCall):  # type: ignore[misc]

@@ -21,7 +21,7 @@ import pytest
 import grpclb
 import grpclb.aio
 from grpclb.testing import SERVICE_NAME, PodFleet, echo_pb2
-from tests.helpers import drive, stub, wait_ready, wait_until
+from tests.helpers import drive, stub, until, wait_ready, wait_until
 
 FleetFactory = Callable[..., PodFleet]
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -140,6 +140,60 @@ def test_asyncio_request_streams_are_retried_with_every_message_replayed(
     fleet.reset_stats()
     drive(scenario())
     assert calls_at(fleet)[0] >= 8
+
+
+def test_asyncio_writes_are_kept_and_retried_too(pods: FleetFactory, dns_server: Any) -> None:
+    fleet, target = serve(pods, dns_server, 3)
+    fleet[0].set_mode("unavailable")
+
+    async def scenario() -> None:
+        async with grpclb.aio.channel(target, **KEEP_PODS) as channel:
+            await channel.channel_ready()
+            echo = stub(channel)
+            for _ in range(6):
+                writer = echo.ClientStream(timeout=5)
+                for message in ("a", "b", "c"):
+                    await writer.write(echo_pb2.EchoRequest(message=message))
+                await writer.done_writing()
+                assert (await writer).message == "abc"
+                # Ping-pong: the next message is written only after the answer.
+                pingpong = echo.BidiStream(timeout=5)
+                for message in ("ping", "pong", "ping"):
+                    await pingpong.write(echo_pb2.EchoRequest(message=message))
+                    assert (await pingpong.read()).message == message
+                await pingpong.done_writing()
+                assert await pingpong.read() is grpc.aio.EOF
+                assert await pingpong.code() is grpc.StatusCode.OK
+                with pytest.raises(asyncio.InvalidStateError):
+                    await pingpong.write(echo_pb2.EchoRequest())  # as grpc.aio says it
+
+    fleet.reset_stats()
+    drive(scenario())
+    assert calls_at(fleet)[0] >= 3  # the failing pod had its share: they were retried
+
+
+def test_an_asyncio_call_nobody_awaits_yet_is_retried_in_the_background(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    fleet, target = serve(pods, dns_server, 3)
+    fleet[0].set_mode("unavailable")
+
+    async def scenario() -> list[str]:
+        async with grpclb.aio.channel(target, **KEEP_PODS) as channel:
+            await channel.channel_ready()
+            echo = stub(channel)
+            pods_seen = []
+            for i in range(6):
+                call = echo.Unary(echo_pb2.EchoRequest(message=str(i)), timeout=5)
+                # Awaited only once it is over, as grpcio's own retries would have it.
+                await until(call.done, 5, "the call to end")
+                pods_seen.append((await call).pod)
+            return pods_seen
+
+    fleet.reset_stats()
+    seen = drive(scenario())
+    assert fleet[0].address not in seen and len(seen) == 6
+    assert calls_at(fleet)[0] >= 2  # it failed there, unawaited, and was retried
 
 
 def test_a_retry_policy_on_a_request_stream_makes_exactly_max_attempts(
