@@ -10,8 +10,8 @@ python="${PYTHON:-python}"
     grpclb/testing/echo.proto
 "$python" -m grpc_tools.protoc -I. --python_out=. --pyi_out=. \
     grpclb/testing/interop/empty.proto grpclb/testing/interop/messages.proto \
-    grpclb/testing/interop/test.proto
-"$python" -m grpc_tools.protoc -I. --grpc_python_out=. grpclb/testing/interop/test.proto
+    grpclb/testing/interop/services.proto
+"$python" -m grpc_tools.protoc -I. --grpc_python_out=. grpclb/testing/interop/services.proto
 grep -q '^from grpclb.testing import echo_pb2 ' grpclb/testing/echo_pb2_grpc.py || {
     echo "echo_pb2_grpc.py does not import echo_pb2 by package path" >&2
     exit 1

@@ -31,7 +31,7 @@ import pytest
 
 import grpclb
 import grpclb.aio
-from grpclb.testing.interop import empty_pb2, messages_pb2, test_pb2_grpc
+from grpclb.testing.interop import empty_pb2, messages_pb2, services_pb2_grpc
 from grpclb.testing.interop.server import (
     INITIAL_METADATA_KEY,
     TRAILING_METADATA_KEY,
@@ -62,13 +62,14 @@ ECHO_METADATA = ((INITIAL_METADATA_KEY, INITIAL_VALUE), (TRAILING_METADATA_KEY, 
 
 
 class Stubs(NamedTuple):
-    test: Any  # test_pb2_grpc.TestServiceStub (generated, untyped)
-    unimplemented: Any  # test_pb2_grpc.UnimplementedServiceStub
+    test: Any  # services_pb2_grpc.TestServiceStub (generated, untyped)
+    unimplemented: Any  # services_pb2_grpc.UnimplementedServiceStub
 
 
 def stubs(channel: Any) -> Stubs:
     return Stubs(
-        test_pb2_grpc.TestServiceStub(channel), test_pb2_grpc.UnimplementedServiceStub(channel)
+        services_pb2_grpc.TestServiceStub(channel),
+        services_pb2_grpc.UnimplementedServiceStub(channel),
     )
 
 

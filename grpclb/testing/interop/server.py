@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 
 from grpclb.testing._pod_main import format_address
-from grpclb.testing.interop import empty_pb2, messages_pb2, test_pb2_grpc
+from grpclb.testing.interop import empty_pb2, messages_pb2, services_pb2_grpc
 from grpclb.testing.pods import pick_port
 
 # "Echo Metadata": the keys a client sends to get their values back.
@@ -110,7 +110,7 @@ def _respond(
         yield messages_pb2.StreamingOutputCallResponse(payload=_payload(each.size))
 
 
-class TestService(test_pb2_grpc.TestServiceServicer):
+class TestService(services_pb2_grpc.TestServiceServicer):
     """The interop spec's TestService; every method answers at once unless asked to wait."""
 
     __test__ = False  # a servicer, not a pytest class, whatever its name
@@ -230,7 +230,7 @@ def _serve(host: str, port: int, max_workers: int) -> grpc.Server:
     """One server; ``grpc.so_reuseport`` off so a taken address fails instead of being shared."""
     executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="interop")
     server = grpc.server(executor, options=[("grpc.so_reuseport", 0)])
-    add: Any = test_pb2_grpc.add_TestServiceServicer_to_server  # generated, untyped
+    add: Any = services_pb2_grpc.add_TestServiceServicer_to_server  # generated, untyped
     add(TestService(), server)
     try:
         server.add_insecure_port(format_address(host, port))
