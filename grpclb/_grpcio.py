@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
@@ -61,40 +62,52 @@ async def send_request_stream(
     answering UNAVAILABLE ended INTERNAL. A retry decision needs the pod's own
     status, so this writer stops at the first write the core refuses and
     leaves the status to the server. As grpc.aio's does, it cancels the call
-    when the caller's iterator raises.
+    when the caller's iterator raises. While it waits for the next message it
+    holds the call only weakly: a call its caller dropped is collected, and
+    cancelled by grpc.aio, as a call nobody writes to is.
     """
+    attempt = weakref.ref(call)
+    del call
     index = 0
     try:
         if isinstance(messages, AsyncIterator):
             async for message in messages:
-                if not await _send_message(call, message):
+                if not await _send_message(attempt, message):
                     return
                 if sent is not None:
                     sent(index)
                 index += 1
         else:
             for message in messages:
-                if not await _send_message(call, message):
+                if not await _send_message(attempt, message):
                     return
                 if sent is not None:
                     sent(index)
                 index += 1
-        if not call.done():
+        call = attempt()
+        if call is not None and not call.done():
             call._done_writing_flag = True
             await call._cython_call.send_receive_close()
     except cygrpc.InternalError:
         return  # the call ended as it was half-closed: its status says how
     except asyncio.CancelledError:
-        call.cancel()
+        _cancel(attempt)
         raise
     except Exception:
         log.debug("grpclb: a request iterator raised; the call is cancelled", exc_info=True)
+        _cancel(attempt)
+
+
+def _cancel(attempt: weakref.ref[Any]) -> None:
+    call = attempt()
+    if call is not None:
         call.cancel()
 
 
-async def _send_message(call: Any, message: Any) -> bool:
+async def _send_message(attempt: weakref.ref[Any], message: Any) -> bool:
     """Send one request message; False once the call has ended (not an error of its own)."""
-    if call.done():
+    call = attempt()
+    if call is None or call.done():
         return False
     if not call._metadata_sent.is_set():
         await call._metadata_sent.wait()

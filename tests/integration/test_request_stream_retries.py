@@ -9,6 +9,7 @@ limit, or after a response message, the call is committed and not retried.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import queue
 import threading
@@ -319,3 +320,37 @@ def test_asyncio_refuses_writes_on_a_call_given_an_iterator_as_grpc_aio_does(
 
     drive(scenario(2))
     drive(scenario(0))
+
+
+def test_an_asyncio_request_stream_dropped_by_its_caller_is_cancelled_and_released(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    fleet, target = serve(pods, dns_server, 1)
+
+    async def scenario() -> None:
+        async with grpclb.aio.channel(target) as channel:
+            await channel.channel_ready()
+            echo = stub(channel)
+            for style in ("write", "iterator"):
+                # No deadline: only its collection can end it, while grpclb's writer
+                # waits for the caller's next message.
+                if style == "write":
+                    call = echo.BidiStream()
+                    await call.write(echo_pb2.EchoRequest(message="a"))
+                else:
+                    call = echo.BidiStream(async_requests_forever())
+                assert (await call.read()).message == "a"
+                del call
+                gc.collect()
+                await until(lambda: channel.stats().in_flight == 0, 5, "the pod released")
+                await asyncio.to_thread(
+                    wait_until, lambda: fleet[0].stats().in_flight == 0, 5, "the pod to see it end"
+                )
+
+    drive(scenario())
+
+
+async def async_requests_forever() -> AsyncIterator[echo_pb2.EchoRequest]:
+    yield echo_pb2.EchoRequest(message="a")
+    await asyncio.Event().wait()  # the caller never says more
+    yield echo_pb2.EchoRequest(message="never")  # pragma: no cover
