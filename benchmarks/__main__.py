@@ -24,6 +24,7 @@ SCENARIOS = (
     "native",
     "proxy",
     "hedging",
+    "streams",
     "spread",
     "unequal",
     "failure",

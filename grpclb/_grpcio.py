@@ -14,6 +14,7 @@ is noticed in CI rather than in production.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -46,14 +47,8 @@ def aio_finished_status(call: Any) -> grpc.StatusCode | None:
         return None
 
 
-async def send_request_stream(
-    call: Any,
-    messages: Iterator[Any] | AsyncIterator[Any],
-    sent: Callable[[int], None] | None = None,
-) -> None:
+async def send_request_stream(call: Any, messages: Iterator[Any] | AsyncIterator[Any]) -> None:
     """Write ``messages`` on a grpc.aio stream-request call opened without them, then half-close.
-
-    ``sent(i)`` is told when the i-th message (from 0) has been sent.
 
     grpc.aio's own writers (a request iterator given to the call, or
     ``write()``) turn a write that loses the race with the server's status
@@ -61,35 +56,23 @@ async def send_request_stream(
     server's: measured without grpclb, 80 of 100 bidirectional calls to a pod
     answering UNAVAILABLE ended INTERNAL. A retry decision needs the pod's own
     status, so this writer stops at the first write the core refuses and
-    leaves the status to the server. As grpc.aio's does, it cancels the call
-    when the caller's iterator raises. While it waits for the next message it
-    holds the call only weakly: a call its caller dropped is collected, and
-    cancelled by grpc.aio, as a call nobody writes to is.
+    leaves the status to the server (``send_message``). As grpc.aio's does, it
+    cancels the call when the caller's iterator raises. While it waits for the
+    next message it holds the call only weakly: a call its caller dropped is
+    collected, and cancelled by grpc.aio, as a call nobody writes to is.
     """
     attempt = weakref.ref(call)
     del call
-    index = 0
     try:
         if isinstance(messages, AsyncIterator):
             async for message in messages:
-                if not await _send_message(attempt, message):
+                if not await send_message(attempt, message):
                     return
-                if sent is not None:
-                    sent(index)
-                index += 1
         else:
             for message in messages:
-                if not await _send_message(attempt, message):
+                if not await send_message(attempt, message):
                     return
-                if sent is not None:
-                    sent(index)
-                index += 1
-        call = attempt()
-        if call is not None and not call.done():
-            call._done_writing_flag = True
-            await call._cython_call.send_receive_close()
-    except cygrpc.InternalError:
-        return  # the call ended as it was half-closed: its status says how
+        await half_close(attempt)
     except asyncio.CancelledError:
         _cancel(attempt)
         raise
@@ -98,14 +81,27 @@ async def send_request_stream(
         _cancel(attempt)
 
 
+async def half_close(attempt: weakref.ref[Any]) -> None:
+    """Say a grpc.aio stream-request call will send no more; nothing if it ended."""
+    call = attempt()
+    if call is not None and not call.done():
+        call._done_writing_flag = True
+        # (InternalError: the call ended as it was half-closed; its status says how)
+        with contextlib.suppress(cygrpc.InternalError):
+            await call._cython_call.send_receive_close()
+
+
 def _cancel(attempt: weakref.ref[Any]) -> None:
     call = attempt()
     if call is not None:
         call.cancel()
 
 
-async def _send_message(attempt: weakref.ref[Any], message: Any) -> bool:
-    """Send one request message; False once the call has ended (not an error of its own)."""
+async def send_message(attempt: weakref.ref[Any], message: Any) -> bool:
+    """Send one request message; False once the call has ended (its status says how).
+
+    grpc.aio's ``write()`` without its INTERNAL for a write that raced the end.
+    """
     call = attempt()
     if call is None or call.done():
         return False

@@ -125,6 +125,7 @@ class _Call:
     _starter: asyncio.Task[None] | None = None
     _run: CallRun | None = None  # made by ``_progress()``, when a second attempt is considered
     _deciding = False  # an attempt nobody awaited failed: a task decides its retry
+    _grant_unused = False  # a retry's grant its starter has not taken up yet
     _requests: Replayed | None = None  # a request stream kept for retries (``_Writes``)
 
     def __init__(
@@ -197,6 +198,8 @@ class _Call:
         Always a task of its own (``_starter``): every task using the call shares it,
         so the call (or its retry) starts once, and ``cancel()`` reaches it anywhere.
         """
+        if retry:
+            self._grant_unused = False  # from here, this task gives the grant back itself
         if backoff:
             try:
                 await asyncio.sleep(backoff)
@@ -215,10 +218,16 @@ class _Call:
         except LocalRpcError as error:
             self._fail(as_aio_error(error))
             return
-        if self._error is None:  # not cancelled meanwhile
+        if self._error is None and not self._settled:  # not cancelled meanwhile
             self._invoke(attempt)
         else:
             attempt.release(None)
+
+    def _grant_back(self, starter: asyncio.Task[None]) -> None:
+        """A retry's starter cancelled before it ran: nothing else gives its grant back."""
+        if self._grant_unused:
+            self._grant_unused = False
+            self._channel._balancer.cancel_retry()
 
     async def _started(self) -> Any:
         """The current attempt, after waiting for its start (a pod, a retry's backoff)."""
@@ -269,7 +278,9 @@ class _Call:
         trace_retry(error.code(), delay)
         run.attempts += 1
         self._attempt = self._handle = None
-        self._starter = self._channel._spawn(self._start_attempt(True, delay))
+        self._grant_unused = True
+        starter = self._starter = self._channel._spawn(self._start_attempt(True, delay))
+        starter.add_done_callback(self._grant_back)
         return True
 
     def _fail(self, error: grpc.aio.AioRpcError) -> None:
@@ -331,7 +342,7 @@ class _Call:
     # grpc.aio.RpcContext
     def cancel(self) -> bool:
         attempt = self._attempt
-        if attempt is not None and self._deciding:
+        if attempt is not None and self._deciding and attempt.done():
             attempt = self._attempt = self._handle = None  # ended; its retry must not start
         if attempt is not None:
             cancelled = bool(attempt.cancel())
@@ -377,9 +388,11 @@ class _Call:
         return await (await self._started()).initial_metadata()
 
     async def trailing_metadata(self) -> Any:
+        if self._error is None:
+            await self._wait_settled()
         if self._error is not None:
             return self._error.trailing_metadata()
-        return await (await self._started()).trailing_metadata()
+        return await self._attempt.trailing_metadata()
 
     async def code(self) -> grpc.StatusCode:
         if self._error is None:
@@ -397,8 +410,23 @@ class _Call:
         await self._on_attempt((await self._started()).wait_for_connection())
 
     async def _wait_settled(self) -> None:
-        with contextlib.suppress(grpc.RpcError):
-            await (await self._started()).code()
+        """Until the outcome is known: the attempt's end, and a retry nobody awaits after it.
+
+        (A call a task reads decides its retries as it reads: then the current
+        attempt's end is what is known.)
+        """
+        while True:
+            try:
+                attempt = await self._started()
+            except (grpc.RpcError, asyncio.CancelledError):
+                if self._error is None:
+                    raise  # the asking task was cancelled, not the call
+                return  # failed before any pod, or cancelled
+            with contextlib.suppress(grpc.RpcError):
+                await attempt.code()
+            if self._settled or (attempt is self._attempt and not self._deciding):
+                return
+            await asyncio.sleep(0)  # a background retry is being decided (a few loop turns)
 
     def __repr__(self) -> str:
         return f"<grpclb.aio call {self._owner._method} attempt={self._attempt!r}>"

@@ -52,7 +52,11 @@ class _UnaryResponse(_Call):
                 while True:
                     attempt = self._attempt  # the common case: started when the call was made
                     if attempt is None:
-                        attempt = yield from self._started().__await__()
+                        try:
+                            attempt = yield from self._started().__await__()
+                        except asyncio.CancelledError:
+                            self.cancel()  # the awaiting task was cancelled: so is the call
+                            raise
                     handle = self._handle
                     self._awaiting = attempt  # its done-callback leaves the release to us
                     try:
@@ -178,7 +182,10 @@ class _StreamResponse(_Call):
                 attempt = await self._started()
                 try:
                     async for message in attempt:
-                        received = True
+                        if not received:
+                            received = True  # A6: a message commits the call
+                            if self._requests is not None:
+                                self._requests.commit()  # its requests need not be kept
                         yield message
                     code = _OK
                     return

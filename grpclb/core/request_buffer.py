@@ -30,19 +30,26 @@ from typing import Any
 DEFAULT_LIMIT = 256 * 1024
 
 
-def message_size(message: Any, serializer: Callable[[Any], bytes] | None) -> int:
-    """Bytes ``message`` takes on the wire: a protobuf's own count, else serialized."""
+def message_size(message: Any, serializer: Callable[[Any], bytes] | None) -> int | None:
+    """Bytes ``message`` takes on the wire: a protobuf's own count, else serialized.
+
+    None when it cannot be told (its serializer raised, or it has none and is
+    not bytes): grpcio reports that itself, as "Exception serializing request!".
+    """
     if isinstance(message, (bytes, bytearray, memoryview)):
         return len(message)
-    byte_size = getattr(message, "ByteSize", None)
-    if byte_size is not None:
-        return int(byte_size())
-    if serializer is not None:
-        return len(serializer(message))
-    return 0  # grpcio will refuse it (no serializer, not bytes): that attempt fails
+    try:
+        byte_size = getattr(message, "ByteSize", None)
+        if byte_size is not None:
+            return int(byte_size())
+        if serializer is not None:
+            return len(serializer(message))
+    except Exception:
+        return None
+    return None
 
 
-class _Kept:
+class KeptRequests:
     """What the views share: the messages read so far, or the end the caller's iterator reached."""
 
     def __init__(self, limit: int, serializer: Callable[[Any], bytes] | None) -> None:
@@ -67,9 +74,14 @@ class _Kept:
         # The message that crosses the limit is kept too: a view still replaying when a
         # read commits the call can always reach the end of what was read.
         self.messages.append(message)
-        self.size += message_size(message, self.serializer)
+        size = message_size(message, self.serializer)
+        self.size += self.limit + 1 if size is None else size  # (unknown: keep no more)
         if self.size > self.limit:
             self.committed = True  # A6: over the buffer limit, the call is committed
+
+    def commit(self) -> None:
+        """No attempt may follow (a response arrived, or the call ended): keep no more."""
+        self.committed = True
 
     def failed(self, error: BaseException) -> None:
         self.error = error
@@ -84,8 +96,11 @@ class _Kept:
         """
         if generation != self.live:
             return True, _END  # a view of an ended attempt: its stream ends
-        if index < len(self.messages):
-            return True, self.messages[index]
+        messages = self.messages
+        if index < len(messages):
+            return True, messages[index]
+        if self.committed and messages:
+            self.messages = []  # the one view left is past them: none will be replayed
         if self.error is not None:
             raise self.error
         if self.ended:
@@ -100,6 +115,10 @@ class RequestBuffer:
     """A sync request iterator, read once and replayed to each attempt."""
 
     committed = property(lambda self: self._kept.committed)
+    ended = property(lambda self: self._kept.ended)  # the caller's iterator is exhausted
+
+    def commit(self) -> None:
+        self._kept.commit()
 
     def __init__(
         self,
@@ -107,8 +126,9 @@ class RequestBuffer:
         limit: int = DEFAULT_LIMIT,
         serializer: Callable[[Any], bytes] | None = None,
     ) -> None:
-        self._source = iter(requests)
-        self._kept = _Kept(limit, serializer)
+        self._requests = requests
+        self._source: Iterator[Any] | None = None  # iter(requests), on the first read
+        self._kept = KeptRequests(limit, serializer)
         self._lock = threading.Lock()  # one reader of the caller's iterator at a time
 
     def attempt(self) -> Iterator[Any]:
@@ -128,7 +148,10 @@ class RequestBuffer:
                     done, message = kept.replayed(generation, index)  # read meanwhile?
                     if not done:
                         try:
-                            message = next(self._source)
+                            source = self._source
+                            if source is None:  # (not iterable: raised where grpcio would)
+                                source = self._source = iter(self._requests)
+                            message = next(source)
                         except StopIteration:
                             kept.ended = True
                             return
@@ -145,13 +168,17 @@ class RequestBuffer:
 class AsyncRequestBuffer:
     """``RequestBuffer`` for an asyncio call's async iterator (grpc.aio's other request style).
 
-    A read of the caller's iterator is a task of its own, shared by the views
-    that wait for it, until the call is committed: the attempt that started it
-    may be cancelled, and its cancel must not reach into the caller's iterator,
-    which the next attempt reads on.
+    One view at a time reads the caller's iterator (an async generator refuses
+    a second reader); another view that needs the next message waits for that
+    read and takes the message from what is kept. No task is made per message:
+    this is on the path of every message of a retryable stream.
     """
 
     committed = property(lambda self: self._kept.committed)
+    ended = property(lambda self: self._kept.ended)  # the caller's iterator is exhausted
+
+    def commit(self) -> None:
+        self._kept.commit()
 
     def __init__(
         self,
@@ -160,8 +187,9 @@ class AsyncRequestBuffer:
         serializer: Callable[[Any], bytes] | None = None,
     ) -> None:
         self._source = requests.__aiter__()
-        self._kept = _Kept(limit, serializer)
-        self._reading: asyncio.Future[None] | None = None
+        self._kept = KeptRequests(limit, serializer)
+        self._reading = False
+        self._waiters: list[asyncio.Future[None]] = []
 
     def attempt(self) -> AsyncIterator[Any]:
         return self._view(self._kept.new_view())
@@ -171,37 +199,33 @@ class AsyncRequestBuffer:
         while True:
             done, message = kept.replayed(generation, index)
             if not done:
-                if kept.committed and self._reading is None:
-                    # No attempt follows this one: read straight from the caller.
-                    try:
-                        message = await self._source.__anext__()
-                    except StopAsyncIteration:
-                        kept.ended = True
-                        return
-                    except BaseException as error:
-                        kept.failed(error)
-                        raise
-                    kept.keep(message)
+                if self._reading:  # an ended attempt's writer is inside the caller's iterator
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._waiters.append(waiter)
+                    await waiter
+                    continue  # what it read is kept: replayed above
+                self._reading = True
+                try:
+                    message = await self._source.__anext__()
+                except StopAsyncIteration:
+                    kept.ended = True
+                    return
+                except BaseException as error:
+                    kept.failed(error)
+                    raise
                 else:
-                    reading = self._reading
-                    if reading is None:
-                        reading = self._reading = asyncio.ensure_future(self._read_one())
-                    await asyncio.shield(reading)
-                    continue  # what was read is kept: replayed above
+                    kept.keep(message)
+                finally:
+                    self._reading = False
+                    if self._waiters:
+                        self._wake()  # they find what was read kept, or the end
             if message is _END:
                 return
             index += 1
             yield message
 
-    async def _read_one(self) -> None:
-        kept = self._kept
-        try:
-            message = await self._source.__anext__()
-        except StopAsyncIteration:
-            kept.ended = True
-        except BaseException as error:  # raised again to every view that reaches it
-            kept.failed(error)
-        else:
-            kept.keep(message)
-        finally:
-            self._reading = None
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)

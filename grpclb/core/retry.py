@@ -42,6 +42,8 @@ class Replayed(Protocol):
     @property
     def committed(self) -> bool: ...
 
+    def commit(self) -> None: ...
+
 
 class _FullJitter(tenacity.wait.wait_base):
     """A6's backoff: uniform between 0 and tenacity's exponential ceiling, injected randomness."""

@@ -154,7 +154,8 @@ class _MultiCallable:
         if self.policy.max_attempts == 1:
             return None
         limit = self._channel._settings.retry_buffer_bytes
-        return RequestBuffer(requests, limit, self._key[3])
+        serializer = self._key[2]  # (kind, method, request_serializer, ...)
+        return RequestBuffer(requests, limit, serializer)
 
     def invoke(
         self, attempt: Attempt, future: bool, request: Any, deadline: float | None, *args: Any

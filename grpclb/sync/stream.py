@@ -128,7 +128,10 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
             except StopIteration:
                 self._finish(current)
                 raise
-            self._received = True
+            if not self._received:
+                self._received = True  # A6: a message commits the call
+                if self._run.requests is not None:
+                    self._run.requests.commit()  # its request stream need not be kept
             return message
 
     next = __next__

@@ -14,6 +14,7 @@ import json
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent import futures
 from typing import Any
 
 import grpc
@@ -354,3 +355,78 @@ async def async_requests_forever() -> AsyncIterator[echo_pb2.EchoRequest]:
     yield echo_pb2.EchoRequest(message="a")
     await asyncio.Event().wait()  # the caller never says more
     yield echo_pb2.EchoRequest(message="never")  # pragma: no cover
+
+
+def test_request_streams_of_a_custom_serializer_are_sized_by_it(dns_server: Any) -> None:
+    """Non-protobuf messages are sized by the method's request serializer."""
+    sized: list[str] = []
+
+    def serialize(text: str) -> bytes:
+        sized.append(text)
+        return text.encode()
+
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    join = grpc.stream_unary_rpc_method_handler(
+        lambda requests, _: "".join(requests).upper(),
+        request_deserializer=bytes.decode,
+        response_serializer=str.encode,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("demo.Text", {"Join": join}),)
+    )
+    port = server.add_insecure_port("127.0.0.2:0")
+    server.start()
+    try:
+        dns_server.set_records(SERVICE_NAME, ["127.0.0.2"])
+        target = dns_server.target(SERVICE_NAME, port)
+        with grpclb.channel(target, retries=2) as channel:
+            wait_ready(channel, 1)
+            method = channel.stream_unary(
+                "/demo.Text/Join", request_serializer=serialize, response_deserializer=bytes.decode
+            )
+            assert method(iter(["ab", "cd"]), timeout=5) == "ABCD"
+
+        async def in_asyncio() -> str:
+            async with grpclb.aio.channel(target, retries=2) as channel:
+                method = channel.stream_unary(
+                    "/demo.Text/Join",
+                    request_serializer=serialize,
+                    response_deserializer=bytes.decode,
+                )
+                return str(await method(iter(["ef"]), timeout=5, wait_for_ready=True))
+
+        assert drive(in_asyncio()) == "EF"
+        assert "ab" in sized and "ef" in sized  # (sized, and serialized, by the request's)
+    finally:
+        server.stop(0)
+
+
+class _PassThrough(grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_unary(self, proceed: Any, details: Any, requests: Any) -> Any:
+        return await proceed(details, requests)
+
+    async def intercept_stream_stream(self, proceed: Any, details: Any, requests: Any) -> Any:
+        return await proceed(details, requests)
+
+
+def test_asyncio_writes_through_a_stream_interceptor(pods: FleetFactory, dns_server: Any) -> None:
+    """grpc.aio's intercepted write() asks the call whether it was half-closed."""
+    fleet, target = serve(pods, dns_server, 3)
+    fleet[0].set_mode("unavailable")
+
+    async def scenario(retries: int) -> list[str]:
+        settings = {**KEEP_PODS, "retries": retries, "interceptors": [_PassThrough()]}
+        async with grpclb.aio.channel(target, **settings) as channel:
+            await channel.channel_ready()
+            echo, replies = stub(channel), []
+            for _ in range(3 if retries else 1):
+                call = echo.ClientStream(timeout=5, wait_for_ready=True)
+                await call.write(echo_pb2.EchoRequest(message="a"))
+                await call.write(echo_pb2.EchoRequest(message="b"))
+                await call.done_writing()
+                replies.append((await call).message)
+            return replies
+
+    assert drive(scenario(2)) == ["ab", "ab", "ab"]  # retried past the failing pod
+    fleet[0].set_mode("ok")
+    assert drive(scenario(0)) == ["ab"]

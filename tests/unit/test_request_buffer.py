@@ -73,8 +73,9 @@ def test_over_the_limit_the_call_is_committed_and_nothing_more_is_kept() -> None
     assert not buffer.committed
     assert next(first) == b"67890"  # 10 bytes > 8
     assert buffer.committed
-    assert list(first) == [b"x"]  # the committed attempt goes on
     assert buffer._kept.messages == [b"12345", b"67890"]  # (up to the one that crossed)
+    assert list(first) == [b"x"]  # the committed attempt goes on
+    assert buffer._kept.messages == []  # and what no attempt will replay is let go
 
 
 def test_an_iterator_that_raises_commits_and_raises_again_for_later_attempts() -> None:
@@ -102,7 +103,15 @@ def test_message_sizes() -> None:
     assert message_size(b"abc", None) == 3
     assert message_size(Proto(), None) == 7
     assert message_size("text", lambda s: s.encode() * 2) == 8
-    assert message_size(object(), None) == 0
+    assert message_size(object(), None) is None  # grpcio refuses it, and says so
+
+    def refuses(message: object) -> bytes:
+        raise TypeError(message)
+
+    assert message_size("text", refuses) is None
+    buffer = RequestBuffer(iter(["a", "b"]), limit=100, serializer=refuses)
+    assert list(buffer.attempt()) == ["a", "b"]  # sent on: grpcio reports the error
+    assert buffer.committed  # and none is kept for a retry
 
 
 def test_async_iterators_are_replayed_too() -> None:
@@ -139,12 +148,16 @@ def test_an_async_view_replays_while_another_waits_inside_the_callers_iterator()
         buffer = AsyncRequestBuffer(paced())
         first = buffer.attempt()
         assert await first.__anext__() == b"a"
-        stuck = asyncio.ensure_future(first.__anext__())  # the first attempt's reader
+        stuck = asyncio.ensure_future(first.__anext__())  # the ended attempt's writer
         await asyncio.sleep(0)
-        stuck.cancel()  # its attempt is cancelled: the caller's iterator must not be
         second = buffer.attempt()
         head = await asyncio.wait_for(second.__anext__(), 5)  # replayed at once
+        waiting = asyncio.ensure_future(second.__anext__())  # the next: read by the other
+        await asyncio.sleep(0)
         more.set()
-        return [head] + [m async for m in second]
+        rest = [await asyncio.wait_for(waiting, 5)] + [m async for m in second]
+        assert await stuck == b"b"  # read by the ended attempt, which drops it
+        assert [m async for m in first] == []
+        return [head, *rest]
 
     assert asyncio.run(scenario()) == [b"a", b"b"]
