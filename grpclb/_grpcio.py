@@ -119,6 +119,21 @@ async def send_message(attempt: weakref.ref[Any], message: Any) -> bool:
     return True
 
 
+def sync_response_headers(call: Any) -> Any:
+    """A finished sync call's response headers, read without waiting; None when unknown.
+
+    grpcio's ``initial_metadata()`` waits on the call's condition, and from a
+    call's own done-callback (where retries of futures and streams are
+    decided) that wait never ends. A grpcio error raised to the caller
+    (``_InactiveRpcError``) holds its headers already.
+    """
+    state = getattr(call, "_state", None)
+    if state is not None:
+        return getattr(state, "initial_metadata", None)
+    headers = getattr(call, "initial_metadata", None)
+    return headers() if headers is not None else None
+
+
 def core_channel(channel: grpc.Channel) -> Any:
     """The Cython channel under a sync ``grpc.Channel``, or None."""
     return getattr(channel, "_channel", None)

@@ -269,7 +269,9 @@ class _Call:
     def _retry_after(self, error: grpc.aio.AioRpcError) -> bool:
         """Arrange the next attempt after a failure; False when the failure is final."""
         run = self._progress()
-        delay = run.retry_delay(error.code(), error.trailing_metadata, time.monotonic())
+        delay = run.retry_delay(
+            error.code(), error.trailing_metadata, time.monotonic(), error.initial_metadata
+        )
         if delay is None:
             return False
         if not self._channel._balancer.reserve_retry():
@@ -314,7 +316,7 @@ class _Call:
         error: grpc.aio.AioRpcError | None = None
         try:  # (a stream's call cannot be awaited: ask it what a failure would say)
             code, trailing = await call.code(), await call.trailing_metadata()
-            error = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing)
+            error = grpc.aio.AioRpcError(code, await call.initial_metadata(), trailing)
         except BaseException:  # pragma: no cover - cancelled meanwhile: its outcome stands
             pass
         self._deciding = False

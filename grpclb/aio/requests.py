@@ -94,8 +94,8 @@ class _Written:
 
     def commit(self) -> None:
         self.kept.commit()
-        if self.replay is None:
-            self.kept.messages = []  # none will be replayed
+        if self.replay is None:  # none will be replayed
+            self.kept.base, self.kept.messages = self.kept.read, []
 
     def wait_sent(self, index: int) -> asyncio.Future[bool]:
         sent = self.loop.create_future()
@@ -222,8 +222,8 @@ class _Writes(_Call):
         if written.closed:
             raise asyncio.InvalidStateError(_RPC_HALF_CLOSED)
         kept = written.kept
-        index = kept.read
-        kept.keep(request)
+        index, keeps = kept.read, not kept.committed  # (the one crossing the limit is kept)
+        kept.keep(request, kept.live)
         try:
             attempt = self._attempt
             if (  # the usual write: at once, to the attempt
@@ -234,7 +234,7 @@ class _Writes(_Call):
                 if self._attempt is attempt:
                     written.mark_sent(index)
                 return
-            delivered = await self._deliver(written, index, index < len(kept.messages), request)
+            delivered = await self._deliver(written, index, keeps, request)
         except asyncio.CancelledError:
             self.cancel()  # the writing task was cancelled: so is the RPC, as in grpc.aio
             raise

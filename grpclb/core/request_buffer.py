@@ -50,12 +50,17 @@ def message_size(message: Any, serializer: Callable[[Any], bytes] | None) -> int
 
 
 class KeptRequests:
-    """What the views share: the messages read so far, or the end the caller's iterator reached."""
+    """What the views share: the messages read so far, or the end the caller's iterator reached.
+
+    ``messages`` holds messages ``base`` onwards: those before ``base`` are let
+    go once the call is committed and the one live view is past them.
+    """
 
     def __init__(self, limit: int, serializer: Callable[[Any], bytes] | None) -> None:
         self.limit = limit
         self.serializer = serializer
-        self.messages: list[Any] = []  # replayed to each new attempt; never shrinks
+        self.messages: list[Any] = []  # replayed to each new attempt, from ``base``
+        self.base = 0
         self.read = 0  # messages read from the caller's iterator, kept or not
         self.size = 0
         self.ended = False  # the caller's iterator is exhausted
@@ -67,10 +72,17 @@ class KeptRequests:
         self.live += 1
         return self.live
 
-    def keep(self, message: Any) -> None:
+    def keep(self, message: Any, generation: int) -> None:
+        """Message ``read`` was read by the view of ``generation``: keep it as needed."""
         self.read += 1
         if self.committed:
-            return  # the one attempt left reads on: nothing more is kept for another
+            if generation == self.live:  # the live view reads on: nothing to keep
+                self.base, self.messages = self.read, []
+            else:
+                # Read by an ended attempt's reader, inside the caller's iterator when the
+                # call was committed (by a response): the live view has yet to send it.
+                self.messages.append(message)
+            return
         # The message that crosses the limit is kept too: a view still replaying when a
         # read commits the call can always reach the end of what was read.
         self.messages.append(message)
@@ -96,11 +108,12 @@ class KeptRequests:
         """
         if generation != self.live:
             return True, _END  # a view of an ended attempt: its stream ends
-        messages = self.messages
-        if index < len(messages):
-            return True, messages[index]
+        messages, at = self.messages, index - self.base
+        if at < len(messages):
+            return True, messages[at]
         if self.committed and messages:
-            self.messages = []  # the one view left is past them: none will be replayed
+            # The live view is past them, and no attempt follows: none will be replayed.
+            self.base, self.messages = self.base + len(messages), []
         if self.error is not None:
             raise self.error
         if self.ended:
@@ -158,7 +171,7 @@ class RequestBuffer:
                         except BaseException as error:
                             kept.failed(error)
                             raise
-                        kept.keep(message)
+                        kept.keep(message, generation)
             if message is _END:
                 return
             index += 1
@@ -214,7 +227,7 @@ class AsyncRequestBuffer:
                     kept.failed(error)
                     raise
                 else:
-                    kept.keep(message)
+                    kept.keep(message, generation)
                 finally:
                     self._reading = False
                     if self._waiters:

@@ -184,15 +184,25 @@ class CallRun:
         self._state: tenacity.RetryCallState | None = None  # made on the first backoff
 
     def retry_delay(
-        self, code: grpc.StatusCode | None, trailing: Trailing, now: float
+        self,
+        code: grpc.StatusCode | None,
+        trailing: Trailing,
+        now: float,
+        headers: Trailing | None = None,
     ) -> float | None:
         """Seconds to wait before the next attempt of a failed call, or None: it fails.
 
-        A grant from the retry budget is still needed before the retry starts.
+        ``headers``: the failed attempt's response headers; any at all commit the
+        call (A6: "the RPC is committed" once the client receives them; grpcio
+        cannot tell headers without metadata from a Trailers-Only answer, which
+        may be retried). A grant from the retry budget is still needed before
+        the retry starts.
         """
         policy = self.policy
         if code not in policy.codes or policy.retrying is None:
             return None  # (a hedging policy on a response stream: one attempt, no retries)
+        if headers is not None and headers():
+            return None  # the server answered before failing: committed
         throttle = policy.throttle
         if throttle is not None:
             throttle.record_failure()

@@ -14,10 +14,12 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
+from grpclb._grpcio import sync_response_headers
 from grpclb.core.admission import Metadata, request_hash
 from grpclb.core.attempt import Attempt
 from grpclb.core.endpoints import Connection
@@ -283,7 +285,12 @@ class _MultiCallable:
                 run = CallRun(policy, deadline, requests)
             # Decided after the release, as futures and aio calls do.
             run.tried.append(attempt.endpoint)
-            delay = run.retry_delay(failure.code(), failure.trailing_metadata, time.monotonic())
+            delay = run.retry_delay(
+                failure.code(),
+                failure.trailing_metadata,
+                time.monotonic(),
+                partial(sync_response_headers, failure),
+            )
             if delay is None or not balancer.reserve_retry():
                 if delay is not None:
                     trace_retry(failure.code(), None)  # over budget

@@ -25,10 +25,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from grpclb._grpcio import sync_response_headers
 from grpclb.core.admission import attempt_or_wait
 from grpclb.core.attempt import Attempt
 from grpclb.core.retry import CallRun
@@ -264,7 +266,9 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
             elif delay is not None:
                 self._arm_hedge(delay)
             return
-        delay = run.retry_delay(status, call.trailing_metadata, time.monotonic())
+        delay = run.retry_delay(
+            status, call.trailing_metadata, time.monotonic(), partial(sync_response_headers, call)
+        )
         if delay is None or not self._balancer.reserve_retry():
             if delay is not None:
                 trace_retry(status, None)

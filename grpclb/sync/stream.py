@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import threading
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from grpclb._grpcio import sync_response_headers
 from grpclb.core.attempt import Attempt
 from grpclb.core.retry import CallRun
 from grpclb.errors import LocalRpcError
@@ -79,7 +81,12 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
             self._call = None
             self._ready.clear()  # a reader arriving now waits for the retry, or the end
         run = self._run
-        delay = run.retry_delay(call.code(), call.trailing_metadata, time.monotonic())
+        delay = run.retry_delay(
+            call.code(),
+            call.trailing_metadata,
+            time.monotonic(),
+            partial(sync_response_headers, call),
+        )
         if delay is None or not self._balancer.reserve_retry():
             if delay is not None:
                 trace_retry(call.code(), None)
@@ -139,7 +146,12 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
     def _may_retry(self, error: Any) -> bool:
         """Retry before the first message; True when a new attempt is running or pending."""
         run = self._run
-        delay = run.retry_delay(error.code(), error.trailing_metadata, time.monotonic())
+        delay = run.retry_delay(
+            error.code(),
+            error.trailing_metadata,
+            time.monotonic(),
+            partial(sync_response_headers, error),
+        )
         if delay is None or self._done.is_set() or not self._balancer.reserve_retry():
             return False
         trace_retry(error.code(), delay)

@@ -430,3 +430,51 @@ def test_asyncio_writes_through_a_stream_interceptor(pods: FleetFactory, dns_ser
     assert drive(scenario(2)) == ["ab", "ab", "ab"]  # retried past the failing pod
     fleet[0].set_mode("ok")
     assert drive(scenario(0)) == ["ab"]
+
+
+def test_a_call_whose_pod_answered_headers_before_failing_is_not_retried(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    """A6: response headers commit the call; the server may have acted on it."""
+    fleet, target = serve(pods, dns_server, 2)
+    fleet[0].set_mode("headers_then_unavailable")
+    with grpclb.channel(target, **KEEP_PODS) as channel:
+        wait_ready(channel, 2)
+        fleet.reset_stats()
+        echo, failed = stub(channel), 0
+        for _ in range(4):
+            for call in (
+                lambda: echo.Unary(echo_pb2.EchoRequest(), timeout=5),
+                lambda: echo.ClientStream(requests("a"), timeout=5),
+                lambda: echo.Unary.future(echo_pb2.EchoRequest(), timeout=5).result(),
+                lambda: list(echo.BidiStream(requests("a"), timeout=5)),
+            ):
+                try:
+                    call()
+                except grpc.RpcError as error:
+                    assert error.code() is UNAVAILABLE
+                    failed += 1
+        served = calls_at(fleet)
+        assert failed == served[0] > 0 and sum(served) == 16  # no attempt after the headers
+
+    async def in_asyncio() -> tuple[int, int]:
+        async with grpclb.aio.channel(target, **KEEP_PODS) as channel:
+            await channel.channel_ready()
+            await asyncio.to_thread(fleet.reset_stats)
+            echo, failed, made = stub(channel), 0, 0
+            for _ in range(4):
+                for call in (
+                    lambda: echo.Unary(echo_pb2.EchoRequest(), timeout=5),
+                    lambda: echo.ClientStream(async_requests("a"), timeout=5),
+                ):
+                    made += 1
+                    try:
+                        await call()
+                    except grpc.aio.AioRpcError as error:
+                        assert error.code() is UNAVAILABLE
+                        failed += 1
+            assert made == 8
+            return failed, sum(await asyncio.to_thread(calls_at, fleet))
+
+    failed, served = drive(in_asyncio())
+    assert failed > 0 and served == 8  # no attempt after the headers

@@ -69,6 +69,20 @@ def test_aio_request_stream_writer_reaches_what_it_writes_with() -> None:
     asyncio.run(scenario())
 
 
+def test_a_finished_sync_calls_response_headers_are_readable_without_waiting() -> None:
+    channel = grpc.insecure_channel("ipv4:127.0.0.1:1")
+    try:
+        future = channel.unary_unary("/x.Y/Z").future(b"", timeout=0.5)
+        assert future.exception(timeout=5) is not None
+        assert hasattr(future._state, "initial_metadata"), "grpcio moved a call's headers"
+        assert not _grpcio.sync_response_headers(future)  # nothing received: None
+        with pytest.raises(grpc.RpcError) as raised:
+            channel.unary_unary("/x.Y/Z")(b"", timeout=0.5)
+        assert not _grpcio.sync_response_headers(raised.value)
+    finally:
+        channel.close()
+
+
 def test_sync_channel_state_is_readable_without_a_thread_and_refused_once_closed() -> None:
     channel = grpc.insecure_channel("ipv4:127.0.0.1:1")
     read = _grpcio.connectivity_reader(channel)

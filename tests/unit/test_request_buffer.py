@@ -66,6 +66,33 @@ def test_a_message_an_ended_attempt_was_reading_is_kept_for_the_next() -> None:
     assert list(second) == [b"b"]  # ...and sent by the next one
 
 
+def test_a_message_an_ended_reader_takes_after_a_response_commits_still_reaches_the_live_view() -> (
+    None
+):
+    release, inside = threading.Event(), threading.Event()
+
+    def paced() -> Iterator[bytes]:
+        yield b"ping"
+        inside.set()
+        release.wait(5)
+        yield b"pong"  # written once the answer to "ping" came, on the next attempt
+
+    buffer = RequestBuffer(paced())
+    first = buffer.attempt()
+    assert next(first) == b"ping"
+    reader = threading.Thread(target=lambda: next(first, None))
+    reader.start()  # the first attempt's reader waits inside the caller's iterator
+    assert inside.wait(5)
+    second = buffer.attempt()
+    assert next(second) == b"ping"  # replayed; the pod answers it...
+    buffer.commit()  # ...and that answer commits the call (A6)
+    release.set()
+    reader.join(5)  # the ended reader took "pong" from the caller's iterator
+    assert next(second) == b"pong"  # and the live attempt still sends it
+    assert list(second) == []
+    assert buffer._kept.messages == []  # then nothing is kept
+
+
 def test_over_the_limit_the_call_is_committed_and_nothing_more_is_kept() -> None:
     buffer = RequestBuffer(iter([b"12345", b"67890", b"x"]), limit=8)
     first = buffer.attempt()

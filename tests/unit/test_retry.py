@@ -215,3 +215,11 @@ def test_a_non_fatal_status_sends_the_next_hedge_at_once_or_after_pushback() -> 
     assert run.hedge_failed(C.UNAVAILABLE, trailing("300")) == (False, pytest.approx(0.3))
     assert run.hedge_failed(C.UNAVAILABLE, trailing("-5")) == (False, None)
     assert not run.may_hedge()  # a negative pushback: no more hedges
+
+
+def test_response_headers_commit_the_call() -> None:
+    run = CallRun(policy_of({"retryPolicy": RETRY}), None)
+    # A6: once the server answered with headers, the call is committed.
+    assert run.retry_delay(C.UNAVAILABLE, no_trailing, 0.0, lambda: [("k", "v")]) is None
+    # A Trailers-Only failure (no headers) may be retried.
+    assert run.retry_delay(C.UNAVAILABLE, no_trailing, 0.0, lambda: ()) is not None
