@@ -46,18 +46,19 @@ WHY: dict[str, str] = {
     "and budget grant",
     "core/attempt.py:release": "the handle's once-only release: a check, then `Balancer.release`",
     "_invoke": "(aio) calls the pod's grpcio multicallable with keyword arguments and "
-    "registers the attempt's one done-callback (`_AttemptEnded`)",
+    "registers the attempt's one done-callback (`AttemptEnded`)",
     "_finish": "(aio) the done-callback's deferred `Attempt.release`",
     "finished_status": "(aio) reads the status through grpcio's private attributes",
     "__call__": "the multicallable entry point",
-    "aio/calls.py:__call__": "(aio) the attempt's done-callback (`_AttemptEnded`): nothing "
+    "aio/attempts.py:__call__": "(aio) the attempt's done-callback (`AttemptEnded`): nothing "
     "when the task awaiting the attempt releases it itself",
     "pick": "the policy's choice itself: the only part that balancing needs",
     "_settle": "(aio) runs the call's own done-callbacks once the outcome is known",
     "__await__": "(aio) the driver (a generator): awaits the attempt, releases it, "
     "settles the call",
     "_started": "(aio) an awaited helper even when the attempt is already running",
-    "_attempt_done": "(aio) settles a call nobody drives, from its attempt's done-callback",
+    "_attempt_done": "(aio) settles a call nobody drives, or has its retry decided, from "
+    "its attempt's done-callback",
     "add_done_callback": "(aio) grpcio wraps each callback in a `functools.partial`",
 }
 

@@ -7,11 +7,13 @@ that starts its attempt at once when it can, later when it must. What
 follows a failure is the core's decision (``core.retry``): the task awaiting
 a unary-request call retries, or hedges, as the decision says.
 
+A call nobody awaits yet is retried in the background, as grpcio's own
+retries are (``_attempt_done``, ``_decide_undriven``).
+
 Two grpc.aio behaviours shape this module (GRPCIO_NOTES):
 - ``Call.__del__`` runs done-callbacks synchronously, inside the garbage
-  collector, on whatever the loop thread was doing, possibly while it holds
-  the balancer's lock. So an attempt's done-callback never takes that lock:
-  it defers the release to the loop, and holds its call only weakly.
+  collector: an attempt's done-callback (``aio.attempts.AttemptEnded``)
+  never takes the balancer's lock and holds its call only weakly.
 - grpc.aio's reads and writes await outside their own cancel handling, so a
   task cancelled there leaves the RPC running. Every await here on an
   attempt cancels the attempt when the awaiting task is cancelled.
@@ -23,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ import grpc
 import grpc.aio
 
 from grpclb._grpcio import aio_finished_status
+from grpclb.aio.attempts import AttemptEnded
 from grpclb.core.admission import Metadata, request_hash
 from grpclb.core.attempt import Attempt
 from grpclb.core.retry import CallRun, Replayed
@@ -59,52 +61,6 @@ def _cancelled_error() -> grpc.aio.AioRpcError:
         grpc.aio.Metadata(),
         details="Locally cancelled by application!",
     )
-
-
-class _AttemptEnded:
-    """An attempt's done-callback: defer its release to the loop; never take a lock, never raise.
-
-    It holds the logical call weakly (no reference cycle: an abandoned call is
-    freed by reference counting and cancelled by grpc.aio).
-    """
-
-    __slots__ = ("attempt", "loop", "owner")
-
-    def __init__(self, owner: _Call, attempt: Attempt, loop: asyncio.AbstractEventLoop) -> None:
-        self.owner = weakref.ref(owner)
-        self.attempt, self.loop = attempt, loop
-
-    def __call__(self, call: Any) -> None:
-        try:
-            owner = self.owner()
-            if owner is not None and owner._awaiting is call:
-                # The task awaiting this very attempt releases and settles the call itself
-                # when it resumes, one loop turn sooner and without scheduling anything
-                # (``_UnaryResponse``); a cancel settles it at once (``_Call.cancel``).
-                return
-            attempt = self.attempt
-            if not attempt.released:
-                code = aio_finished_status(call)
-                if code is None and not call.cancelled():
-                    # Interceptors hide grpcio's call: ask it the slow way, on the loop.
-                    self.loop.call_soon(_spawn_release, attempt, call)
-                else:
-                    self.loop.call_soon(attempt.release, code)
-            if owner is not None:
-                owner._attempt_done(call)
-        except Exception:  # pragma: no cover - defensive
-            log.exception("grpclb: ending an attempt failed")
-
-
-def _spawn_release(attempt: Attempt, call: Any) -> None:
-    async def release() -> None:
-        try:
-            code = await call.code()
-        except BaseException:
-            code = None
-        attempt.release(code)
-
-    asyncio.get_running_loop().create_task(release())
 
 
 def _constant(value: Any) -> Callable[[], Any]:
@@ -188,7 +144,7 @@ class _Call:
         except BaseException:
             attempt.release(None)
             raise
-        call.add_done_callback(_AttemptEnded(self, attempt, self._loop))
+        call.add_done_callback(AttemptEnded(self, attempt, self._loop))
         self._attempt, self._handle = call, attempt
         return call
 

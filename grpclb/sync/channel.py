@@ -32,6 +32,7 @@ from grpclb.resolver import RefreshSchedule, Resolver
 from grpclb.shell import ChannelOptions, ChannelShell, dial_address
 from grpclb.stats import ChannelStats, check_min_ready, enough_ready, not_ready_error
 from grpclb.sync import calls
+from grpclb.sync.attempts import connection_closed
 from grpclb.sync.connectivity import MONITOR, Watch
 from grpclb.sync.health import HealthWatch
 
@@ -339,7 +340,7 @@ def _multicallable(connection: Connection, key: tuple[Any, ...]) -> Any:
     with _REGISTRATION_LOCK:
         if connection.closing:
             # Registering a method on a closed grpcio channel crashes the process.
-            raise calls.connection_closed(connection)
+            raise connection_closed(connection)
         found = connection.multicallables.get(key)
         if found is None:
             kind, method, serializer, deserializer, registered = key

@@ -35,7 +35,7 @@ from grpclb.core.admission import attempt_or_wait
 from grpclb.core.attempt import Attempt
 from grpclb.core.retry import CallRun
 from grpclb.errors import LocalRpcError
-from grpclb.sync.calls import release_when_done, weakly
+from grpclb.sync.attempts import release_when_done, weakly
 from grpclb.telemetry import trace_retry
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from grpclb._grpcio import sync_response_headers
 from grpclb.core.attempt import Attempt
 from grpclb.core.retry import CallRun
 from grpclb.errors import LocalRpcError
-from grpclb.sync.calls import release_when_done, weakly
+from grpclb.sync.attempts import release_when_done, weakly
 from grpclb.sync.replay import _OK, _cancelled, _Logical
 from grpclb.telemetry import trace_retry
 
