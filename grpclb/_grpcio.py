@@ -81,6 +81,18 @@ async def send_request_stream(call: Any, messages: Iterator[Any] | AsyncIterator
         _cancel(attempt)
 
 
+def headers_sent_or_ended(call: Any) -> None:
+    """A stream-request call's done-callback: release what waits for its headers to go out.
+
+    grpc.aio never marks the headers of a call cancelled before they were sent,
+    so a write waiting for them (``send_message``, and grpc.aio's own
+    ``write()``) would wait forever. Never raises, takes no lock.
+    """
+    sent = getattr(call, "_metadata_sent", None)
+    if sent is not None and not sent.is_set():
+        sent.set()
+
+
 async def half_close(attempt: weakref.ref[Any]) -> None:
     """Say a grpc.aio stream-request call will send no more; nothing if it ended."""
     call = attempt()

@@ -224,6 +224,8 @@ class _Call:
 
     def _retry_after(self, error: grpc.aio.AioRpcError) -> bool:
         """Arrange the next attempt after a failure; False when the failure is final."""
+        if self._settled:
+            return False  # cancelled while the failure was being looked at
         run = self._progress()
         delay = run.retry_delay(
             error.code(), error.trailing_metadata, time.monotonic(), error.initial_metadata
@@ -301,8 +303,16 @@ class _Call:
     # grpc.aio.RpcContext
     def cancel(self) -> bool:
         attempt = self._attempt
-        if attempt is not None and self._deciding and attempt.done():
-            attempt = self._attempt = self._handle = None  # ended; its retry must not start
+        if (
+            attempt is not None
+            and not self._settled
+            and attempt.done()
+            and (self._deciding or self._policy.hedging_delay is None)
+            and aio_finished_status(attempt) is not _OK
+        ):
+            # It failed, and its retry is being decided (by a task awaiting or reading
+            # the call, or in the background): the cancel ends the call instead.
+            attempt = self._attempt = self._handle = None
         if attempt is not None:
             cancelled = bool(attempt.cancel())
             if cancelled and self._awaiting is attempt:

@@ -27,7 +27,12 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from grpclb._grpcio import half_close, send_message, send_request_stream
+from grpclb._grpcio import (
+    half_close,
+    headers_sent_or_ended,
+    send_message,
+    send_request_stream,
+)
 from grpclb.aio.calls import _Call
 from grpclb.core.attempt import Attempt
 from grpclb.core.request_buffer import AsyncRequestBuffer, KeptRequests, RequestBuffer
@@ -116,6 +121,8 @@ class _Written:
     def end(self, _call: Any = None) -> None:
         self.commit()
         self.ended = True
+        if self.replay is not None and not self.replay.done():
+            self.replay.cancel()  # the call ended: no attempt needs what it was sending
         waiting, self.waiting = self.waiting, {}
         for sent in waiting.values():
             if not sent.done():
@@ -167,6 +174,7 @@ class _Writes(_Call):
         if written is not None:
             # Opened for writes; what was written before it is replayed to it first.
             call = super()._invoke(attempt)
+            call.add_done_callback(headers_sent_or_ended)
             written.sent = 0
             if written.kept.read or written.closed:
                 replay = self._loop.create_task(written.replay_to(weakref.ref(call)))
@@ -180,6 +188,7 @@ class _Writes(_Call):
         # sent, then the rest).
         self._request = None
         call = super()._invoke(attempt)
+        call.add_done_callback(headers_sent_or_ended)
         writer = self._loop.create_task(send_request_stream(call, requests.attempt()))
         _WRITERS.add(writer)
         writer.add_done_callback(_WRITERS.discard)

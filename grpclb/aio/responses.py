@@ -67,6 +67,8 @@ class _UnaryResponse(_Call):
                             handle.release(aio_finished_status(attempt))
                         if self._retry_after(error):
                             continue
+                        if self.cancelled():
+                            raise asyncio.CancelledError() from None  # as grpc.aio's
                         raise
                     except asyncio.CancelledError:
                         self._awaiting = None
@@ -192,6 +194,8 @@ class _StreamResponse(_Call):
                 except grpc.aio.AioRpcError as error:
                     # What was read cannot be replayed: retry only before the first message.
                     if received or not self._retry_after(error):
+                        if self.cancelled():
+                            raise asyncio.CancelledError() from None  # as grpc.aio's
                         code = error.code()
                         raise
         except (asyncio.CancelledError, GeneratorExit):

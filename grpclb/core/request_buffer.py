@@ -109,7 +109,7 @@ class KeptRequests:
         if generation != self.live:
             return True, _END  # a view of an ended attempt: its stream ends
         messages, at = self.messages, index - self.base
-        if at < len(messages):
+        if 0 <= at < len(messages):
             return True, messages[at]
         if self.committed and messages:
             # The live view is past them, and no attempt follows: none will be replayed.

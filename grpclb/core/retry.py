@@ -201,11 +201,11 @@ class CallRun:
         policy = self.policy
         if code not in policy.codes or policy.retrying is None:
             return None  # (a hedging policy on a response stream: one attempt, no retries)
-        if headers is not None and headers():
-            return None  # the server answered before failing: committed
         throttle = policy.throttle
         if throttle is not None:
-            throttle.record_failure()
+            throttle.record_failure()  # (A6 counts it, committed or not)
+        if headers is not None and headers():
+            return None  # the server answered before failing: committed
         server_says = pushback(trailing())
         if server_says == _STOP or self.attempts >= policy.max_attempts:
             return None

@@ -13,6 +13,7 @@ import gc
 import json
 import queue
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent import futures
 from typing import Any
@@ -22,6 +23,7 @@ import pytest
 
 import grpclb
 import grpclb.aio
+from grpclb.aio.requests import _WRITERS
 from grpclb.testing import SERVICE_NAME, PodFleet, echo_pb2
 from tests.helpers import drive, stub, until, wait_ready, wait_until
 
@@ -478,3 +480,78 @@ def test_a_call_whose_pod_answered_headers_before_failing_is_not_retried(
 
     failed, served = drive(in_asyncio())
     assert failed > 0 and served == 8  # no attempt after the headers
+
+
+def test_asyncio_cancel_while_a_failed_attempt_awaits_its_retry_ends_the_call(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    """cancel() between an attempt's failure and its reader's retry is not lost."""
+    fleet, target = serve(pods, dns_server, 2)
+    fleet[0].set_mode("unavailable")
+
+    async def scenario() -> tuple[int, Counter[str]]:
+        async with grpclb.aio.channel(target, **KEEP_PODS) as channel:
+            await channel.channel_ready()
+            echo, hits, outcomes = stub(channel), 0, Counter[str]()
+            for _ in range(40):
+                call: Any = echo.BidiStream(timeout=10)
+                reader = asyncio.ensure_future(call.read())
+                await call.write(echo_pb2.EchoRequest(message="a"))
+                first, in_window = call._attempt, False
+                for _ in range(3000):  # the loop turns before the reader resumes
+                    if call._attempt is not first:
+                        break  # the reader already retried it
+                    if first is not None and first.done():
+                        in_window = True  # failed (this is the failing pod), not retried yet
+                        break
+                    await asyncio.sleep(0)
+                if not in_window or call.done():
+                    call.cancel()
+                    reader.cancel()
+                    continue
+                hits += 1
+                assert call.cancel() is True
+                with pytest.raises(asyncio.CancelledError):
+                    await asyncio.wait_for(reader, 5)
+                assert call.done() and call.cancelled()
+                outcomes[str(await call.code())] += 1
+            await until(lambda: channel.stats().in_flight == 0, 5, "every pod released")
+            return hits, outcomes
+
+    hits, outcomes = drive(scenario())
+    assert hits > 0 and outcomes == Counter({"StatusCode.CANCELLED": hits})
+
+
+def test_asyncio_cancel_as_a_retry_replays_its_writes_leaves_no_writer(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    """grpc.aio never marks a cancelled call's headers sent: nothing may wait for them."""
+    fleet, target = serve(pods, dns_server, 2)
+    fleet[0].set_mode("unavailable")
+    fast = {**KEEP_PODS, "retry_backoff_base": 0.001, "retry_backoff_max": 0.002}
+
+    async def scenario() -> int:
+        async with grpclb.aio.channel(target, **fast) as channel:
+            await channel.channel_ready()
+            echo, hits = stub(channel), 0
+            for i in range(40):
+                call: Any = echo.BidiStream(timeout=30)
+                write = asyncio.ensure_future(call.write(echo_pb2.EchoRequest(message="a")))
+                for _ in range(2000):
+                    if call._written.replay is not None:
+                        break
+                    await asyncio.sleep(0)
+                else:
+                    call.cancel()
+                    await asyncio.gather(write, return_exceptions=True)
+                    continue
+                hits += 1
+                for _ in range(i % 6):
+                    await asyncio.sleep(0)
+                call.cancel()
+                await asyncio.wait_for(asyncio.gather(write, return_exceptions=True), 5)
+            await until(lambda: not [t for t in _WRITERS if not t.done()], 5, "writers to end")
+            await until(lambda: channel.stats().in_flight == 0, 5, "every pod released")
+            return hits
+
+    assert drive(scenario()) > 0

@@ -192,6 +192,18 @@ def test_throttling_stops_retries_below_half_the_tokens() -> None:
     assert throttle.allows()
 
 
+def test_a_failure_committed_by_headers_still_costs_a_throttle_token() -> None:
+    sc = config({"retryPolicy": RETRY}, retryThrottling={"maxTokens": 4, "tokenRatio": 0.5})
+    s = settings(service_config=sc.source)
+    assert sc.retry_throttling is not None
+    throttle = RetryThrottle(sc.retry_throttling)
+    policy = method_policy(s, METHOD, False, Edge(high=True), throttle)
+    headers = lambda: [("k", "v")]  # noqa: E731
+    assert CallRun(policy, None).retry_delay(C.UNAVAILABLE, no_trailing, 0.0, headers) is None
+    # A6 counts every failure with a retryable code: 4 -> 3 tokens, then 3 -> 2: refused.
+    assert CallRun(policy, None).retry_delay(C.UNAVAILABLE, no_trailing, 0.0) is None
+
+
 HEDGING = {"maxAttempts": 3, "hedgingDelay": "0.2s", "nonFatalStatusCodes": ["UNAVAILABLE"]}
 
 
