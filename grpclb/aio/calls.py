@@ -80,6 +80,7 @@ class _Call:
     _awaiting: Any = None  # the attempt a task is awaiting right now, if any
     _starter: asyncio.Task[None] | None = None
     _run: CallRun | None = None  # made by ``_progress()``, when a second attempt is considered
+    _hedges: dict[Any, Attempt] | None = None  # the hedges running, under a hedging policy
     _deciding = False  # an attempt nobody awaited failed: a task decides its retry
     _grant_unused = False  # a retry's grant its starter has not taken up yet
     _requests: Replayed | None = None  # a request stream kept for retries (``_Writes``)
@@ -302,6 +303,10 @@ class _Call:
 
     # grpc.aio.RpcContext
     def cancel(self) -> bool:
+        # Under hedging, the latest hedge may have failed while an earlier one runs: cancel
+        # every hedge running; the driver ends the call when it sees them cancelled.
+        if self._hedges and any([call.cancel() for call in list(self._hedges)]):
+            return True
         attempt = self._attempt
         if (
             attempt is not None

@@ -99,6 +99,7 @@ class _UnaryResponse(_Call):
         hedging_delay = run.policy.hedging_delay or 0.0
         changed = asyncio.Event()
         running: dict[Any, Attempt] = {}
+        self._hedges = running  # so that cancel() reaches every hedge still running
 
         def track(call: Any) -> None:
             assert self._handle is not None

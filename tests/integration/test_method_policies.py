@@ -25,7 +25,7 @@ import pytest
 import grpclb
 import grpclb.aio
 from grpclb.testing import SERVICE_NAME, PodFleet, echo_pb2
-from tests.helpers import stub, wait_ready
+from tests.helpers import drive, stub, until, wait_ready
 
 FleetFactory = Callable[..., PodFleet]
 UNARY = {"service": "grpclb.testing.Echo", "method": "Unary"}
@@ -251,3 +251,41 @@ def test_hedging_in_asyncio_takes_a_slow_pod_out_of_the_tail(
     latencies = sorted(asyncio.run(scenario()))
     assert len(latencies) == 100
     assert latencies[-1] < 0.9, latencies[-5:]
+
+
+def test_cancelling_a_hedged_asyncio_call_reaches_the_hedge_still_running(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    """The latest hedge failed while an earlier one still runs: cancel() ends that one too."""
+    fleet, target = serve(pods, dns_server, 2)
+    fleet[0].set_mode("hang")  # answers at the deadline
+    fleet[1].set_mode("unavailable")  # a non-fatal status: the hedge just fails
+    service_config = config({"name": [UNARY], "hedgingPolicy": hedging(2, "0.05s")})
+
+    async def scenario() -> list[tuple[bool, str]]:
+        async with grpclb.aio.channel(
+            target, service_config=service_config, policy="round_robin", consecutive_failures=0
+        ) as channel:
+            await channel.channel_ready()
+            echo, seen = stub(channel), []
+            for _ in range(6):
+                call: Any = echo.Unary(echo_pb2.EchoRequest(), timeout=20)
+                awaiting = asyncio.ensure_future(call)
+                for _ in range(300):  # both attempts made: one hangs, one fails at once
+                    if call._run is not None and call._run.attempts >= 2:
+                        break
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.1)  # (the failing one has failed)
+                cancelled = call.cancel()
+                try:
+                    await asyncio.wait_for(awaiting, 5)
+                    ending = "answered"
+                except asyncio.CancelledError:
+                    ending = "cancelled"
+                except grpc.aio.AioRpcError as error:
+                    ending = error.code().name
+                seen.append((cancelled, ending))
+            await until(lambda: channel.stats().in_flight == 0, 5, "every pod released")
+            return seen
+
+    assert drive(scenario()) == [(True, "cancelled")] * 6
