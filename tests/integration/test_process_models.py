@@ -66,7 +66,9 @@ def in_workers(work: Callable[[], Any], workers: int = 2, timeout: float = 30) -
 
 @pytest.fixture
 def target(pods, monkeypatch) -> str:
-    fleet = pods(2)
+    # Pod processes: gRPC servers running in this process's threads while it forks can
+    # leave the children's gRPC core broken (a crash in epoll was seen once in CI).
+    fleet = pods(2, processes=True)
     value = "ipv4:" + ",".join(fleet.addresses)
     monkeypatch.setenv("ECHO_TARGET", value)
     return value
