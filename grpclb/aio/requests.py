@@ -37,17 +37,6 @@ from grpclb.aio.calls import _Call
 from grpclb.core.attempt import Attempt
 from grpclb.core.request_buffer import AsyncRequestBuffer, KeptRequests, RequestBuffer
 
-
-class _WritesSent:
-    """A request stream sent with ``write()``: nothing is kept to send it again."""
-
-    committed = True
-
-    def commit(self) -> None:
-        pass
-
-
-_WRITES_SENT = _WritesSent()
 # grpc.aio's own words for these:
 _API_STYLE_ERROR = "The iterator and read/write APIs may not be mixed on a single RPC."
 _RPC_ALREADY_FINISHED = "RPC already finished."
@@ -99,8 +88,8 @@ class _Written:
 
     def commit(self) -> None:
         self.kept.commit()
-        if self.replay is None:  # none will be replayed
-            self.kept.base, self.kept.messages = self.kept.read, []
+        if self.replay is None:
+            self.kept.let_go()  # none will be replayed
 
     def wait_sent(self, index: int) -> asyncio.Future[bool]:
         sent = self.loop.create_future()
@@ -209,15 +198,11 @@ class _Writes(_Call):
         return bool(attempt is not None and getattr(attempt, "_done_writing_flag", False))
 
     def _writing(self) -> None:
-        """Written messages commit a call that does not keep them (one attempt)."""
+        """grpclb writes a kept iterator itself, on an attempt opened for writes: refuse
+        ``write()`` there as grpc.aio refuses it on a call given an iterator. (A call that
+        keeps nothing makes one attempt: its writes go to grpc.aio as they are.)"""
         if isinstance(self._requests, (RequestBuffer, AsyncRequestBuffer)):
-            # grpclb writes the iterator itself, on an attempt opened for writes:
-            # refuse as grpc.aio refuses it on a call given an iterator.
             raise grpc.aio.UsageError(_API_STYLE_ERROR)
-        if self._requests is None:
-            self._requests = _WRITES_SENT
-            if self._run is not None:
-                self._run.requests = _WRITES_SENT
 
     async def write(self, request: Any) -> None:
         written = self._written

@@ -95,6 +95,10 @@ class KeptRequests:
         """No attempt may follow (a response arrived, or the call ended): keep no more."""
         self.committed = True
 
+    def let_go(self) -> None:
+        """Drop what is kept: no view will replay it (the call is committed, past it)."""
+        self.base, self.messages = self.base + len(self.messages), []
+
     def failed(self, error: BaseException) -> None:
         self.error = error
         self.committed = True
@@ -112,8 +116,7 @@ class KeptRequests:
         if 0 <= at < len(messages):
             return True, messages[at]
         if self.committed and messages:
-            # The live view is past them, and no attempt follows: none will be replayed.
-            self.base, self.messages = self.base + len(messages), []
+            self.let_go()  # the live view is past them, and no attempt follows
         if self.error is not None:
             raise self.error
         if self.ended:
