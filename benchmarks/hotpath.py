@@ -57,16 +57,23 @@ class _Status:
 
 
 class _Cython:
+    """The Cython call under a grpc.aio call: its status, and callbacks of no arguments."""
+
     _status = _Status()
+
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[], None]] = []
+
+    def add_done_callback(self, callback: Callable[[], None]) -> None:
+        self.callbacks.append(callback)
 
 
 class _FakeAioCall:
     """A finished grpc.aio unary call: awaiting it runs its done-callbacks and answers."""
 
-    _cython_call = _Cython()
-
     def __init__(self) -> None:
         self._callbacks: list[Callable[[Any], None]] = []
+        self._cython_call = _Cython()
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         self._callbacks.append(callback)
@@ -81,6 +88,9 @@ class _FakeAioCall:
         callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             callback(self)
+        ended, self._cython_call.callbacks = self._cython_call.callbacks, []
+        for end in ended:
+            end()
         return REPLY
         yield  # a generator that never suspends
 

@@ -20,6 +20,7 @@ from opentelemetry.metrics import MeterProvider
 from grpclb.config.service_config import service_config_value
 from grpclb.config.settings import Settings
 from grpclb.config.target import Target, parse_target
+from grpclb.core.attempt import Attempt
 from grpclb.core.balancer import Balancer, Clock
 from grpclb.core.retry import CallPolicy, method_policy
 from grpclb.core.throttle import RetryThrottle
@@ -163,6 +164,7 @@ class ChannelShell:
 
     _label = "grpclb"
     _calls: ModuleType  # the flavour's multicallables: grpclb.sync.calls, grpclb.aio.multicallables
+    _attempt_type: type[Attempt] = Attempt  # what a pick returns, in this flavour
     _target: Target
     _settings: Settings
     _balancer: Balancer
@@ -199,7 +201,14 @@ class ChannelShell:
         throttling = None if config is None else config.retry_throttling
         self._throttle = None if throttling is None else RetryThrottle(throttling)
         # The flavour is the balancer's transport: it does the I/O the core asks for.
-        self._balancer = Balancer(self._target, self._settings, self, clock=clock, rng=rng)  # type: ignore[arg-type]
+        self._balancer = Balancer(
+            self._target,
+            self._settings,
+            self,  # type: ignore[arg-type]
+            clock=clock,
+            rng=rng,
+            attempt_type=self._attempt_type,
+        )
         self._balancer.telemetry = telemetry_for(
             self._target.text,
             meter_provider,

@@ -1,11 +1,14 @@
-"""An asyncio attempt's end: its pod released without taking a lock in grpc.aio's callback.
+"""An asyncio attempt: its hold on a pod, and its own done-callback.
 
 grpc.aio's ``Call.__del__`` runs done-callbacks synchronously, inside the
 garbage collector, on whatever the loop thread was doing, possibly while it
 holds the balancer's lock (GRPCIO_NOTES). So an attempt's done-callback never
-takes that lock: it defers the release to the loop, and holds its logical
-call only weakly, so an abandoned call is freed by reference counting and
-cancelled by grpc.aio.
+takes that lock: it defers the release to the loop.
+
+The attempt is its own done-callback: on a busy client, every object an
+attempt keeps while it runs adds to the young-generation collections
+(measured: the callback's four objects raised them by a third against plain
+grpc.aio), so the hot path (unary-unary) adds none.
 """
 
 from __future__ import annotations
@@ -15,41 +18,54 @@ import logging
 import weakref
 from typing import Any
 
-from grpclb._grpcio import aio_finished_status
+from grpclb._grpcio import aio_finished_status, when_unary_call_ends
 from grpclb.core.attempt import Attempt
 
 log = logging.getLogger("grpclb")
 
 
-class AttemptEnded:
-    """An attempt's done-callback: defer its release to the loop; never take a lock, never raise.
+class AioAttempt(Attempt):
+    """An attempt on a grpc.aio call, called when the call ends; never takes a lock or raises."""
 
-    It holds the logical call weakly (no reference cycle: an abandoned call is
-    freed by reference counting and cancelled by grpc.aio).
-    """
+    __slots__ = ("call", "loop", "owner")
 
-    __slots__ = ("attempt", "loop", "owner")
+    def watch(self, owner: Any, call: Any, loop: asyncio.AbstractEventLoop, unary: bool) -> None:
+        """Be called when ``call``, this attempt of the logical call ``owner``, ends.
 
-    def __init__(self, owner: Any, attempt: Attempt, loop: asyncio.AbstractEventLoop) -> None:
-        self.owner = weakref.ref(owner)
-        self.attempt, self.loop = attempt, loop
+        A unary-unary call is held until it ends by grpc.aio's own invocation
+        task, so holding it and ``owner`` here makes no cycle that outlives the
+        call (both are let go when it ends). A stream is held only by its
+        caller, so ``owner`` is held weakly: an abandoned stream is freed by
+        reference counting, and cancelled by grpc.aio.
+        """
+        self.loop = loop
+        if unary:
+            self.owner, self.call = owner, call
+            when_unary_call_ends(call, self)
+        else:
+            self.owner, self.call = weakref.ref(owner), None
+            call.add_done_callback(self)
 
-    def __call__(self, call: Any) -> None:
+    def __call__(self, call: Any = None) -> None:
+        owner = self.owner
+        if call is None:  # the unary path: let go of what it held
+            call = self.call
+            self.owner = self.call = None
+        elif owner is not None:
+            owner = owner()
         try:
-            owner = self.owner()
             if owner is not None and owner._awaiting is call:
                 # The task awaiting this very attempt releases and settles the call itself
                 # when it resumes, one loop turn sooner and without scheduling anything
                 # (``_UnaryResponse``); a cancel settles it at once (``_Call.cancel``).
                 return
-            attempt = self.attempt
-            if not attempt.released:
+            if not self.released:
                 code = aio_finished_status(call)
                 if code is None and not call.cancelled():
                     # Interceptors hide grpcio's call: ask it the slow way, on the loop.
-                    self.loop.call_soon(_spawn_release, attempt, call)
+                    self.loop.call_soon(_spawn_release, self, call)
                 else:
-                    self.loop.call_soon(attempt.release, code)
+                    self.loop.call_soon(self.release, code)
             if owner is not None:
                 owner._attempt_done(call)
         except Exception:  # pragma: no cover - defensive

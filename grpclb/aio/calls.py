@@ -12,7 +12,7 @@ retries are (``_attempt_done``, ``_decide_undriven``).
 
 Two grpc.aio behaviours shape this module (GRPCIO_NOTES):
 - ``Call.__del__`` runs done-callbacks synchronously, inside the garbage
-  collector: an attempt's done-callback (``aio.attempts.AttemptEnded``)
+  collector: an attempt's done-callback (``aio.attempts.AioAttempt``)
   never takes the balancer's lock and holds its call only weakly.
 - grpc.aio's reads and writes await outside their own cancel handling, so a
   task cancelled there leaves the RPC running. Every await here on an
@@ -26,13 +26,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import grpc.aio
 
 from grpclb._grpcio import aio_finished_status
-from grpclb.aio.attempts import AttemptEnded
+from grpclb.aio.attempts import AioAttempt
 from grpclb.core.admission import Metadata, request_hash
 from grpclb.core.attempt import Attempt
 from grpclb.core.retry import CallRun, Replayed
@@ -52,6 +52,26 @@ def as_aio_error(error: LocalRpcError) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(
         error.code(), grpc.aio.Metadata(), grpc.aio.Metadata(), details=error.details()
     )
+
+
+def raisable(error: BaseException) -> BaseException:
+    """A kept failure, new for each raise, as grpc.aio makes a new error per ``await``.
+
+    A raised exception gathers the frames it passes through, and they hold
+    the call: a call that kept the raised one would sit in a reference cycle
+    with its caller's frames, freed only by the collector.
+    """
+    if isinstance(error, grpc.aio.AioRpcError):
+        return grpc.aio.AioRpcError(  # type: ignore[no-any-return]
+            error.code(),
+            error.initial_metadata(),
+            error.trailing_metadata(),
+            error.details(),
+            error.debug_error_string(),
+        )
+    if isinstance(error, asyncio.CancelledError):
+        return asyncio.CancelledError(*error.args)
+    return error
 
 
 def _cancelled_error() -> grpc.aio.AioRpcError:
@@ -145,7 +165,7 @@ class _Call:
         except BaseException:
             attempt.release(None)
             raise
-        call.add_done_callback(AttemptEnded(self, attempt, self._loop))
+        cast(AioAttempt, attempt).watch(self, call, self._loop, owner._kind == "unary_unary")
         self._attempt, self._handle = call, attempt
         return call
 
@@ -202,7 +222,7 @@ class _Call:
             assert self._error is not None
             if self._error.code() is _CANCELLED:
                 raise asyncio.CancelledError()  # as grpc.aio's cancelled calls do
-            raise self._error
+            raise raisable(self._error)
         return self._attempt
 
     async def _on_attempt(self, work: Any) -> Any:

@@ -23,6 +23,7 @@ import grpc.aio
 from opentelemetry.metrics import MeterProvider
 
 from grpclb.aio import multicallables
+from grpclb.aio.attempts import AioAttempt
 from grpclb.aio.health import watch_health
 from grpclb.config.settings import Settings
 from grpclb.core.admission import attempt_or_wait
@@ -95,6 +96,7 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
 
     _label = "grpclb.aio.Channel"
     _calls = multicallables
+    _attempt_type = AioAttempt
 
     def _ensure_started(self) -> asyncio.AbstractEventLoop:
         """Start background work in the running loop, on first use."""

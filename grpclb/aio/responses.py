@@ -20,7 +20,7 @@ import grpc
 import grpc.aio
 
 from grpclb._grpcio import aio_finished_status
-from grpclb.aio.calls import _CANCELLED, _OK, _Call, _constant
+from grpclb.aio.calls import _CANCELLED, _OK, _Call, _constant, raisable
 from grpclb.aio.requests import _Writes
 from grpclb.core.attempt import Attempt
 
@@ -38,7 +38,7 @@ class _UnaryResponse(_Call):
                 yield from self._finished.wait().__await__()
         if self._outcome is not None:
             if self._outcome[1] is not None:
-                raise self._outcome[1]
+                raise raisable(self._outcome[1])
             return self._outcome[0]
         if self._settled and self._attempt is not None:
             # It ended before anyone awaited: its outcome stands.
@@ -85,7 +85,7 @@ class _UnaryResponse(_Call):
             return response
         except BaseException as error:
             if self._outcome is None:
-                self._outcome = (None, error)
+                self._outcome = (None, raisable(error))  # not the one raised now
             code = error.code() if isinstance(error, grpc.aio.AioRpcError) else _CANCELLED
             raise
         finally:

@@ -74,6 +74,7 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, Re
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
         telemetry: Telemetry = NULL_TELEMETRY,
+        attempt_type: type[Attempt] = Attempt,
     ) -> None:
         self.target = target
         self.settings = settings
@@ -83,6 +84,7 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, Re
         # channel alive for good.
         self._transport = weakref.proxy(transport)
         self._clock = clock
+        self._attempt_type = attempt_type  # the flavour's: an asyncio attempt is its own callback
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._endpoints: dict[str, Endpoint] = {}
@@ -297,7 +299,7 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, Re
                 started = time.perf_counter()
                 self.telemetry.attempt_started(method, endpoint.address, len(self._endpoints))
             trace_attempt(endpoint.address, len(avoid) + 1)
-            return Attempt(self, connection, retry, method, started)
+            return self._attempt_type(self, connection, retry, method, started)
         return None
 
     def release(self, attempt: Attempt, code: grpc.StatusCode | None) -> None:

@@ -275,6 +275,56 @@ def test_aio_task_cancelled_right_after_starting_a_stream_releases_it_at_once(
     assert fleet[0].stats().in_flight == 0
 
 
+def test_aio_unary_calls_are_freed_by_reference_counting_however_they_end(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    """An attempt holds its logical call until it ends (it is the call's done-callback);
+    after that, nothing may keep the call in a cycle that only the collector frees."""
+    fleet, where = serve(pods, dns_server, 2)
+    fleet[0].set_mode("unavailable")  # a call picking it first is retried on the other
+    fleet[1].set_mode("slow", 300)
+
+    async def scenario() -> dict[str, bool]:
+        async with grpclb.aio.channel(where, policy="round_robin") as channel:
+            await ready(channel, 2)
+            echo = stub(channel)
+            watched: dict[str, Any] = {}
+
+            async def awaited(name: str, timeout: float = 5) -> None:
+                call = echo.Unary(request(), timeout=timeout)
+                watched[name] = weakref.ref(call)
+                await call
+
+            for index in range(2):  # round_robin: one of them meets the failing pod first
+                await awaited(f"awaited {index}")
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await awaited("failed", timeout=0.1)  # the slow pod, or a retry, past 0.1 s
+            assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            del raised
+            dropped = echo.Unary(request(), timeout=5)  # runs on, unawaited, then ends
+            watched["dropped unawaited"] = weakref.ref(dropped)
+            del dropped
+            task = asyncio.ensure_future(awaited("cancelled"))
+            await asyncio.sleep(0.05)  # on the slow pod, or in its retry
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            del task  # its CancelledError's traceback holds the call's frame
+            await until(lambda: channel.stats().in_flight == 0, 5, "every attempt released")
+            for _ in range(3):
+                await asyncio.sleep(0)  # deferred releases run
+            return {name: ref() is None for name, ref in watched.items()}
+
+    gc.disable()
+    try:
+        freed = drive(scenario())
+    finally:
+        gc.enable()
+    assert freed == dict.fromkeys(freed, True), freed
+    assert len(freed) == 5
+    assert fleet[0].stats().calls >= 1, "no call met the failing pod: nothing was retried"
+
+
 def test_aio_task_cancelled_inside_a_bidi_write_cancels_the_rpc(
     pods: FleetFactory, dns_server: Any
 ) -> None:

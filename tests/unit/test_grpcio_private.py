@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import weakref
 
 import grpc
 import grpc.aio
@@ -44,6 +45,50 @@ def test_finished_aio_call_status_is_readable_without_awaiting() -> None:
 
     status = asyncio.run(scenario())
     assert status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def test_a_unary_calls_end_reaches_a_callback_of_no_arguments_then_lets_it_go() -> None:
+    """``when_unary_call_ends`` registers on the Cython call, which must call the callback
+    once, with no arguments, and drop it when the call ends (the callback may hold the call)."""
+
+    class Ended:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def __call__(self) -> None:
+            self.calls += 1
+
+    async def scenario() -> None:
+        async with grpc.aio.insecure_channel("ipv4:127.0.0.1:1") as channel:
+            call = channel.unary_unary("/x.Y/Z")(b"", timeout=0.05)
+            assert callable(call._cython_call.add_done_callback), "grpc.aio moved it"
+            ended = Ended()
+            watcher = weakref.ref(ended)
+            _grpcio.when_unary_call_ends(call, ended)
+            del ended
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await call
+            await asyncio.sleep(0)
+            assert watcher() is None, "the Cython call kept its callback after the call ended"
+            late = Ended()
+            _grpcio.when_unary_call_ends(call, late)  # registered after the end: runs at once
+            assert late.calls == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_call_that_hides_grpcios_call_still_reports_its_end() -> None:
+    seen: list[object] = []
+
+    class Wrapped:  # what an interceptor's call looks like: the public API only
+        def add_done_callback(self, callback: object) -> None:
+            seen.append(callback)
+
+    ends: list[int] = []
+    _grpcio.when_unary_call_ends(Wrapped(), lambda: ends.append(1))
+    assert len(seen) == 1
+    seen[0](Wrapped())  # type: ignore[operator]
+    assert ends == [1]
 
 
 def test_aio_request_stream_writer_reaches_what_it_writes_with() -> None:
