@@ -46,11 +46,15 @@ WHY: dict[str, str] = {
     "and budget grant",
     "core/attempt.py:release": "the handle's once-only release: a check, then `Balancer.release`",
     "_invoke": "(aio) calls the pod's grpcio multicallable with keyword arguments and "
-    "registers the attempt's one done-callback (`AttemptEnded`)",
+    "has the attempt watch the call (`AioAttempt.watch`)",
+    "watch": "(aio) registers the attempt as the call's done-callback; for a unary call, on "
+    "grpcio's Cython call, which makes no `functools.partial`",
+    "when_unary_call_ends": "(aio) the Cython call's `add_done_callback`, reached through "
+    "grpcio's private attributes",
     "_finish": "(aio) the done-callback's deferred `Attempt.release`",
     "finished_status": "(aio) reads the status through grpcio's private attributes",
     "__call__": "the multicallable entry point",
-    "aio/attempts.py:__call__": "(aio) the attempt's done-callback (`AttemptEnded`): nothing "
+    "aio/attempts.py:__call__": "(aio) the attempt as its call's done-callback: nothing "
     "when the task awaiting the attempt releases it itself",
     "pick": "the policy's choice itself: the only part that balancing needs",
     "_settle": "(aio) runs the call's own done-callbacks once the outcome is known",
