@@ -67,3 +67,20 @@ def _raise(code: grpc.StatusCode):
         raise LocalRpcError(code, "failed")
 
     return run
+
+
+def test_an_attempt_reaches_the_current_span_of_any_tracer_provider():
+    """The cheap context read must see what OpenTelemetry's public API sees, with a
+    provider that is not the global one, and nothing outside any span."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("test")
+    telemetry.trace_attempt("127.0.0.2:9000", 1)  # no span: nothing to mark, no error
+    with tracer.start_as_current_span("outer") as span:
+        assert telemetry._current_context()  # the span's context, through the fast read
+        telemetry.trace_attempt("127.0.0.2:9000", 1)
+        telemetry.trace_attempt("127.0.0.3:9000", 2)
+    assert not telemetry._current_context()
+    events = [(e.name, dict(e.attributes or {})) for e in span.events]  # type: ignore[attr-defined]
+    assert [name for name, _ in events] == ["grpclb.attempt", "grpclb.attempt"]
+    assert [attributes[telemetry.ATTR_ATTEMPT] for _, attributes in events] == [1, 2]
