@@ -54,8 +54,8 @@ class _UnaryResponse(_Call):
                     if attempt is None:
                         try:
                             attempt = yield from self._started().__await__()
-                        except asyncio.CancelledError:
-                            self.cancel()  # the awaiting task was cancelled: so is the call
+                        except BaseException:  # the task cancelled, or the coroutine closed
+                            self.cancel()  # the awaiting task went away: so does the call
                             raise
                     handle = self._handle
                     self._awaiting = attempt  # its done-callback leaves the release to us
@@ -70,9 +70,9 @@ class _UnaryResponse(_Call):
                         if self.cancelled():
                             raise asyncio.CancelledError() from None  # as grpc.aio's
                         raise
-                    except asyncio.CancelledError:
+                    except BaseException:  # the task cancelled, or the coroutine closed
                         self._awaiting = None
-                        self.cancel()  # the awaiting task was cancelled: so is the RPC
+                        self.cancel()  # the awaiting task went away: so does the RPC
                         if handle is not None and attempt.done():
                             handle.release(aio_finished_status(attempt))  # else: its callback
                         raise
@@ -85,6 +85,8 @@ class _UnaryResponse(_Call):
             return response
         except BaseException as error:
             if self._outcome is None:
+                if isinstance(error, GeneratorExit):  # closed mid-await: the call was cancelled
+                    error = asyncio.CancelledError()
                 self._outcome = (None, raisable(error))  # not the one raised now
             code = error.code() if isinstance(error, grpc.aio.AioRpcError) else _CANCELLED
             raise

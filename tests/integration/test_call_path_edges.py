@@ -325,6 +325,40 @@ def test_aio_unary_calls_are_freed_by_reference_counting_however_they_end(
     assert fleet[0].stats().calls >= 1, "no call met the failing pod: nothing was retried"
 
 
+
+def test_a_coroutine_closed_while_awaiting_an_aio_call_cancels_and_releases_it(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    """``coroutine.close()`` at the await (a coroutine driven by hand, or collected after
+    its loop ended) throws GeneratorExit into the call's driver: the RPC is cancelled,
+    its pod released, and a later ``await`` of the call raises CancelledError."""
+    fleet, where = serve(pods, dns_server, 1)
+    fleet[0].set_mode("slow", 300)
+
+    async def scenario() -> tuple[bool, Any, Any]:
+        async with grpclb.aio.channel(where) as channel:
+            await ready(channel, 1)
+            call = stub(channel).Unary(request(), timeout=5)
+
+            async def user() -> Any:
+                return await call
+
+            driven = user()
+            driven.send(None)  # suspended inside the call's await
+            driven.close()
+            released = await soon(lambda: channel.stats().in_flight == 0, 2.0)
+            try:
+                await asyncio.wait_for(call, 2)
+                later: Any = "no error"
+            except BaseException as error:  # any type: the type is what is checked
+                later = type(error).__name__
+            return released, later, await asyncio.wait_for(call.code(), 2)
+
+    released, later, code = drive(scenario())
+    assert released, "the closed coroutine's call still counts as in flight"
+    assert later == "CancelledError", later
+    assert code is CANCELLED
+
 def test_aio_task_cancelled_inside_a_bidi_write_cancels_the_rpc(
     pods: FleetFactory, dns_server: Any
 ) -> None:
