@@ -325,7 +325,6 @@ def test_aio_unary_calls_are_freed_by_reference_counting_however_they_end(
     assert fleet[0].stats().calls >= 1, "no call met the failing pod: nothing was retried"
 
 
-
 def test_a_coroutine_closed_while_awaiting_an_aio_call_cancels_and_releases_it(
     pods: FleetFactory, dns_server: Any
 ) -> None:
@@ -358,6 +357,7 @@ def test_a_coroutine_closed_while_awaiting_an_aio_call_cancels_and_releases_it(
     assert released, "the closed coroutine's call still counts as in flight"
     assert later == "CancelledError", later
     assert code is CANCELLED
+
 
 def test_aio_task_cancelled_inside_a_bidi_write_cancels_the_rpc(
     pods: FleetFactory, dns_server: Any
