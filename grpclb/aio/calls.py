@@ -13,7 +13,7 @@ retries are (``_attempt_done``, ``_decide_undriven``).
 Two grpc.aio behaviours shape this module (GRPCIO_NOTES):
 - ``Call.__del__`` runs done-callbacks synchronously, inside the garbage
   collector: an attempt's done-callback (``aio.attempts.AioAttempt``)
-  never takes the balancer's lock and holds its call only weakly.
+  never takes the balancer's lock, and nothing it holds outlives the call.
 - grpc.aio's reads and writes await outside their own cancel handling, so a
   task cancelled there leaves the RPC running. Every await here on an
   attempt cancels the attempt when the awaiting task is cancelled.
