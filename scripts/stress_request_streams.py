@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import queue
 import random
 import sys
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -32,7 +31,7 @@ import grpc.aio
 
 import grpclb
 import grpclb.aio
-from grpclb.testing import PodFleet, echo_pb2, echo_pb2_grpc
+from grpclb.testing import PodFleet, RequestPipe, echo_pb2, echo_pb2_grpc
 
 SETTINGS: dict[str, Any] = {
     "policy": "round_robin",
@@ -48,28 +47,6 @@ def request(text: str) -> echo_pb2.EchoRequest:
     return echo_pb2.EchoRequest(message=text)
 
 
-class Pipe:
-    """A request iterator fed as answers come back (a ping-pong caller)."""
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[echo_pb2.EchoRequest | None] = queue.Queue()
-
-    def add(self, text: str) -> None:
-        self._queue.put(request(text))
-
-    def close(self) -> None:
-        self._queue.put(None)
-
-    def __iter__(self) -> Iterator[echo_pb2.EchoRequest]:
-        return self
-
-    def __next__(self) -> echo_pb2.EchoRequest:
-        item = self._queue.get(timeout=10)
-        if item is None:
-            raise StopIteration
-        return item
-
-
 def flap(fleet: PodFleet, stop: threading.Event, rng: random.Random) -> None:
     while not stop.wait(0.03):
         rng.choice(list(fleet)).set_mode(rng.choice(MODES))
@@ -79,7 +56,7 @@ def flap(fleet: PodFleet, stop: threading.Event, rng: random.Random) -> None:
 
 def sync_call(echo: Any, style: str, texts: list[str]) -> bool:
     if style == "ping-pong":
-        pipe, answers = Pipe(), []
+        pipe, answers = RequestPipe(), []
         replies = echo.BidiStream(pipe, timeout=5)
         for text in texts:
             pipe.add(text)

@@ -127,14 +127,20 @@ class KeptRequests:
 _END = object()
 
 
-class RequestBuffer:
-    """A sync request iterator, read once and replayed to each attempt."""
+class _Buffer:
+    """What a call asks of its kept request stream, in either flavour."""
+
+    _kept: KeptRequests
 
     committed = property(lambda self: self._kept.committed)
     ended = property(lambda self: self._kept.ended)  # the caller's iterator is exhausted
 
     def commit(self) -> None:
         self._kept.commit()
+
+
+class RequestBuffer(_Buffer):
+    """A sync request iterator, read once and replayed to each attempt."""
 
     def __init__(
         self,
@@ -181,7 +187,7 @@ class RequestBuffer:
             yield message
 
 
-class AsyncRequestBuffer:
+class AsyncRequestBuffer(_Buffer):
     """``RequestBuffer`` for an asyncio call's async iterator (grpc.aio's other request style).
 
     One view at a time reads the caller's iterator (an async generator refuses
@@ -189,12 +195,6 @@ class AsyncRequestBuffer:
     read and takes the message from what is kept. No task is made per message:
     this is on the path of every message of a retryable stream.
     """
-
-    committed = property(lambda self: self._kept.committed)
-    ended = property(lambda self: self._kept.ended)  # the caller's iterator is exhausted
-
-    def commit(self) -> None:
-        self._kept.commit()
 
     def __init__(
         self,

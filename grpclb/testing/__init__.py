@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from grpclb.testing.dns import SERVICE_NAME, DnsmasqNotFound, DnsServer
     from grpclb.testing.local import LocalPods, local_pods
+    from grpclb.testing.pipe import RequestPipe
     from grpclb.testing.pods import Pod, PodCounts, PodFleet, ProcessPod, ThreadPod
     from grpclb.testing.tls import TestPki
 
@@ -33,6 +34,7 @@ _EXPORTS = {
     "ProcessPod": "pods",
     "ThreadPod": "pods",
     "TestPki": "tls",
+    "RequestPipe": "pipe",
 }
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "PodCounts",
     "PodFleet",
     "ProcessPod",
+    "RequestPipe",
     "TestPki",
     "ThreadPod",
     "local_pods",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import queue
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,7 +23,7 @@ import pytest
 import grpclb
 import grpclb.aio
 from grpclb.aio.requests import _WRITERS
-from grpclb.testing import SERVICE_NAME, PodFleet, echo_pb2
+from grpclb.testing import SERVICE_NAME, PodFleet, RequestPipe, echo_pb2
 from tests.helpers import drive, stub, until, wait_ready, wait_until
 
 FleetFactory = Callable[..., PodFleet]
@@ -78,28 +77,6 @@ def test_sync_request_streams_are_retried_with_every_message_replayed(
         assert calls_at(fleet)[0] >= 6  # the failing pod had its share: they were retried
 
 
-class Pipe:
-    """A request iterator fed as the answers come: the ping-pong shape of a bidi call."""
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[echo_pb2.EchoRequest | None] = queue.Queue()
-
-    def add(self, message: str) -> None:
-        self._queue.put(echo_pb2.EchoRequest(message=message))
-
-    def close(self) -> None:
-        self._queue.put(None)
-
-    def __iter__(self) -> Iterator[echo_pb2.EchoRequest]:
-        return self
-
-    def __next__(self) -> echo_pb2.EchoRequest:
-        item = self._queue.get(timeout=10)
-        if item is None:
-            raise StopIteration
-        return item
-
-
 def test_sync_ping_pong_is_retried_while_the_caller_waits_for_an_answer(
     pods: FleetFactory, dns_server: Any
 ) -> None:
@@ -109,7 +86,7 @@ def test_sync_ping_pong_is_retried_while_the_caller_waits_for_an_answer(
         wait_ready(channel, 3)
         fleet.reset_stats()
         for _ in range(6):
-            pipe = Pipe()
+            pipe = RequestPipe()
             responses = stub(channel).BidiStream(pipe, timeout=10)
             for message in ("ping", "pong", "ping"):
                 pipe.add(message)  # the next message only after the answer to this one
