@@ -406,13 +406,13 @@ def _context_reader() -> Callable[[], Any]:
     return otel_context.get_current
 
 
-_current_context = _context_reader()
+current_context = _context_reader()
 
 
 def trace_attempt(address: str, attempt: int) -> None:
     """On the caller's current span, if it records: which pod serves this attempt."""
-    if not _current_context():
-        return  # no span at all: the common case costs one lookup
+    if not current_context():
+        return  # no span at all (hot paths check current_context() before calling)
     span = trace.get_current_span()
     if span.is_recording():
         span.add_event("grpclb.attempt", {ATTR_ENDPOINT: address, ATTR_ATTEMPT: attempt})

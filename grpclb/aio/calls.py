@@ -104,12 +104,16 @@ class _Call:
     _deciding = False  # an attempt nobody awaited failed: a task decides its retry
     _grant_unused = False  # a retry's grant its starter has not taken up yet
     _requests: Replayed | None = None  # a request stream kept for retries (``_Writes``)
+    _metadata: Metadata = None
+    _credentials: grpc.CallCredentials | None = None
+    _compression: grpc.Compression | None = None
+    _digest: int | None = None  # the hash key's digest, when the call has metadata
+    _began = 0.0  # time.perf_counter() at the call's start, when calls are timed
 
     def __init__(
         self,
         owner: _MultiCallable,
         request: Any,
-        *,
         timeout: float | None = None,
         metadata: Metadata = None,
         credentials: grpc.CallCredentials | None = None,
@@ -117,17 +121,21 @@ class _Call:
         compression: grpc.Compression | None = None,
     ) -> None:
         channel = owner._channel
-        self._owner, self._channel = owner, channel
-        self._request = request
-        policy = owner.policy
-        deadline, self._wait_for_ready = policy.call_limits(
-            timeout, wait_for_ready, time.monotonic()
-        )
-        self._metadata = metadata
-        self._credentials, self._compression = credentials, compression
-        self._policy, self._deadline = policy, deadline
-        self._digest = request_hash(metadata, channel._hash_key) if metadata else None
-        self._began = time.perf_counter() if channel._timed else 0.0
+        self._owner, self._channel, self._request = owner, channel, request
+        policy = self._policy = owner.policy
+        now = time.monotonic()
+        self._deadline, self._wait_for_ready = policy.call_limits(timeout, wait_for_ready, now)
+        # Most calls have none of these: the class defaults stand, one store less each.
+        if metadata is not None:
+            self._metadata = metadata
+            if metadata:
+                self._digest = request_hash(metadata, channel._hash_key)
+        if credentials is not None:
+            self._credentials = credentials
+        if compression is not None:
+            self._compression = compression
+        if channel._timed:
+            self._began = time.perf_counter()
         self._loop = channel._loop or channel._ensure_started()
         balancer = channel._balancer
         if balancer.closed:
@@ -140,15 +148,17 @@ class _Call:
             self._fail(as_aio_error(error))
             return
         if attempt is not None:
-            self._invoke(attempt)
+            self._invoke(attempt, now)
         else:
             # No pod yet: start as soon as there is one, awaited or not, as grpc.aio
             # starts every call when it is made.
             self._starter = channel._spawn(self._start_attempt(False))
 
-    def _invoke(self, attempt: Attempt) -> Any:
+    def _invoke(self, attempt: Attempt, now: float = 0.0) -> Any:
+        """Start ``attempt``'s RPC; ``now``: time.monotonic(), when the caller just read it."""
         deadline = self._deadline
-        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        if deadline is not None:
+            deadline = max(deadline - (now or time.monotonic()), 0.0)
         if self._run is not None:
             self._run.tried.append(attempt.endpoint)
         owner = self._owner
@@ -156,7 +166,7 @@ class _Call:
         try:
             call = method(
                 self._request,
-                timeout=remaining,
+                timeout=deadline,
                 metadata=self._metadata,
                 credentials=self._credentials,
                 wait_for_ready=self._wait_for_ready,
@@ -314,8 +324,11 @@ class _Call:
             throttle.record_success()  # A6: a success earns a token back (as the sync path)
         if self._began:
             self._channel._call_finished(self._owner._method, code, self._began)
-        callbacks, self._callbacks = self._callbacks, None
-        for callback in callbacks or ():
+        callbacks = self._callbacks
+        if callbacks is None:
+            return
+        self._callbacks = None
+        for callback in callbacks:
             try:
                 callback(self)
             except Exception:

@@ -98,9 +98,27 @@ class _MultiCallable:
 class UnaryUnary(_MultiCallable, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
     _kind = "unary_unary"
 
-    def __call__(self, request: Any, **kwargs: Any) -> Any:
-        if not self._interceptors:  # the common case, without a detour
-            return UnaryUnaryCall(self, request, **kwargs)
+    def __call__(
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        if not self._interceptors:  # the common case: no keyword dict, no detour
+            return UnaryUnaryCall(
+                self, request, timeout, metadata, credentials, wait_for_ready, compression
+            )
+        kwargs = {
+            "timeout": timeout,
+            "metadata": metadata,
+            "credentials": credentials,
+            "wait_for_ready": wait_for_ready,
+            "compression": compression,
+        }
         return self._start(request, kwargs)
 
     def _logical(self, request: Any, kwargs: dict[str, Any]) -> Any:

@@ -78,7 +78,7 @@ class _UnaryResponse(_Call):
                         raise
                     self._awaiting = None
                     if handle is not None:
-                        handle.release(_OK)
+                        handle.balancer.release(handle, _OK)  # (its release(), one frame less)
                     break
             self._outcome = (response, None)
             code = _OK

@@ -54,12 +54,14 @@ from grpclb.stats import (
     endpoint_rows,
     summary_line,
 )
-from grpclb.telemetry import NULL_TELEMETRY, Telemetry, trace_attempt
+from grpclb.telemetry import NULL_TELEMETRY, Telemetry, current_context, trace_attempt
 
 log = logging.getLogger("grpclb")
 Clock = Callable[[], float]
 _Action = Callable[[], None]
 _CANCELLED = grpc.StatusCode.CANCELLED
+_OK = grpc.StatusCode.OK
+_NO_ACTIONS: list[_Action] = []  # never appended to
 
 
 class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, RetryBudget):
@@ -251,7 +253,9 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, Re
         handed to a connecting pod's grpcio channel: grpcio would never move it).
         """
         limit = self._max_requests
-        for _ in range(4):  # a racing removal can retire the picked pod; pick again
+        tries = 4  # a racing removal can retire the picked pod; pick again
+        while tries:
+            tries -= 1
             picker, usable = self._snapshot
             if avoid:
                 endpoint = pick_avoiding(picker, usable, request_hash, avoid, self._rng)
@@ -298,14 +302,15 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, Re
             if self.telemetry.enabled:
                 started = time.perf_counter()
                 self.telemetry.attempt_started(method, endpoint.address, len(self._endpoints))
-            trace_attempt(endpoint.address, len(avoid) + 1)
+            if current_context():  # a span may record (trace_attempt): the rare case
+                trace_attempt(endpoint.address, len(avoid) + 1)
             return self._attempt_type(self, connection, retry, method, started)
         return None
 
     def release(self, attempt: Attempt, code: grpc.StatusCode | None) -> None:
         """End an attempt (see ``Attempt.release``): release its counts, learn from its outcome."""
         connection = attempt.connection
-        actions: list[_Action] = []
+        actions: list[_Action] = _NO_ACTIONS  # a list is made only for a draining connection
         with self._lock:
             if attempt.released:
                 return  # a racing release (a done-callback, another thread) came first
@@ -318,7 +323,8 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, Re
                 self._retries_in_flight -= 1
             # A cancel (by the caller, or at close) says nothing about the pod.
             if code is not None and code is not _CANCELLED:
-                failed = code in self._failure_codes
+                # (StatusCode's hash is Python code: OK, never a failure code, skips the lookup)
+                failed = code is not _OK and code in self._failure_codes
                 if failed:
                     endpoint.failures += 1
                     self.counters["failures"] += 1
@@ -328,6 +334,7 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, Re
                     if verdict is not NO_VERDICT:
                         self._apply_verdict_locked(verdict)
             if connection.draining_since is not None:
+                actions = []
                 self._close_if_drained_locked(connection, actions)
         if attempt.started:  # telemetry is on: recorded by the one release that won, unlocked
             self.telemetry.attempt_finished(

@@ -77,10 +77,10 @@ def test_an_attempt_reaches_the_current_span_of_any_tracer_provider():
     tracer = TracerProvider().get_tracer("test")
     telemetry.trace_attempt("127.0.0.2:9000", 1)  # no span: nothing to mark, no error
     with tracer.start_as_current_span("outer") as span:
-        assert telemetry._current_context()  # the span's context, through the fast read
+        assert telemetry.current_context()  # the span's context, through the fast read
         telemetry.trace_attempt("127.0.0.2:9000", 1)
         telemetry.trace_attempt("127.0.0.3:9000", 2)
-    assert not telemetry._current_context()
+    assert not telemetry.current_context()
     events = [(e.name, dict(e.attributes or {})) for e in span.events]  # type: ignore[attr-defined]
     assert [name for name, _ in events] == ["grpclb.attempt", "grpclb.attempt"]
     assert [attributes[telemetry.ATTR_ATTEMPT] for _, attributes in events] == [1, 2]
