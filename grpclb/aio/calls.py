@@ -289,7 +289,7 @@ class _Call:
             return  # the driving task decides (a hedge that lost is not the attempt)
         code = aio_finished_status(call)
         policy = self._policy
-        if code in policy.codes and policy.max_attempts > 1 and policy.retrying is not None:
+        if code in policy.codes and policy.max_attempts > 1:
             # Nobody awaits the call yet (its writer writes, its reader has not begun):
             # its retry is decided in the background, as grpcio's own retries are,
             # by a task, not here inside grpc.aio's callback.

@@ -199,8 +199,12 @@ class CallRun:
         the retry starts.
         """
         policy = self.policy
-        if code not in policy.codes or policy.retrying is None:
-            return None  # (a hedging policy on a response stream: one attempt, no retries)
+        hedged = policy.hedging_delay is not None
+        if code not in policy.codes or (policy.retrying is None and not hedged):
+            return None
+        # A hedging policy here (a response stream's, or an attempt nobody awaited): no
+        # hedge runs beside the attempt, but a non-fatal failure is followed at once by
+        # the next hedge on another pod, as A6 sends it.
         throttle = policy.throttle
         if throttle is not None:
             throttle.record_failure()  # (A6 counts it, committed or not)
@@ -217,7 +221,7 @@ class CallRun:
             delay = server_says
             self._state = None  # A6: after a pushback, backoff starts again from the first
         else:
-            delay = self._backoff()
+            delay = 0.0 if hedged else self._backoff()
         if self.deadline is not None and now + delay >= self.deadline:
             return None  # a retry never outlives the call's deadline
         return delay

@@ -2,7 +2,8 @@
 
 - a channel finalized by the garbage collector while its thread holds the
   balancer's lock must not deadlock (sync and asyncio);
-- a hedging policy on a response stream means one attempt, never a crash;
+- a hedged response stream, or an asyncio hedged call nobody awaits, hedges at once
+  after a non-fatal failure, on a pod not yet tried;
 - a sync response stream nobody reads still retries, ends and fires its
   callbacks;
 - cancelling an asyncio call whose retry waits for a READY pod ends it at once;
@@ -83,40 +84,72 @@ def test_a_channel_finalized_while_its_lock_is_held_does_not_deadlock(
     assert "alive True" in done.stdout  # finalized: the pods were forgotten, later, safely
 
 
-HEDGE_ALL = json.dumps(
-    {
-        "methodConfig": [
-            {
-                "name": [{"service": "grpclb.testing.Echo"}],
-                "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "0.05s"},
-            }
-        ]
-    }
-)
+def hedge_all(non_fatal: list[str]) -> str:
+    """A hedging policy for every Echo method, with a delay no attempt here outlives."""
+    policy = {"maxAttempts": 3, "hedgingDelay": "5s", "nonFatalStatusCodes": non_fatal}
+    name = [{"service": "grpclb.testing.Echo"}]
+    return json.dumps({"methodConfig": [{"name": name, "hedgingPolicy": policy}]})
 
 
-def test_a_hedging_policy_on_a_response_stream_makes_one_attempt(
-    pods: FleetFactory, dns_server: Any
+@pytest.mark.parametrize(("non_fatal", "attempts"), [(["UNAVAILABLE"], 3), ([], 1)])
+def test_a_hedged_response_stream_failing_before_its_first_message_hedges_at_once(
+    pods: FleetFactory, dns_server: Any, non_fatal: list[str], attempts: int
 ) -> None:
-    fleet, target = serve(pods, dns_server, 2)
+    # A6: after a non-fatal status the next hedge is sent at once, to a pod not yet
+    # tried; a fatal one is the answer. (No hedge runs beside a response stream.)
+    fleet, target = serve(pods, dns_server, 3)
     for pod in fleet:
         pod.set_mode("unavailable")
-    with grpclb.channel(target, service_config=HEDGE_ALL) as channel:
-        wait_ready(channel, 2)
+    config = hedge_all(non_fatal)
+    with grpclb.channel(target, service_config=config) as channel:
+        wait_ready(channel, 3)
         fleet.reset_stats()
         with pytest.raises(grpc.RpcError) as raised:
-            list(stub(channel).ServerStream(echo_pb2.EchoRequest(count=1), timeout=5))
+            list(stub(channel).ServerStream(echo_pb2.EchoRequest(count=1), timeout=4))
         assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
-        assert sum(p.stats().calls for p in fleet) == 1
+        assert sorted(p.stats().calls for p in fleet) == [0] * (3 - attempts) + [1] * attempts
+        assert channel.stats().in_flight == 0
 
-    async def scenario() -> grpc.StatusCode:
-        async with grpclb.aio.channel(target, service_config=HEDGE_ALL) as aio_channel:
-            await aio_channel.wait_for_endpoints(2, timeout=10)
+    async def scenario() -> tuple[grpc.StatusCode, list[int], int]:
+        async with grpclb.aio.channel(target, service_config=config) as aio_channel:
+            await aio_channel.wait_for_endpoints(3, timeout=10)
+            fleet.reset_stats()
+            call = stub(aio_channel).ServerStream(echo_pb2.EchoRequest(count=1), timeout=4)
             with pytest.raises(grpc.aio.AioRpcError) as error:
-                [r async for r in stub(aio_channel).ServerStream(echo_pb2.EchoRequest(), timeout=5)]
-            return error.value.code()
+                [r async for r in call]
+            calls = sorted(p.stats().calls for p in fleet)
+            await asyncio.sleep(0)  # the last attempt's release runs on the loop
+            return error.value.code(), calls, aio_channel.stats().in_flight
 
-    assert asyncio.run(scenario()) is grpc.StatusCode.UNAVAILABLE
+    code, calls, in_flight = asyncio.run(scenario())
+    assert code is grpc.StatusCode.UNAVAILABLE
+    assert calls == [0] * (3 - attempts) + [1] * attempts
+    assert in_flight == 0
+
+
+def test_an_aio_hedged_call_nobody_awaits_yet_hedges_after_a_non_fatal_failure(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    fleet, target = serve(pods, dns_server, 3)
+    for pod in fleet:
+        pod.set_mode("unavailable")
+
+    async def scenario() -> None:
+        config = hedge_all(["UNAVAILABLE"])
+        async with grpclb.aio.channel(target, service_config=config) as channel:
+            await channel.wait_for_endpoints(3, timeout=10)
+            fleet.reset_stats()
+            ended = asyncio.Event()
+            call = stub(channel).Unary(echo_pb2.EchoRequest(), timeout=4)
+            call.add_done_callback(lambda _: ended.set())
+            await asyncio.wait_for(ended.wait(), 4)  # nobody awaits the call itself
+            assert sorted(p.stats().calls for p in fleet) == [1, 1, 1]  # a pod each
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await call
+            assert error.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert sorted(p.stats().calls for p in fleet) == [1, 1, 1]  # no attempt more
+
+    asyncio.run(scenario())
 
 
 def test_a_sync_stream_nobody_reads_retries_ends_and_fires_its_callbacks(

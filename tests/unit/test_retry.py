@@ -229,6 +229,19 @@ def test_a_non_fatal_status_sends_the_next_hedge_at_once_or_after_pushback() -> 
     assert not run.may_hedge()  # a negative pushback: no more hedges
 
 
+def test_a_hedged_attempt_decided_one_at_a_time_hedges_at_once_after_a_non_fatal_status() -> None:
+    # A response stream (or an asyncio call nobody awaits) under a hedging policy: its
+    # failures are decided one at a time, and A6's rule for them holds.
+    run = CallRun(policy_of({"hedgingPolicy": HEDGING}), None)
+    assert run.retry_delay(C.INVALID_ARGUMENT, no_trailing, 0.0) is None  # fatal
+    assert delays(run, 3) == [0.0, 0.0, None]  # at once, then maxAttempts is reached
+    run = CallRun(policy_of({"hedgingPolicy": HEDGING}), None)
+    assert run.retry_delay(C.UNAVAILABLE, trailing("300"), 0.0) == pytest.approx(0.3)
+    assert run.retry_delay(C.UNAVAILABLE, trailing("-1"), 0.0) is None
+    assert run.retry_delay(C.UNAVAILABLE, no_trailing, 0.0, lambda: [("k", "v")]) is None
+    assert CallRun(NO_RETRIES, None).retry_delay(C.UNAVAILABLE, no_trailing, 0.0) is None
+
+
 def test_response_headers_commit_the_call() -> None:
     run = CallRun(policy_of({"retryPolicy": RETRY}), None)
     # A6: once the server answered with headers, the call is committed.
