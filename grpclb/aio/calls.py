@@ -101,6 +101,7 @@ class _Call:
     _starter: asyncio.Task[None] | None = None
     _run: CallRun | None = None  # made by ``_progress()``, when a second attempt is considered
     _hedges: dict[Any, Attempt] | None = None  # the hedges running, under a hedging policy
+    _hedger: asyncio.Event | None = None  # wakes the hedging driver (``_hedged``)
     _deciding = False  # an attempt nobody awaited failed: a task decides its retry
     _grant_unused = False  # a retry's grant its starter has not taken up yet
     _requests: Replayed | None = None  # a request stream kept for retries (``_Writes``)
@@ -123,8 +124,9 @@ class _Call:
         channel = owner._channel
         self._owner, self._channel, self._request = owner, channel, request
         policy = self._policy = owner.policy
-        now = time.monotonic()
-        self._deadline, self._wait_for_ready = policy.call_limits(timeout, wait_for_ready, now)
+        self._deadline, self._wait_for_ready = policy.call_limits(
+            timeout, wait_for_ready, time.monotonic()
+        )
         # Most calls have none of these: the class defaults stand, one store less each.
         if metadata is not None:
             self._metadata = metadata
@@ -148,17 +150,16 @@ class _Call:
             self._fail(as_aio_error(error))
             return
         if attempt is not None:
-            self._invoke(attempt, now)
+            self._invoke(attempt)
         else:
             # No pod yet: start as soon as there is one, awaited or not, as grpc.aio
             # starts every call when it is made.
             self._starter = channel._spawn(self._start_attempt(False))
 
-    def _invoke(self, attempt: Attempt, now: float = 0.0) -> Any:
-        """Start ``attempt``'s RPC; ``now``: time.monotonic(), when the caller just read it."""
+    def _invoke(self, attempt: Attempt) -> Any:
         deadline = self._deadline
         if deadline is not None:
-            deadline = max(deadline - (now or time.monotonic()), 0.0)
+            deadline = max(deadline - time.monotonic(), 0.0)  # what remains of it now
         if self._run is not None:
             self._run.tried.append(attempt.endpoint)
         owner = self._owner
@@ -345,11 +346,12 @@ class _Call:
             attempt is not None
             and not self._settled
             and attempt.done()
-            and (self._deciding or self._policy.hedging_delay is None)
             and aio_finished_status(attempt) is not _OK
+            and not any([aio_finished_status(call) is _OK for call in self._hedges or ()])
         ):
-            # It failed, and its retry is being decided (by a task awaiting or reading
-            # the call, or in the background): the cancel ends the call instead.
+            # It failed, and what follows is being decided (its retry or next hedge, by a
+            # task awaiting or reading the call, or in the background): the cancel ends
+            # the call instead. (A hedge that won, not yet seen by its driver, stands.)
             attempt = self._attempt = self._handle = None
         if attempt is not None:
             cancelled = bool(attempt.cancel())
@@ -363,6 +365,8 @@ class _Call:
         if self._starter is not None:
             self._starter.cancel()
         self._fail(_cancelled_error())
+        if self._hedger is not None:
+            self._hedger.set()  # a hedged call waiting for its next hedge learns of it
         return True
 
     def cancelled(self) -> bool:

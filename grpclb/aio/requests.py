@@ -157,12 +157,12 @@ class _Writes(_Call):
         elif isinstance(self._requests, (RequestBuffer, AsyncRequestBuffer)):
             self.add_done_callback(_stop_writers)
 
-    def _invoke(self, attempt: Attempt, now: float = 0.0) -> Any:
+    def _invoke(self, attempt: Attempt) -> Any:
         requests = self._requests
         written = self._written
         if written is not None:
             # Opened for writes; what was written before it is replayed to it first.
-            call = super()._invoke(attempt, now)
+            call = super()._invoke(attempt)
             call.add_done_callback(headers_sent_or_ended)
             written.sent = 0
             if written.kept.read or written.closed:
@@ -172,11 +172,11 @@ class _Writes(_Call):
                 replay.add_done_callback(_WRITERS.discard)
             return call
         if not isinstance(requests, (RequestBuffer, AsyncRequestBuffer)):
-            return super()._invoke(attempt, now)  # one attempt: grpc.aio writes, as without grpclb
+            return super()._invoke(attempt)  # one attempt: grpc.aio writes, as without grpclb
         # Opened without its requests: grpclb's writer sends them (what earlier attempts
         # sent, then the rest).
         self._request = None
-        call = super()._invoke(attempt, now)
+        call = super()._invoke(attempt)
         call.add_done_callback(headers_sent_or_ended)
         writer = self._loop.create_task(send_request_stream(call, requests.attempt()))
         _WRITERS.add(writer)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Generator
 from typing import Any
 
@@ -99,7 +100,7 @@ class _UnaryResponse(_Call):
         """A6 hedging: attempts on distinct pods, the first final answer wins."""
         run, clock = self._progress(), self._loop.time
         hedging_delay = run.policy.hedging_delay or 0.0
-        changed = asyncio.Event()
+        changed = self._hedger = asyncio.Event()  # set by a hedge's end, and by cancel()
         running: dict[Any, Attempt] = {}
         self._hedges = running  # so that cancel() reaches every hedge still running
 
@@ -113,6 +114,8 @@ class _UnaryResponse(_Call):
         last: Any = None
         try:
             while True:
+                if self._settled:
+                    raise asyncio.CancelledError()  # cancelled between hedges: as grpc.aio's
                 if run.may_hedge() and clock() >= next_hedge:
                     attempt = self._channel._pick_hedge(
                         self._digest, self._owner._method, run, self._wait_for_ready
@@ -122,13 +125,17 @@ class _UnaryResponse(_Call):
                     else:
                         track(self._invoke(attempt))
                         next_hedge = clock() + hedging_delay
-                if not running:
+                if not running and (
+                    not run.may_hedge() or self._past_deadline(next_hedge - clock())
+                ):
                     self._attempt = last
-                    return await last  # no hedge left: the last failure stands
+                    return await last  # no hedge left, or none in time: the last failure stands
                 timeout = max(next_hedge - clock(), 0.0) if run.may_hedge() else None
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(changed.wait(), timeout)
                 changed.clear()
+                if self._settled:
+                    raise asyncio.CancelledError()  # cancelled between hedges: as grpc.aio's
                 for call in [c for c in running if c.done()]:
                     handle = running.pop(call)
                     code = aio_finished_status(call) or await call.code()
@@ -146,6 +153,11 @@ class _UnaryResponse(_Call):
         finally:
             for call in running:
                 call.cancel()  # the losers: a cancel is no verdict on their pods
+
+    def _past_deadline(self, delay: float) -> bool:
+        """Whether an attempt started ``delay`` seconds from now would start too late."""
+        deadline = self._deadline
+        return deadline is not None and time.monotonic() + delay >= deadline
 
     async def _wait_settled(self) -> None:
         with contextlib.suppress(grpc.RpcError, asyncio.CancelledError):

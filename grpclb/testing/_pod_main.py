@@ -28,8 +28,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpclb.testing import echo_pb2, echo_pb2_grpc
 
 MODES = frozenset(
-    {"ok", "unavailable", "headers_then_unavailable", "not_found", "slow", "hang", "sigkill_at"}
+    {
+        "ok",
+        "unavailable",
+        "unavailable_pushback",
+        "headers_then_unavailable",
+        "not_found",
+        "slow",
+        "hang",
+        "sigkill_at",
+    }
 )
+# "unavailable_pushback": UNAVAILABLE with gRFC A6's ``grpc-retry-pushback-ms`` set to
+# ``delay_ms``: the server says when a retry (or the next hedge) may come.
 # "sigkill_at": the pod process SIGKILLs itself as it starts call number ``delay_ms`` (a
 # count here, not a delay): an exact moment under any load, where a signal from outside,
 # timed by polling counts through the same busy server, lands late. Process pods only.
@@ -96,6 +107,9 @@ class EchoServicer(echo_pb2_grpc.EchoServicer):
         try:
             if mode in _FAILURES:
                 context.abort(_FAILURES[mode], f"pod {state.address} set to {mode}")
+            elif mode == "unavailable_pushback":
+                context.set_trailing_metadata((("grpc-retry-pushback-ms", str(delay_ms)),))
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"pod {state.address} pushes back")
             elif mode == "headers_then_unavailable":  # answered, then failed: A6 commits
                 context.send_initial_metadata((("grpclb-test-pod", state.address),))
                 context.abort(grpc.StatusCode.UNAVAILABLE, f"pod {state.address} set to {mode}")

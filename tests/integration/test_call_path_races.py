@@ -152,6 +152,77 @@ def test_an_aio_hedged_call_nobody_awaits_yet_hedges_after_a_non_fatal_failure(
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("kind", ["unary", "stream"])
+@pytest.mark.parametrize("when", ["in the attempt's callback", "a loop turn later"])
+def test_a_cancel_between_a_hedged_aio_calls_failure_and_its_next_hedge_ends_the_call(
+    pods: FleetFactory, dns_server: Any, kind: str, when: str
+) -> None:
+    # In the loop turns between an attempt's failure and its driver's decision, cancel()
+    # found only a finished attempt: it returned False and the next hedges went out.
+    fleet, target = serve(pods, dns_server, 3)
+    for pod in fleet:
+        pod.set_mode("unavailable")
+
+    async def scenario() -> tuple[list[bool], str, int]:
+        config = hedge_all(["UNAVAILABLE"])
+        async with grpclb.aio.channel(target, service_config=config) as channel:
+            await channel.wait_for_endpoints(3, timeout=10)
+            fleet.reset_stats()
+            request = echo_pb2.EchoRequest(count=1)
+            call: Any = getattr(stub(channel), "Unary" if kind == "unary" else "ServerStream")(
+                request, timeout=4
+            )
+            returned: list[bool] = []
+            attempt_done = call._attempt_done  # runs as the attempt ends (grpc.aio's callback)
+
+            def cancel_as_it_fails(attempt: Any) -> None:
+                attempt_done(attempt)
+                if not returned:
+                    if when == "in the attempt's callback":
+                        returned.append(call.cancel())
+                    else:
+                        loop.call_soon(lambda: returned.append(call.cancel()))
+
+            loop = asyncio.get_running_loop()
+            call._attempt_done = cancel_as_it_fails
+            with pytest.raises(asyncio.CancelledError):
+                if kind == "unary":
+                    await call
+                else:
+                    [r async for r in call]
+            await asyncio.sleep(0)  # the attempt's release runs on the loop
+            return returned, str(call.cancelled()), channel.stats().in_flight
+
+    returned, cancelled, in_flight = asyncio.run(scenario())
+    assert returned == [True] and cancelled == "True" and in_flight == 0
+    assert sum(p.stats().calls for p in fleet) == 1  # no hedge after the cancel
+
+
+def test_an_awaited_aio_hedged_call_waits_out_the_servers_pushback_for_its_next_hedge(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    # A6: "Send next hedged request in n ms". With no other hedge running, the awaited
+    # call returned its first failure instead of waiting for the next hedge.
+    fleet, target = serve(pods, dns_server, 3)
+    for pod in fleet:
+        pod.set_mode("unavailable_pushback", delay_ms=100)
+
+    async def scenario() -> tuple[grpc.StatusCode, float]:
+        config = hedge_all(["UNAVAILABLE"])
+        async with grpclb.aio.channel(target, service_config=config) as channel:
+            await channel.wait_for_endpoints(3, timeout=10)
+            fleet.reset_stats()
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await stub(channel).Unary(echo_pb2.EchoRequest(), timeout=4)
+            return error.value.code(), time.monotonic() - started
+
+    code, took = asyncio.run(scenario())
+    assert code is grpc.StatusCode.UNAVAILABLE
+    assert sorted(p.stats().calls for p in fleet) == [1, 1, 1]
+    assert took >= 0.2  # two pushbacks of 100 ms between the three attempts
+
+
 def test_a_sync_stream_nobody_reads_retries_ends_and_fires_its_callbacks(
     pods: FleetFactory, dns_server: Any
 ) -> None:
