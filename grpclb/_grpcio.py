@@ -114,6 +114,15 @@ def headers_sent_or_ended(call: Any) -> None:
         sent.set()
 
 
+def done_writing(call: Any) -> bool:
+    """Whether a grpc.aio stream-request call was half-closed (grpc.aio's own flag).
+
+    A logical call answers the same question under the same name
+    (``_done_writing_flag``) for grpc.aio's intercepted ``write()``, which asks it.
+    """
+    return bool(getattr(call, "_done_writing_flag", False))
+
+
 async def half_close(attempt: weakref.ref[Any]) -> None:
     """Say a grpc.aio stream-request call will send no more; nothing if it ended."""
     call = attempt()

@@ -167,17 +167,21 @@ def check_min_ready(min_ready: int | None) -> None:
         )
 
 
+_NOT_AWAITED = frozenset({"draining", "ejected", "unhealthy"})
+
+
 def enough_ready(stats: ChannelStats, min_ready: int | None) -> bool:
     """Whether ``wait_for_endpoints`` may return.
 
     ``min_ready=None`` asks for every pod of the current DNS answer (at least
-    one): draining pods left the answer, and ejected ones are out of rotation
-    by choice until their ejection time ends, so neither is waited for.
+    one): draining pods left the answer, and ejected or unhealthy ones are out
+    of rotation until their ejection time ends or their health check says
+    SERVING, so none of these is waited for.
     """
     ready = sum(1 for row in stats.endpoints if row.state == "ready")
     if min_ready is not None:
         return ready >= min_ready
-    wanted = [row for row in stats.endpoints if row.state not in ("draining", "ejected")]
+    wanted = [row for row in stats.endpoints if row.state not in _NOT_AWAITED]
     return bool(wanted) and ready >= len(wanted)
 
 

@@ -234,15 +234,10 @@ class Telemetry:
     def ejected(self, address: str, pods: int, reason: str) -> None:
         self._ejections.add(1, self._with_endpoint(address, pods, **{ATTR_DETECTION: reason}))
 
-    def ejection_overflow(self) -> None:
-        self._overflow.add(
-            1,
-            {
-                **self._target,
-                ATTR_DETECTION: "consecutive_failures",
-                ATTR_UNENFORCED: "max_ejection_percent",
-            },
-        )
+    def ejection_overflow(self, method: str) -> None:
+        """An ejection by ``method`` that max_ejection_percent forbade."""
+        attributes = {**self._target, ATTR_DETECTION: method}
+        self._overflow.add(1, {**attributes, ATTR_UNENFORCED: "max_ejection_percent"})
 
     def recycled(self, address: str, pods: int) -> None:
         self._recycles.add(1, self._with_endpoint(address, pods))
@@ -359,7 +354,7 @@ class NullTelemetry(Telemetry):
     def ejected(self, address: str, pods: int, reason: str) -> None:
         pass
 
-    def ejection_overflow(self) -> None:
+    def ejection_overflow(self, method: str) -> None:
         pass
 
     def recycled(self, address: str, pods: int) -> None:

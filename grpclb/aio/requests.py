@@ -28,6 +28,7 @@ import grpc
 import grpc.aio
 
 from grpclb._grpcio import (
+    done_writing,
     half_close,
     headers_sent_or_ended,
     send_message,
@@ -195,7 +196,7 @@ class _Writes(_Call):
             return written.closed
         if isinstance(requests, (RequestBuffer, AsyncRequestBuffer)):
             return bool(requests.ended)
-        return bool(attempt is not None and getattr(attempt, "_done_writing_flag", False))
+        return attempt is not None and done_writing(attempt)
 
     def _writing(self) -> None:
         """grpclb writes a kept iterator itself, on an attempt opened for writes: refuse

@@ -348,8 +348,8 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, Re
             self._run(actions)
 
     def _apply_verdict_locked(self, verdict: Verdict) -> None:
-        for _ in range(verdict.overflow):
-            self.telemetry.ejection_overflow()
+        for method in verdict.overflowed:
+            self.telemetry.ejection_overflow(method)
         if not verdict:
             return
         pods = len(self._endpoints)

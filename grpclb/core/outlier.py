@@ -41,8 +41,8 @@ class Verdict:
     ejected: tuple[OutlierRecord, ...] = ()
     returned: tuple[OutlierRecord, ...] = ()
     reasons: tuple[str, ...] = ()
-    overflow: int = 0
-    """Ejections the max_ejection_percent cap prevented."""
+    overflowed: tuple[str, ...] = ()
+    """The detection methods of ejections the max_ejection_percent cap prevented."""
 
     def __bool__(self) -> bool:
         return bool(self.ejected or self.returned)
@@ -80,7 +80,7 @@ class OutlierDetector:
         threshold = self.settings.consecutive_failures
         if threshold and record.consecutive_failures >= threshold and not record.ejected:
             if not self._may_eject(records):
-                return Verdict(overflow=1)
+                return Verdict(overflowed=("consecutive_failures",))
             self._eject(record, now)
             return Verdict(ejected=(record,), reasons=("consecutive_failures",))
         return NO_VERDICT
@@ -89,12 +89,12 @@ class OutlierDetector:
         """The periodic pass: statistical ejections, returns, multiplier decay."""
         ejected: list[OutlierRecord] = []
         reasons: list[str] = []
-        overflow = 0
+        overflowed: list[str] = []
         for record, reason in self._statistical_outliers(records):
             if record.ejected:
                 continue
             if not self._may_eject(records):
-                overflow += 1
+                overflowed.append(reason)
                 continue
             if not self._enforced(reason):
                 continue
@@ -113,7 +113,7 @@ class OutlierDetector:
                 # "If the address is not ejected and the multiplier is greater than 0,
                 # decrease the multiplier by 1." - gRFC A50
                 record.ejection_multiplier -= 1
-        return Verdict(tuple(ejected), tuple(returned), tuple(reasons), overflow)
+        return Verdict(tuple(ejected), tuple(returned), tuple(reasons), tuple(overflowed))
 
     def next_return(self, records: Iterable[OutlierRecord]) -> float | None:
         """When the earliest ejected pod is due back, so a timer can be set."""

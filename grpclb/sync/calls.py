@@ -160,16 +160,16 @@ class _MultiCallable:
         run: CallRun | None = None  # made on the first failure: the common call never needs it
         retry = False
         while True:
-            # The common case first: a pod at hand, no waiting, no retry to account for.
-            attempt = None if retry else balancer.start_call(digest, (), method, False, wait)
-            if attempt is None:
-                try:
+            try:
+                # The common case first: a pod at hand, no waiting, no retry to account for.
+                attempt = None if retry else balancer.start_call(digest, (), method, False, wait)
+                if attempt is None:
                     tried = () if run is None else run.tried
                     attempt = channel._begin(digest, deadline, wait, tried, method, retry)
-                except LocalRpcError as error:
-                    if timed:
-                        channel._call_finished(method, error.code(), started)
-                    raise
+            except LocalRpcError as error:  # no pod in time, or the circuit breaker refused
+                if timed:
+                    channel._call_finished(method, error.code(), started)
+                raise
             code = None
             try:
                 multicallable = self.on(attempt.connection)

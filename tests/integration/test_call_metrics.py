@@ -71,6 +71,29 @@ def test_a_failed_call_records_the_status_its_caller_got(pods):
     assert by_status(found, telemetry.CALL_DURATION) == {(METHOD, "NOT_FOUND"): 1}
 
 
+def test_a_call_the_circuit_breaker_refuses_is_recorded_as_one_unavailable_call(pods):
+    # The refusal at a blocking call's first pick was raised before the call was timed.
+    fleet = pods(1)
+    fleet[0].set_mode("slow", delay_ms=5000)
+    reader = InMemoryMetricReader()
+    with grpclb.channel(
+        "ipv4:" + fleet.addresses[0],
+        meter_provider=MeterProvider(metric_readers=[reader]),
+        max_requests=1,
+    ) as channel:
+        channel.wait_for_endpoints(1, timeout=10)
+        echo = echo_pb2_grpc.EchoStub(channel)
+        held = echo.Unary.future(echo_pb2.EchoRequest(), timeout=10)
+        assert channel.stats().in_flight == 1
+        with pytest.raises(grpc.RpcError) as raised:
+            echo.Unary(echo_pb2.EchoRequest(), timeout=5)
+        assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "max_requests=1" in raised.value.details()
+        found = points(reader)
+        held.cancel()
+    assert by_status(found, telemetry.CALL_DURATION) == {(METHOD, "UNAVAILABLE"): 1}
+
+
 def test_a_method_no_stub_registered_is_recorded_as_other(pods):
     fleet = pods(1)
     reader = InMemoryMetricReader()

@@ -33,6 +33,15 @@ def test_every_pod_is_ready_when_it_returns(pods):
         assert ready(channel.stats()) == set(fleet.addresses)
 
 
+def test_every_pod_waits_for_no_pod_its_health_check_took_out(pods):
+    fleet = pods(2)
+    fleet[1].set_health("NOT_SERVING")
+    with grpclb.channel(static(*fleet.addresses), health_check=True) as channel:
+        stats = channel.wait_for_endpoints(min_ready=None, timeout=10)
+        states = {row.address: row.state for row in stats}
+        assert states == {fleet.addresses[0]: "ready", fleet.addresses[1]: "unhealthy"}
+
+
 def test_min_ready_returns_once_that_many_are_ready(pods):
     fleet = pods(2)
     with grpclb.channel(static(*fleet.addresses)) as channel:

@@ -101,6 +101,7 @@ def test_aio_request_stream_writer_reaches_what_it_writes_with() -> None:
             assert isinstance(call._metadata_sent, asyncio.Event)
             assert call._request_serializer is None
             assert call._done_writing_flag is False
+            assert _grpcio.done_writing(call) is False
             assert callable(call._cython_call.send_serialized_message)
             assert callable(call._cython_call.send_receive_close)
             await _grpcio.send_request_stream(call, iter([b"a", b"b"]))  # never raises

@@ -251,6 +251,16 @@ def test_cap_applies_to_statistical_ejections() -> None:
         verdict = det.on_interval(records, 10.0)
         assert len(verdict.ejected) == want
         assert verdict.reasons == ("success_rate",) * want
+        # The ones the cap forbade, by the method that found them (for the metric's label).
+        assert verdict.overflowed == ("success_rate",) * (2 - want)
+
+
+def test_an_ejection_the_cap_forbids_is_reported_with_its_method() -> None:
+    det = detector(consecutive_failures=1)
+    records = pods(2)
+    records[1].ejected_at = 0.0  # the other pod is out: this one is the last
+    verdict = det.record(records[0], True, 1.0, records)
+    assert not verdict and verdict.overflowed == ("consecutive_failures",)
 
 
 # --- success rate ---------------------------------------------------------------------
