@@ -18,6 +18,9 @@ class ConfigError(ValueError):
     """A setting has a bad value; the message names the keyword or variable."""
 
 
+CANCELLED_DETAILS = "Locally cancelled by application!"  # grpcio's words for a local cancel
+
+
 class LocalRpcError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]
     """A call that ended inside grpclb, before any pod saw it.
 
@@ -92,3 +95,8 @@ class LocalRpcError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc
 
     def next(self) -> NoReturn:
         raise self
+
+
+def cancelled_locally() -> LocalRpcError:
+    """A call the application cancelled, as grpcio reports one."""
+    return LocalRpcError(grpc.StatusCode.CANCELLED, CANCELLED_DETAILS)

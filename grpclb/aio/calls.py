@@ -36,7 +36,7 @@ from grpclb.aio.attempts import AioAttempt
 from grpclb.core.admission import Metadata, request_hash
 from grpclb.core.attempt import Attempt
 from grpclb.core.retry import CallRun, Replayed
-from grpclb.errors import LocalRpcError
+from grpclb.errors import CANCELLED_DETAILS, LocalRpcError
 from grpclb.telemetry import trace_retry
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def _cancelled_error() -> grpc.aio.AioRpcError:
         _CANCELLED,
         grpc.aio.Metadata(),
         grpc.aio.Metadata(),
-        details="Locally cancelled by application!",
+        details=CANCELLED_DETAILS,
     )
 
 

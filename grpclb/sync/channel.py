@@ -28,6 +28,7 @@ from grpclb.core.admission import attempt_or_wait
 from grpclb.core.attempt import Attempt
 from grpclb.core.balancer import Balancer, Clock
 from grpclb.core.endpoints import Connection, Endpoint
+from grpclb.errors import cancelled_locally
 from grpclb.resolver import RefreshSchedule, Resolver
 from grpclb.shell import ChannelOptions, ChannelShell, dial_address
 from grpclb.stats import ChannelStats, check_min_ready, enough_ready, not_ready_error
@@ -178,15 +179,20 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
         tried: Sequence[Endpoint],
         method: str = "",
         retry: bool = False,
+        abandoned: Callable[[], bool] | None = None,
     ) -> Attempt:
         """An attempt on a pod, waiting for pods when the call may wait.
 
         ``retry``: the attempt uses a granted retry, given back if it never starts.
+        ``abandoned``: whether the call was cancelled meanwhile (``wake_waiters`` wakes
+        the wait to ask); then the wait ends with CANCELLED.
         """
         balancer = self._balancer
         try:
             while True:
                 version = self._version
+                if abandoned is not None and abandoned():
+                    raise cancelled_locally()
                 found = attempt_or_wait(
                     balancer, digest, tried, method, retry, wait_for_ready, deadline
                 )
@@ -252,6 +258,12 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
         with self._changed:
             self._version += 1
             self._dirty = True
+            self._changed.notify_all()
+
+    def wake_waiters(self) -> None:
+        """Wake the calls waiting for a pod, so that a cancelled one stops waiting."""
+        with self._changed:
+            self._version += 1
             self._changed.notify_all()
 
     # --- the background thread ---------------------------------------------------------

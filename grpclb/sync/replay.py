@@ -34,7 +34,7 @@ from grpclb._grpcio import sync_response_headers
 from grpclb.core.admission import attempt_or_wait
 from grpclb.core.attempt import Attempt
 from grpclb.core.retry import CallRun
-from grpclb.errors import LocalRpcError
+from grpclb.errors import LocalRpcError, cancelled_locally
 from grpclb.sync.attempts import release_when_done, weakly
 from grpclb.telemetry import trace_retry
 
@@ -43,10 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("grpclb")
 _OK = grpc.StatusCode.OK
-
-
-def _cancelled() -> LocalRpcError:
-    return LocalRpcError(grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
 
 
 def _in_context(context: contextvars.Context, function: Callable[..., None], *args: Any) -> None:
@@ -97,7 +93,8 @@ class _Logical:
         if isinstance(found, Attempt):
             return found
         # It may wait: do so on a thread, never in the caller's.
-        threading.Thread(target=self._wait_for_pod, args=(retry,), daemon=True).start()
+        name = f"grpclb wait for pod {self._owner._method}"
+        threading.Thread(target=self._wait_for_pod, args=(retry,), name=name, daemon=True).start()
         return None
 
     def _next_attempt(self, retry: bool) -> None:
@@ -114,11 +111,15 @@ class _Logical:
         """A cancel the stand-in has not acted on yet (a stream's, during its backoff)."""
         return False
 
+    def _abandoned(self) -> bool:
+        """Decided or cancelled: an attempt still to start must not."""
+        return self._done.is_set() or self._cancel_requested()
+
     def _retry(self) -> None:
         """A granted retry's turn, after its backoff; its grant is given back if it never starts."""
         if self._done.is_set() or self._cancel_requested():
             self._balancer.cancel_retry()
-            self._finish(_cancelled())  # (a no-op when the call has ended already)
+            self._finish(cancelled_locally())  # (a no-op when the call has ended already)
             return
         self._next_attempt(retry=True)
 
@@ -138,6 +139,7 @@ class _Logical:
                 run.tried,
                 self._owner._method,
                 retry,
+                self._abandoned,  # cancel() wakes the wait (wake_waiters)
             )
         except LocalRpcError as error:
             self._no_pod(error)
@@ -218,26 +220,30 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
     def _launch(self, attempt: Attempt) -> None:
         owner, run = self._owner, self._run
         run.tried.append(attempt.endpoint)
-        try:
-            call = owner.invoke(attempt, True, self._request, run.deadline, *self._args)
-        except LocalRpcError as error:
-            self._attempt_failed_to_start(error)
-            return
-        except Exception as error:  # never leave the future pending on a timer thread
-            self._finish(LocalRpcError(grpc.StatusCode.UNKNOWN, f"grpclb: {error}"))
-            return
+        # Started under the lock: a cancel (or an answer) comes either first, and nothing
+        # is sent, or after, and finds the attempt running to cancel it. (grpcio's future()
+        # runs none of grpclb's code before it returns.)
         with self._lock:
-            if self._done.is_set() or self._closing:  # cancelled, or answered, meanwhile
-                late = True
+            if self._done.is_set() or self._closing:
+                attempt.release(None)  # decided meanwhile: never sent, no verdict
+                return
+            try:
+                call = owner.invoke(attempt, True, self._request, run.deadline, *self._args)
+            except Exception as error:  # (invoke released the attempt)
+                failure: Exception | None = error
             else:
-                late = False
+                failure = None
                 self._running[id(attempt)] = call
-        if late:
-            call.cancel()
+        if isinstance(failure, LocalRpcError):
+            self._attempt_failed_to_start(failure)
+            return
+        if failure is not None:  # never leave the future pending on a timer thread
+            self._finish(LocalRpcError(grpc.StatusCode.UNKNOWN, f"grpclb: {failure}"))
+            return
         # Weakly: a future the caller drops must be collected, and so cancelled, as
         # grpcio's own would be; the attempt is released regardless.
         release_when_done(attempt, call, weakly(self, _attempt_ended_for(attempt)))
-        if run.policy.hedging and not late:
+        if run.policy.hedging:
             self._arm_hedge(run.policy.hedging_delay or 0.0)
 
     def _attempt_failed_to_start(self, error: LocalRpcError) -> None:
@@ -304,7 +310,8 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
         run = self._run
         if self._done.is_set():
             return
-        if not run.may_hedge() or not self._balancer.reserve_retry():
+        late = run.deadline is not None and time.monotonic() >= run.deadline
+        if late or not run.may_hedge() or not self._balancer.reserve_retry():
             self._hedge_refused(None)
             return
         run.attempts += 1
@@ -328,7 +335,7 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
         with self._lock:
             idle = not self._running
         if idle:
-            self._commit(self._failed or error or _cancelled(), [])
+            self._commit(self._failed or error or cancelled_locally(), [])
 
     # grpc.Future
     def cancel(self) -> bool:
@@ -339,8 +346,10 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
             running = list(self._running.values())
         for call in running:
             call.cancel()
-        # Done when cancel() returns, as grpcio's future is; a pending retry sees it.
-        self._finish(_cancelled())
+        # Done when cancel() returns, as grpcio's future is; a pending retry sees it, and
+        # an attempt waiting for a pod is woken to see it.
+        self._finish(cancelled_locally())
+        self._owner._channel.wake_waiters()
         return True
 
     def cancelled(self) -> bool:

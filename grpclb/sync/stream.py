@@ -18,9 +18,9 @@ import grpc
 from grpclb._grpcio import sync_response_headers
 from grpclb.core.attempt import Attempt
 from grpclb.core.retry import CallRun
-from grpclb.errors import LocalRpcError
+from grpclb.errors import LocalRpcError, cancelled_locally
 from grpclb.sync.attempts import release_when_done, weakly
-from grpclb.sync.replay import _OK, _cancelled, _Logical
+from grpclb.sync.replay import _OK, _Logical
 from grpclb.telemetry import trace_retry
 
 if TYPE_CHECKING:
@@ -42,24 +42,31 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
 
     def _launch(self, attempt: Attempt) -> None:
         self._run.tried.append(attempt.endpoint)
-        try:
-            call = self._owner.invoke(
-                attempt, False, self._request, self._run.deadline, *self._args
-            )
-        except LocalRpcError as error:
-            self._finish(error)
-            return
-        except Exception as error:  # never leave a reader waiting for an attempt
-            self._finish(LocalRpcError(grpc.StatusCode.UNKNOWN, f"grpclb: {error}"))
-            return
+        # Started under the lock: a cancel comes either first, and nothing is sent, or
+        # after, and finds the attempt to cancel. (grpcio runs none of grpclb's code
+        # before it returns the stream.)
         with self._lock:
-            late = self._done.is_set() or self._wake.is_set()  # ended, or cancelled meanwhile
-            self._call, self._attempt = call, attempt
-            # Ready before its callback is registered: an attempt that fails at once may
-            # clear it again (``_failed_unread``), and must not find it set afterwards.
-            self._ready.set()
-        if late:
-            call.cancel()
+            if self._done.is_set() or self._wake.is_set():  # ended, or cancelled meanwhile
+                attempt.release(None)  # never sent, no verdict; cancel() ends the call
+                return
+            try:
+                call = self._owner.invoke(
+                    attempt, False, self._request, self._run.deadline, *self._args
+                )
+            except Exception as error:  # (invoke released the attempt)
+                failure: Exception | None = error
+            else:
+                failure = None
+                self._call, self._attempt = call, attempt
+                # Ready before its callback is registered: an attempt that fails at once
+                # may clear it again (``_failed_unread``), and must not find it set after.
+                self._ready.set()
+        if isinstance(failure, LocalRpcError):
+            self._finish(failure)
+            return
+        if failure is not None:  # never leave a reader waiting for an attempt
+            self._finish(LocalRpcError(grpc.StatusCode.UNKNOWN, f"grpclb: {failure}"))
+            return
         release_when_done(attempt, call, weakly(self, LogicalStream._attempt_ended))
 
     def _attempt_ended(self, call: Any, code: grpc.StatusCode | None) -> None:
@@ -105,9 +112,10 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
         super()._finish(final)
         self._ready.set()
 
-    def _current(self) -> Any:
+    def _current(self, timeout: float | None = None) -> Any:
         """The running attempt's stream (waiting for it to start), or the final error."""
-        self._ready.wait()
+        if not self._ready.wait(timeout):
+            raise grpc.FutureTimeoutError()
         with self._lock:
             return self._call if self._call is not None else self._final
 
@@ -127,7 +135,7 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
             except grpc.RpcError as error:
                 if self._received or not self._may_retry(error):
                     if self._cancelled:  # cancelled during the backoff
-                        self._finish(_cancelled())
+                        self._finish(cancelled_locally())
                         raise self._final from None
                     self._finish(current)
                     raise
@@ -156,13 +164,15 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
             return False
         trace_retry(error.code(), delay)
         run.attempts += 1
+        with self._lock:
+            # The failed attempt is behind us: a cancel from now on ends the call (it
+            # found that finished attempt and returned False), and waits see the retry.
+            self._call = None
+            self._ready.clear()
         if self._wake.wait(delay):  # cancelled during the backoff
             self._balancer.cancel_retry()
             self._cancelled = True
             return False
-        with self._lock:
-            self._call = None
-            self._ready.clear()
         self._next_attempt(retry=True)  # a failure to start is final: __next__ raises it
         return True
 
@@ -176,12 +186,19 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
         if call is not None:
             return bool(call.cancel())
         self._cancelled = True
-        self._finish(_cancelled())
+        self._finish(cancelled_locally())
+        self._owner._channel.wake_waiters()  # an attempt waiting for a pod stops waiting
         return True
 
     def cancelled(self) -> bool:
-        current = self._current()
-        return self._cancelled or bool(current.cancelled())
+        """Never waits, as grpcio's does not: a call between attempts is not cancelled."""
+        with self._lock:
+            current = self._call if self._call is not None else self._final
+        if self._cancelled:
+            return True
+        if isinstance(current, LocalRpcError):
+            return current.code() is grpc.StatusCode.CANCELLED
+        return current is not None and bool(current.cancelled())
 
     def running(self) -> bool:
         return not self._done.is_set()
@@ -189,14 +206,25 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
     def done(self) -> bool:
         return self._done.is_set()
 
+    def _within(self, timeout: float | None) -> tuple[Any, float | None]:
+        """The current attempt within ``timeout``, and what is left of it."""
+        if timeout is None:
+            return self._current(), None
+        ends = time.monotonic() + timeout
+        current = self._current(timeout)
+        return current, max(ends - time.monotonic(), 0.0)
+
     def result(self, timeout: float | None = None) -> Any:
-        return self._current().result(timeout)
+        current, left = self._within(timeout)
+        return current.result(left)
 
     def exception(self, timeout: float | None = None) -> Any:
-        return self._current().exception(timeout)
+        current, left = self._within(timeout)
+        return current.exception(left)
 
     def traceback(self, timeout: float | None = None) -> Any:
-        return self._current().traceback(timeout)
+        current, left = self._within(timeout)
+        return current.traceback(left)
 
     def code(self) -> grpc.StatusCode:
         return self._current().code()

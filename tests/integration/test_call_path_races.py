@@ -223,6 +223,34 @@ def test_an_awaited_aio_hedged_call_waits_out_the_servers_pushback_for_its_next_
     assert took >= 0.2  # two pushbacks of 100 ms between the three attempts
 
 
+def test_an_aio_hedge_never_starts_after_the_calls_deadline(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    # The first attempt ends at the deadline with a non-fatal status, so the next hedge is
+    # due at once: it was sent with no time left. (Sync: test_sync_call_cancellation.py.)
+    fleet, target = serve(pods, dns_server, 3)
+    for pod in fleet:
+        pod.set_mode("hang")
+    policy = {"maxAttempts": 3, "hedgingDelay": "5s"}
+    policy["nonFatalStatusCodes"] = ["UNAVAILABLE", "DEADLINE_EXCEEDED"]
+    name = [{"service": "grpclb.testing.Echo"}]
+    config = json.dumps({"methodConfig": [{"name": name, "hedgingPolicy": policy}]})
+
+    async def scenario() -> list[int]:
+        async with grpclb.aio.channel(target, service_config=config) as channel:
+            await channel.wait_for_endpoints(3, timeout=10)
+            started = []
+            for _ in range(5):
+                before = channel._balancer.counters["calls"]
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    await stub(channel).Unary(echo_pb2.EchoRequest(), timeout=0.05)
+                assert error.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+                started.append(channel._balancer.counters["calls"] - before)
+            return started
+
+    assert asyncio.run(scenario()) == [1] * 5
+
+
 def test_a_sync_stream_nobody_reads_retries_ends_and_fires_its_callbacks(
     pods: FleetFactory, dns_server: Any
 ) -> None:

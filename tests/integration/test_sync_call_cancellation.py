@@ -1,0 +1,199 @@
+"""Cancelling sync futures and response streams between attempts, against real pods.
+
+A cancel that returns True ends the call: no attempt goes out after it, a
+retry or hedge waiting for a pod stops waiting and gives its grant back, and
+the call reports CANCELLED however it is asked. Hedges never start after the
+call's deadline. (The asyncio flavour's counterparts are in
+test_call_path_races.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+
+import grpclb
+from grpclb.testing import SERVICE_NAME, PodFleet, echo_pb2
+from tests.helpers import stub, wait_ready
+
+FleetFactory = Callable[..., PodFleet]
+ECHO = [{"service": "grpclb.testing.Echo"}]
+
+
+def retry_policy(backoff: str = "0.005s") -> str:
+    policy = {
+        "maxAttempts": 3,
+        "initialBackoff": backoff,
+        "maxBackoff": backoff,
+        "backoffMultiplier": 1,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    return json.dumps({"methodConfig": [{"name": ECHO, "retryPolicy": policy}]})
+
+
+def hedging_policy(delay: str, non_fatal: tuple[str, ...] = ("UNAVAILABLE",)) -> str:
+    policy = {"maxAttempts": 3, "hedgingDelay": delay, "nonFatalStatusCodes": list(non_fatal)}
+    return json.dumps({"methodConfig": [{"name": ECHO, "hedgingPolicy": policy}]})
+
+
+def serve(pods: FleetFactory, dns_server: Any, count: int) -> tuple[PodFleet, str]:
+    fleet = pods(count)
+    dns_server.set_records(SERVICE_NAME, [p.host for p in fleet])
+    return fleet, dns_server.target(SERVICE_NAME, fleet.port)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "condition not met in time"
+        time.sleep(0.005)
+
+
+def grants(channel: grpclb.Channel) -> tuple[int, int]:
+    balancer = channel._balancer
+    return balancer._retries_in_flight, balancer._retries_waiting
+
+
+@pytest.mark.parametrize(
+    "config", [retry_policy(), hedging_policy("0.05s")], ids=["retry", "hedging"]
+)
+@pytest.mark.parametrize("kind", ["future", "stream"])
+def test_no_attempt_goes_out_after_a_cancel_that_returned_true(
+    pods: FleetFactory, dns_server: Any, monkeypatch: pytest.MonkeyPatch, config: str, kind: str
+) -> None:
+    # The cancel lands, on another thread, while the next attempt picks its pod: the
+    # attempt was sent anyway (and cancelled a moment later).
+    fleet, target = serve(pods, dns_server, 3)
+    for pod in fleet:
+        pod.set_mode("unavailable")
+    with grpclb.channel(target, service_config=config) as channel:
+        wait_ready(channel, 3)
+        fleet.reset_stats()
+        balancer, box, made = channel._balancer, {}, threading.Event()
+        start_call = balancer.start_call
+
+        def cancel_while_picking(*args: Any, **kwargs: Any) -> Any:
+            retry = kwargs.get("retry", args[3] if len(args) > 3 else False)
+            if retry and "returned" not in box:
+                made.wait(5)
+                other = threading.Thread(target=lambda: box.update(returned=box["call"].cancel()))
+                other.start()
+                other.join(5)
+            return start_call(*args, **kwargs)
+
+        monkeypatch.setattr(balancer, "start_call", cancel_while_picking)
+        request = echo_pb2.EchoRequest(count=1)
+        if kind == "future":
+            box["call"] = call = stub(channel).Unary.future(request, timeout=4)
+            made.set()
+            with pytest.raises(grpc.FutureCancelledError):
+                call.result(timeout=5)
+        else:
+            box["call"] = call = stub(channel).ServerStream(request, timeout=4)
+            made.set()
+            with pytest.raises(grpc.RpcError) as raised:
+                list(call)
+            assert raised.value.code() is grpc.StatusCode.CANCELLED
+        assert box["returned"] is True and call.cancelled()
+        wait_until(lambda: channel.stats().in_flight == 0 and grants(channel) == (0, 0))
+    assert sum(p.stats().calls for p in fleet) == 1  # the attempt picked then was never sent
+
+
+def test_a_stream_cancelled_while_its_reader_waits_out_a_backoff_reports_cancelled(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    # cancel() found the failed attempt, returned False, and code() named its failure,
+    # though the reader got CANCELLED.
+    fleet, target = serve(pods, dns_server, 3)
+    for pod in fleet:
+        pod.set_mode("unavailable_pushback", delay_ms=2000)
+    with grpclb.channel(target, service_config=retry_policy()) as channel:
+        wait_ready(channel, 3)
+        call = stub(channel).ServerStream(echo_pb2.EchoRequest(count=1), timeout=10)
+        got: list[grpc.StatusCode] = []
+
+        def read() -> None:
+            try:
+                list(call)
+            except grpc.RpcError as error:
+                got.append(error.code())
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        # The reader waits out the server's 2 s pushback before the retry.
+        wait_until(lambda: channel._balancer.counters["retries"] == 1 and call._call is None)
+        assert not call.done()
+        assert call.cancel() is True
+        reader.join(5)
+        assert got == [grpc.StatusCode.CANCELLED]
+        assert call.cancelled() and call.code() is grpc.StatusCode.CANCELLED
+        assert channel._balancer.counters["calls"] == 1
+        wait_until(lambda: grants(channel) == (0, 0))
+
+
+@pytest.mark.parametrize("kind", ["future", "stream"])
+def test_a_cancel_ends_a_retry_waiting_for_a_ready_pod_and_gives_its_grant_back(
+    pods: FleetFactory, dns_server: Any, kind: str
+) -> None:
+    # The waiting thread never looked at the call: the grant stayed taken, and once a
+    # pod came the cancelled call's retry started on it.
+    fleet, target = serve(pods, dns_server, 1)
+    fleet[0].set_mode("unavailable")
+    with grpclb.channel(target, service_config=retry_policy("0.05s")) as channel:
+        wait_ready(channel, 1)
+        request = echo_pb2.EchoRequest(count=1)
+        multicallable = (
+            stub(channel).Unary.future if kind == "future" else stub(channel).ServerStream
+        )
+        call = multicallable(request, wait_for_ready=True)  # no deadline: it may wait for good
+        wait_until(lambda: channel._balancer.counters["retries"] >= 1)
+        fleet[0].stop()  # its retry finds no READY pod, and waits for one
+        waiting = "grpclb wait for pod /grpclb.testing.Echo/"
+        wait_until(lambda: any(t.name.startswith(waiting) for t in threading.enumerate()))
+        calls = channel._balancer.counters["calls"]
+        assert call.cancel() is True and call.cancelled()
+        wait_until(lambda: not any(t.name.startswith(waiting) for t in threading.enumerate()))
+        assert grants(channel) == (0, 0)
+        assert channel._balancer.counters["calls"] == calls  # nothing started after it
+
+
+def test_a_hedge_never_starts_after_the_calls_deadline(pods: FleetFactory, dns_server: Any) -> None:
+    # The first attempt ends at the deadline with a non-fatal status, so the next hedge is
+    # due at once: it was sent with no time left.
+    fleet, target = serve(pods, dns_server, 3)
+    for pod in fleet:
+        pod.set_mode("hang")
+    config = hedging_policy("5s", ("UNAVAILABLE", "DEADLINE_EXCEEDED"))
+    with grpclb.channel(target, service_config=config) as channel:
+        wait_ready(channel, 3)
+        for _ in range(5):
+            before = channel._balancer.counters["calls"]
+            with pytest.raises(grpc.RpcError) as raised:
+                stub(channel).Unary(echo_pb2.EchoRequest(), timeout=0.05)
+            assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            assert channel._balancer.counters["calls"] == before + 1
+        wait_until(lambda: channel.stats().in_flight == 0 and grants(channel) == (0, 0))
+
+
+def test_an_unread_stream_between_attempts_answers_cancelled_and_result_at_once(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    # Both waited for the next attempt to start, through the server's whole pushback.
+    fleet, target = serve(pods, dns_server, 3)
+    for pod in fleet:
+        pod.set_mode("unavailable_pushback", delay_ms=2000)
+    with grpclb.channel(target, service_config=retry_policy()) as channel:
+        wait_ready(channel, 3)
+        call = stub(channel).ServerStream(echo_pb2.EchoRequest(count=1), timeout=10)
+        wait_until(lambda: channel._balancer.counters["retries"] == 1)
+        assert call.cancelled() is False
+        with pytest.raises(grpc.FutureTimeoutError):
+            call.result(timeout=0.01)
+        assert channel._balancer.counters["calls"] == 1  # still within the pushback
+        assert call.cancel() is True
