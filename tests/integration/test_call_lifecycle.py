@@ -99,10 +99,10 @@ def test_an_abandoned_call_is_cancelled_and_released_as_grpcio_does(
         else:  # a fire-and-forget future
             fleet[0].set_mode("hang")
             call = echo.Unary.future(echo_pb2.EchoRequest(), timeout=8)
-            wait_until(lambda: fleet[0].stats().in_flight == 1, 2, "the call at the pod")
+            wait_until(lambda: fleet[0].stats().in_flight == 1, 5, "the call at the pod")
         del call
         gc.collect()
-        released = eventually(lambda: channel.stats().in_flight == 0, 2.0)
+        released = eventually(lambda: channel.stats().in_flight == 0, 5.0)
         at_pod = fleet[0].stats().in_flight
     assert released, "the abandoned call still counts as in flight"
     assert at_pod == 0, "the pod still serves the abandoned call"
