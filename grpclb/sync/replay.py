@@ -72,6 +72,7 @@ class _Logical:
         self._started = time.perf_counter()
         self._cancelled = False
         self._timer: threading.Timer | None = None  # the pending retry or hedge
+        self._grant_armed = False  # a retry's grant that its timer has not taken up yet
 
     def _pick(self, retry: bool) -> Attempt | None:
         """An attempt now, or None after arranging one on a waiting thread; may raise."""
@@ -115,8 +116,29 @@ class _Logical:
         """Decided or cancelled: an attempt still to start must not."""
         return self._done.is_set() or self._cancel_requested()
 
+    def _arm_retry(self, delay: float) -> None:
+        """The granted retry after ``delay``; a cancel meanwhile gives the grant back."""
+        with self._lock:
+            self._grant_armed = True
+        self._after(delay, self._retry)
+
+    def _take_grant(self) -> bool:
+        """Whether the caller took up the armed retry's grant (the timer, or a cancel)."""
+        with self._lock:
+            armed, self._grant_armed = self._grant_armed, False
+        return armed
+
+    def _give_grant_back(self) -> None:
+        """A cancel: the retry waiting for its backoff will not start; its grant is free now."""
+        if self._take_grant():
+            if self._timer is not None:
+                self._timer.cancel()
+            self._balancer.cancel_retry()
+
     def _retry(self) -> None:
         """A granted retry's turn, after its backoff; its grant is given back if it never starts."""
+        if not self._take_grant():
+            return  # a cancel gave it back already
         if self._done.is_set() or self._cancel_requested():
             self._balancer.cancel_retry()
             self._finish(cancelled_locally())  # (a no-op when the call has ended already)
@@ -282,7 +304,7 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
             return
         trace_retry(status, delay)
         run.attempts += 1
-        self._after(delay, self._retry)
+        self._arm_retry(delay)
 
     def _commit(self, call: Any, others: list[Any]) -> None:
         """The call's answer is ``call``: the other attempts are cancelled (no verdict on pods).
@@ -349,6 +371,7 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
         # Done when cancel() returns, as grpcio's future is; a pending retry sees it, and
         # an attempt waiting for a pod is woken to see it.
         self._finish(cancelled_locally())
+        self._give_grant_back()
         self._owner._channel.wake_waiters()
         return True
 

@@ -103,7 +103,7 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
             return
         trace_retry(call.code(), delay)
         run.attempts += 1
-        self._after(delay, self._retry)
+        self._arm_retry(delay)
 
     def _cancel_requested(self) -> bool:
         return self._wake.is_set()  # cancel() during the backoff
@@ -187,6 +187,7 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
             return bool(call.cancel())
         self._cancelled = True
         self._finish(cancelled_locally())
+        self._give_grant_back()  # a retry waiting out its backoff will not start
         self._owner._channel.wake_waiters()  # an attempt waiting for a pod stops waiting
         return True
 

@@ -144,8 +144,8 @@ def test_a_cancel_ends_a_retry_waiting_for_a_ready_pod_and_gives_its_grant_back(
     # The waiting thread never looked at the call: the grant stayed taken, and once a
     # pod came the cancelled call's retry started on it.
     fleet, target = serve(pods, dns_server, 1)
-    fleet[0].set_mode("unavailable")
-    with grpclb.channel(target, service_config=retry_policy("0.05s")) as channel:
+    fleet[0].set_mode("unavailable_pushback", delay_ms=1500)  # time to stop it meanwhile
+    with grpclb.channel(target, service_config=retry_policy()) as channel:
         wait_ready(channel, 1)
         request = echo_pb2.EchoRequest(count=1)
         multicallable = (
@@ -197,3 +197,26 @@ def test_an_unread_stream_between_attempts_answers_cancelled_and_result_at_once(
             call.result(timeout=0.01)
         assert channel._balancer.counters["calls"] == 1  # still within the pushback
         assert call.cancel() is True
+
+
+@pytest.mark.parametrize("kind", ["future", "stream"])
+def test_a_cancel_during_a_backoff_gives_the_retry_grant_back_at_once(
+    pods: FleetFactory, dns_server: Any, kind: str
+) -> None:
+    # The grant came back only when the backoff's timer fired (here the server's 2 s).
+    fleet, target = serve(pods, dns_server, 3)
+    for pod in fleet:
+        pod.set_mode("unavailable_pushback", delay_ms=2000)
+    with grpclb.channel(target, service_config=retry_policy()) as channel:
+        wait_ready(channel, 3)
+        request = echo_pb2.EchoRequest(count=1)
+        multicallable = (
+            stub(channel).Unary.future if kind == "future" else stub(channel).ServerStream
+        )
+        call = multicallable(request, timeout=10)  # a stream nobody reads: retried in background
+        wait_until(lambda: channel._balancer.counters["retries"] == 1)
+        wait_until(lambda: channel.stats().in_flight == 0)  # the first attempt was released
+        assert grants(channel) == (1, 1)  # granted, waiting out the backoff
+        assert call.cancel() is True
+        assert grants(channel) == (0, 0)
+        assert channel._balancer.counters["calls"] == 1
