@@ -42,8 +42,13 @@ def hedging_policy(delay: str, non_fatal: tuple[str, ...] = ("UNAVAILABLE",)) ->
     return json.dumps({"methodConfig": [{"name": ECHO, "hedgingPolicy": policy}]})
 
 
-def serve(pods: FleetFactory, dns_server: Any, count: int) -> tuple[PodFleet, str]:
+def serve(
+    pods: FleetFactory, dns_server: Any, count: int, mode: str = "ok", delay_ms: int = 0
+) -> tuple[PodFleet, str]:
+    """``count`` pods behind the DNS name, each set to ``mode``."""
     fleet = pods(count)
+    for pod in fleet:
+        pod.set_mode(mode, delay_ms)
     dns_server.set_records(SERVICE_NAME, [p.host for p in fleet])
     return fleet, dns_server.target(SERVICE_NAME, fleet.port)
 
@@ -69,9 +74,7 @@ def test_no_attempt_goes_out_after_a_cancel_that_returned_true(
 ) -> None:
     # The cancel lands, on another thread, while the next attempt picks its pod: the
     # attempt was sent anyway (and cancelled a moment later).
-    fleet, target = serve(pods, dns_server, 3)
-    for pod in fleet:
-        pod.set_mode("unavailable")
+    fleet, target = serve(pods, dns_server, 3, "unavailable")
     with grpclb.channel(target, service_config=config) as channel:
         wait_ready(channel, 3)
         fleet.reset_stats()
@@ -110,9 +113,7 @@ def test_a_stream_cancelled_while_its_reader_waits_out_a_backoff_reports_cancell
 ) -> None:
     # cancel() found the failed attempt, returned False, and code() named its failure,
     # though the reader got CANCELLED.
-    fleet, target = serve(pods, dns_server, 3)
-    for pod in fleet:
-        pod.set_mode("unavailable_pushback", delay_ms=2000)
+    _fleet, target = serve(pods, dns_server, 3, "unavailable_pushback", 2000)
     with grpclb.channel(target, service_config=retry_policy()) as channel:
         wait_ready(channel, 3)
         call = stub(channel).ServerStream(echo_pb2.EchoRequest(count=1), timeout=10)
@@ -143,8 +144,7 @@ def test_a_cancel_ends_a_retry_waiting_for_a_ready_pod_and_gives_its_grant_back(
 ) -> None:
     # The waiting thread never looked at the call: the grant stayed taken, and once a
     # pod came the cancelled call's retry started on it.
-    fleet, target = serve(pods, dns_server, 1)
-    fleet[0].set_mode("unavailable_pushback", delay_ms=1500)  # time to stop it meanwhile
+    fleet, target = serve(pods, dns_server, 1, "unavailable_pushback", 1500)  # time to stop it
     with grpclb.channel(target, service_config=retry_policy()) as channel:
         wait_ready(channel, 1)
         request = echo_pb2.EchoRequest(count=1)
@@ -166,9 +166,7 @@ def test_a_cancel_ends_a_retry_waiting_for_a_ready_pod_and_gives_its_grant_back(
 def test_a_hedge_never_starts_after_the_calls_deadline(pods: FleetFactory, dns_server: Any) -> None:
     # The first attempt ends at the deadline with a non-fatal status, so the next hedge is
     # due at once: it was sent with no time left.
-    fleet, target = serve(pods, dns_server, 3)
-    for pod in fleet:
-        pod.set_mode("hang")
+    _fleet, target = serve(pods, dns_server, 3, "hang")
     config = hedging_policy("5s", ("UNAVAILABLE", "DEADLINE_EXCEEDED"))
     with grpclb.channel(target, service_config=config) as channel:
         wait_ready(channel, 3)
@@ -185,9 +183,7 @@ def test_an_unread_stream_between_attempts_answers_cancelled_and_result_at_once(
     pods: FleetFactory, dns_server: Any
 ) -> None:
     # Both waited for the next attempt to start, through the server's whole pushback.
-    fleet, target = serve(pods, dns_server, 3)
-    for pod in fleet:
-        pod.set_mode("unavailable_pushback", delay_ms=2000)
+    _fleet, target = serve(pods, dns_server, 3, "unavailable_pushback", 2000)
     with grpclb.channel(target, service_config=retry_policy()) as channel:
         wait_ready(channel, 3)
         call = stub(channel).ServerStream(echo_pb2.EchoRequest(count=1), timeout=10)
@@ -204,9 +200,7 @@ def test_a_cancel_during_a_backoff_gives_the_retry_grant_back_at_once(
     pods: FleetFactory, dns_server: Any, kind: str
 ) -> None:
     # The grant came back only when the backoff's timer fired (here the server's 2 s).
-    fleet, target = serve(pods, dns_server, 3)
-    for pod in fleet:
-        pod.set_mode("unavailable_pushback", delay_ms=2000)
+    _fleet, target = serve(pods, dns_server, 3, "unavailable_pushback", 2000)
     with grpclb.channel(target, service_config=retry_policy()) as channel:
         wait_ready(channel, 3)
         request = echo_pb2.EchoRequest(count=1)
