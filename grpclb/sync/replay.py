@@ -73,6 +73,7 @@ class _Logical:
         self._cancelled = False
         self._timer: threading.Timer | None = None  # the pending retry or hedge
         self._grant_armed = False  # a retry's grant that its timer has not taken up yet
+        self._waiting = 0  # threads of this call waiting for a pod (``_wait_for_pod``)
 
     def _pick(self, retry: bool) -> Attempt | None:
         """An attempt now, or None after arranging one on a waiting thread; may raise."""
@@ -95,6 +96,8 @@ class _Logical:
             return found
         # It may wait: do so on a thread, never in the caller's.
         name = f"grpclb wait for pod {self._owner._method}"
+        with self._lock:
+            self._waiting += 1
         threading.Thread(target=self._wait_for_pod, args=(retry,), name=name, daemon=True).start()
         return None
 
@@ -153,6 +156,18 @@ class _Logical:
 
     def _wait_for_pod(self, retry: bool) -> None:
         try:
+            self._wait_for_pod_then_launch(retry)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+
+    def _wake_waiting(self) -> None:
+        """A cancel: this call's threads waiting for a pod (if any) stop waiting."""
+        if self._waiting:
+            self._owner._channel.wake_waiters()
+
+    def _wait_for_pod_then_launch(self, retry: bool) -> None:
+        try:
             channel, run = self._owner._channel, self._run
             attempt = channel._begin(
                 self._digest,
@@ -178,10 +193,11 @@ class _Logical:
     def _launch(self, attempt: Attempt) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def _finish(self, final: Any) -> None:
+    def _finish(self, final: Any) -> bool:
+        """Make ``final`` the outcome, unless one came first; True when it did."""
         with self._lock:
             if self._done.is_set():
-                return  # finished already (a cancel won the race)
+                return False  # finished already (a cancel won the race)
             self._final = final
             callbacks, self._callbacks = self._callbacks, []
             self._done.set()
@@ -194,6 +210,7 @@ class _Logical:
                 callback()
             except Exception:
                 log.exception("grpclb: a call's callback raised")
+        return True
 
     # grpc.Call's callbacks, for the final outcome
     def add_callback(self, callback: Callable[[], None]) -> bool:
@@ -213,6 +230,11 @@ class _Logical:
     def time_remaining(self) -> float | None:
         deadline = self._run.deadline
         return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
+def _past(deadline: float | None, delay: float) -> bool:
+    """Whether something starting ``delay`` seconds from now would start too late."""
+    return deadline is not None and time.monotonic() + delay >= deadline
 
 
 def _code_of(final: Any) -> grpc.StatusCode | None:
@@ -236,6 +258,7 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
         super().__init__(owner, run, request, digest, args)
         self._running: dict[int, Any] = {}  # id(attempt) -> its grpcio future
         self._closing = False  # decided (answer or cancel): attempts starting now cancel
+        self._cancel_error: LocalRpcError | None = None  # the outcome a cancel() offered
         self._failed: Any = None  # the latest failed attempt, the answer if no hedge can follow
         self._next_attempt(retry=False)
 
@@ -289,9 +312,10 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
         if run.policy.hedging:
             self._failed = call
             final, delay = run.hedge_failed(status, call.trailing_metadata)
-            if final or (not others and not run.may_hedge()):
-                self._commit(call, others)
-            elif delay is not None:
+            late = delay is not None and _past(run.deadline, delay)
+            if final or (not others and (late or not run.may_hedge())):
+                self._commit(call, others)  # (late: no hedge could start before the deadline)
+            elif delay is not None and not late:
                 self._arm_hedge(delay)
             return
         delay = run.retry_delay(
@@ -368,15 +392,19 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
             running = list(self._running.values())
         for call in running:
             call.cancel()
-        # Done when cancel() returns, as grpcio's future is; a pending retry sees it, and
-        # an attempt waiting for a pod is woken to see it.
-        self._finish(cancelled_locally())
-        self._give_grant_back()
-        self._owner._channel.wake_waiters()
+        self._give_grant_back()  # before the callbacks run: they may start a call
+        self._wake_waiting()  # an attempt waiting for a pod stops waiting
+        # Done when cancel() returns, as grpcio's future is; a pending retry sees it.
+        error = self._cancel_error = cancelled_locally()
+        if not self._finish(error):
+            self._cancelled = False  # an answer came first: the call was not cancelled
+            return False
         return True
 
     def cancelled(self) -> bool:
-        return self._done.is_set() and self._cancelled
+        """Whether the outcome is the cancel's (an answer that came first is not)."""
+        error = self._cancel_error
+        return error is not None and self._done.is_set() and self._final is error
 
     def running(self) -> bool:
         return not self._done.is_set()
@@ -387,7 +415,7 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
     def _outcome(self, timeout: float | None) -> Any:
         if not self._done.wait(timeout):
             raise grpc.FutureTimeoutError()
-        if self._cancelled:
+        if self.cancelled():
             raise grpc.FutureCancelledError()
         return self._final
 

@@ -108,9 +108,10 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
     def _cancel_requested(self) -> bool:
         return self._wake.is_set()  # cancel() during the backoff
 
-    def _finish(self, final: Any) -> None:
-        super()._finish(final)
+    def _finish(self, final: Any) -> bool:
+        won = super()._finish(final)
         self._ready.set()
+        return won
 
     def _current(self, timeout: float | None = None) -> Any:
         """The running attempt's stream (waiting for it to start), or the final error."""
@@ -184,11 +185,18 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
             if call is None and self._done.is_set():
                 return False
         if call is not None:
-            return bool(call.cancel())
+            if call.cancel():
+                return True
+            if self._done.is_set() or self._received or _answered(call):
+                return False  # it ended, and that is the outcome
+            # It failed before any message, and its retry is being decided: the cancel
+            # ends the call instead (the decider sees ``_wake``).
         self._cancelled = True
-        self._finish(cancelled_locally())
         self._give_grant_back()  # a retry waiting out its backoff will not start
-        self._owner._channel.wake_waiters()  # an attempt waiting for a pod stops waiting
+        self._wake_waiting()  # an attempt waiting for a pod stops waiting
+        if not self._finish(cancelled_locally()):
+            self._cancelled = False  # it ended first
+            return False
         return True
 
     def cancelled(self) -> bool:
@@ -198,7 +206,7 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
         if self._cancelled:
             return True
         if isinstance(current, LocalRpcError):
-            return current.code() is grpc.StatusCode.CANCELLED
+            return False  # ended inside grpclb (no pod, channel closed): not a cancel
         return current is not None and bool(current.cancelled())
 
     def running(self) -> bool:
@@ -238,3 +246,11 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
 
     def trailing_metadata(self) -> Any:
         return self._current().trailing_metadata()
+
+
+def _answered(call: Any) -> bool:
+    """Whether a finished attempt ended well (an answer, not a failure to retry)."""
+    try:
+        return bool(call.code() is _OK)
+    except Exception:  # pragma: no cover - a grpcio stream always has its code once done
+        return True

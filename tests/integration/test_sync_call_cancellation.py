@@ -214,3 +214,152 @@ def test_a_cancel_during_a_backoff_gives_the_retry_grant_back_at_once(
         assert call.cancel() is True
         assert grants(channel) == (0, 0)
         assert channel._balancer.counters["calls"] == 1
+
+
+@pytest.mark.parametrize("kind", ["future", "stream"])
+def test_a_call_ended_by_closing_its_channel_is_not_reported_cancelled(
+    pods: FleetFactory, dns_server: Any, kind: str
+) -> None:
+    # As grpcio's own calls: CANCELLED "Channel closed!", but cancelled() is False.
+    fleet, target = serve(pods, dns_server, 1)
+    channel = grpclb.channel(target, service_config=retry_policy())
+    try:
+        wait_ready(channel, 1)
+        fleet[0].stop()
+        wait_until(lambda: all(e.state != "ready" for e in channel.stats().endpoints))
+        request = echo_pb2.EchoRequest(count=1)
+        multicallable = (
+            stub(channel).Unary.future if kind == "future" else stub(channel).ServerStream
+        )
+        call = multicallable(request, wait_for_ready=True)  # waits for a READY pod
+        waiting = "grpclb wait for pod /grpclb.testing.Echo/"
+        wait_until(lambda: any(t.name.startswith(waiting) for t in threading.enumerate()))
+    finally:
+        channel.close()
+    wait_until(call.done)
+    assert call.code() is grpc.StatusCode.CANCELLED and call.cancelled() is False
+
+
+def test_cancelling_calls_that_wait_for_no_pod_leaves_the_channels_thread_asleep(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    # Each cancel woke the channel's maintenance thread for a full pass over the pods.
+    _fleet, target = serve(pods, dns_server, 2, "hang")
+    with grpclb.channel(target, service_config=retry_policy()) as channel:
+        wait_ready(channel, 2)
+        passes = [0]
+        maintain_once = channel._maintain_once
+
+        def counted(schedule: Any) -> float:
+            passes[0] += 1
+            return float(maintain_once(schedule))
+
+        channel._maintain_once = counted  # type: ignore[method-assign]
+        for _ in range(100):
+            assert stub(channel).Unary.future(echo_pb2.EchoRequest(), timeout=5).cancel()
+        assert passes[0] <= 5  # its own timer's passes only (100 before the fix)
+        wait_until(lambda: channel.stats().in_flight == 0)
+
+
+@pytest.mark.parametrize("kind", ["future", "blocking"])
+def test_a_hedged_call_ends_when_the_servers_pushback_outlasts_its_deadline(
+    pods: FleetFactory, dns_server: Any, kind: str
+) -> None:
+    # The next hedge was armed for after the pushback, past the deadline: the call
+    # waited the whole pushback (2 s) to fail.
+    _fleet, target = serve(pods, dns_server, 3, "unavailable_pushback", 2000)
+    with grpclb.channel(target, service_config=hedging_policy("0.05s")) as channel:
+        wait_ready(channel, 3)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as raised:
+            if kind == "future":
+                stub(channel).Unary.future(echo_pb2.EchoRequest(), timeout=0.3).result()
+            else:
+                stub(channel).Unary(echo_pb2.EchoRequest(), timeout=0.3)
+        assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - started < 1.0  # well before the 2 s pushback ends
+        assert channel._balancer.counters["calls"] == 1
+        wait_until(lambda: channel.stats().in_flight == 0 and grants(channel) == (0, 0))
+
+
+def test_a_stream_cancelled_while_its_failed_attempts_retry_is_decided_is_cancelled(
+    pods: FleetFactory, dns_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # cancel() found the failed attempt and returned False, yet the call ended CANCELLED.
+    _fleet, target = serve(pods, dns_server, 3, "unavailable")
+    with grpclb.channel(target, service_config=retry_policy("0.5s")) as channel:
+        wait_ready(channel, 3)
+        balancer = channel._balancer
+        reserve_retry, deciding, go_on = (
+            balancer.reserve_retry,
+            threading.Event(),
+            threading.Event(),
+        )
+
+        def held_reserve_retry() -> bool:  # the reader, deciding, preempted here
+            deciding.set()
+            go_on.wait(5)
+            return bool(reserve_retry())
+
+        monkeypatch.setattr(balancer, "reserve_retry", held_reserve_retry)
+        call = stub(channel).ServerStream(echo_pb2.EchoRequest(count=1), timeout=10)
+        got: list[Any] = []
+
+        def read() -> None:
+            try:
+                got.append(list(call))
+            except grpc.RpcError as error:
+                got.append(error.code())
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        assert deciding.wait(5)
+        returned = call.cancel()
+        go_on.set()
+        reader.join(5)
+        assert returned is True and call.cancelled() and got == [grpc.StatusCode.CANCELLED]
+        wait_until(lambda: grants(channel) == (0, 0))
+
+
+def test_a_cancel_that_loses_to_the_answer_returns_false_and_the_answer_stands(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    # cancel() returned True and cancelled() said True, while code() said OK.
+    _fleet, target = serve(pods, dns_server, 1, "slow", 200)
+    with grpclb.channel(target, service_config=retry_policy()) as channel:
+        wait_ready(channel, 1)
+        future = stub(channel).Unary.future(echo_pb2.EchoRequest(), timeout=5)
+        (attempt,) = list(future._running.values())
+        cancel_attempt = attempt.cancel
+
+        def cancel_after_the_answer() -> bool:  # the cancelling thread, preempted here
+            wait_until(future.done)  # the answer arrives and settles the call meanwhile
+            return bool(cancel_attempt())
+
+        attempt.cancel = cancel_after_the_answer
+        seen: list[Any] = []
+        future.add_done_callback(lambda f: seen.append((f.cancelled(), f.code())))
+        assert future.cancel() is False
+        assert not future.cancelled() and future.code() is grpc.StatusCode.OK
+        assert seen == [(False, grpc.StatusCode.OK)]
+
+
+@pytest.mark.parametrize("kind", ["future", "stream"])
+def test_a_cancelled_calls_callbacks_find_its_retry_grant_given_back(
+    pods: FleetFactory, dns_server: Any, kind: str
+) -> None:
+    # They ran before the grant came back, so a call started from one met a fuller budget.
+    _fleet, target = serve(pods, dns_server, 3, "unavailable_pushback", 2000)
+    with grpclb.channel(target, service_config=retry_policy()) as channel:
+        wait_ready(channel, 3)
+        request = echo_pb2.EchoRequest(count=1)
+        multicallable = (
+            stub(channel).Unary.future if kind == "future" else stub(channel).ServerStream
+        )
+        call = multicallable(request, timeout=10)
+        wait_until(lambda: channel._balancer.counters["retries"] == 1)
+        wait_until(lambda: channel.stats().in_flight == 0)
+        seen: list[Any] = []
+        call.add_done_callback(lambda _: seen.append(grants(channel)))
+        assert call.cancel() is True
+        assert seen == [(0, 0)]
