@@ -342,6 +342,7 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
         if self._timer is not None:
             self._timer.cancel()
         self._finish(call)
+        self._wake_waiting()  # a hedge waiting for a pod stops waiting, and gives its grant back
         for other in others:
             other.cancel()
 
@@ -393,6 +394,8 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
         for call in running:
             call.cancel()
         self._give_grant_back()  # before the callbacks run: they may start a call
+        if self._timer is not None:
+            self._timer.cancel()  # a pending hedge (a retry's went with its grant)
         self._wake_waiting()  # an attempt waiting for a pod stops waiting
         # Done when cancel() returns, as grpcio's future is; a pending retry sees it.
         error = self._cancel_error = cancelled_locally()

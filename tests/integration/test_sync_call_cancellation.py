@@ -363,3 +363,20 @@ def test_a_cancelled_calls_callbacks_find_its_retry_grant_given_back(
         call.add_done_callback(lambda _: seen.append(grants(channel)))
         assert call.cancel() is True
         assert seen == [(0, 0)]
+
+
+def test_a_cancelled_hedged_future_drops_its_pending_hedge_timer(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    # The timer lived on until the hedging delay, holding the future.
+    _fleet, target = serve(pods, dns_server, 3, "hang")
+    with grpclb.channel(target, service_config=hedging_policy("5s")) as channel:
+        wait_ready(channel, 3)
+        future = stub(channel).Unary.future(echo_pb2.EchoRequest(), timeout=10)
+        timer = future._timer
+        assert timer is not None and timer.is_alive()  # the next hedge, in 5 s
+        assert future.cancel() is True
+        timer.join(2)
+        assert not timer.is_alive()
+        assert channel._balancer.counters["calls"] == 1
+        wait_until(lambda: channel.stats().in_flight == 0 and grants(channel) == (0, 0))
