@@ -60,6 +60,13 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.005)
 
 
+def start(channel: grpclb.Channel, kind: str, **kwargs: Any) -> Any:
+    """A unary future or a response stream (nobody reads it) of one Echo request."""
+    echo = stub(channel)
+    multicallable = echo.Unary.future if kind == "future" else echo.ServerStream
+    return multicallable(echo_pb2.EchoRequest(count=1), **kwargs)
+
+
 def grants(channel: grpclb.Channel) -> tuple[int, int]:
     balancer = channel._balancer
     return balancer._retries_in_flight, balancer._retries_waiting
@@ -78,7 +85,8 @@ def test_no_attempt_goes_out_after_a_cancel_that_returned_true(
     with grpclb.channel(target, service_config=config) as channel:
         wait_ready(channel, 3)
         fleet.reset_stats()
-        balancer, box, made = channel._balancer, {}, threading.Event()
+        balancer, made = channel._balancer, threading.Event()
+        box: dict[str, Any] = {}
         start_call = balancer.start_call
 
         def cancel_while_picking(*args: Any, **kwargs: Any) -> Any:
@@ -147,11 +155,7 @@ def test_a_cancel_ends_a_retry_waiting_for_a_ready_pod_and_gives_its_grant_back(
     fleet, target = serve(pods, dns_server, 1, "unavailable_pushback", 1500)  # time to stop it
     with grpclb.channel(target, service_config=retry_policy()) as channel:
         wait_ready(channel, 1)
-        request = echo_pb2.EchoRequest(count=1)
-        multicallable = (
-            stub(channel).Unary.future if kind == "future" else stub(channel).ServerStream
-        )
-        call = multicallable(request, wait_for_ready=True)  # no deadline: it may wait for good
+        call = start(channel, kind, wait_for_ready=True)  # no deadline: it may wait for good
         wait_until(lambda: channel._balancer.counters["retries"] >= 1)
         fleet[0].stop()  # its retry finds no READY pod, and waits for one
         waiting = "grpclb wait for pod /grpclb.testing.Echo/"
@@ -199,20 +203,19 @@ def test_an_unread_stream_between_attempts_answers_cancelled_and_result_at_once(
 def test_a_cancel_during_a_backoff_gives_the_retry_grant_back_at_once(
     pods: FleetFactory, dns_server: Any, kind: str
 ) -> None:
-    # The grant came back only when the backoff's timer fired (here the server's 2 s).
+    # The grant came back only when the backoff's timer fired (here the server's 2 s), and
+    # after the call's callbacks ran: a call started from one met a fuller budget.
     _fleet, target = serve(pods, dns_server, 3, "unavailable_pushback", 2000)
     with grpclb.channel(target, service_config=retry_policy()) as channel:
         wait_ready(channel, 3)
-        request = echo_pb2.EchoRequest(count=1)
-        multicallable = (
-            stub(channel).Unary.future if kind == "future" else stub(channel).ServerStream
-        )
-        call = multicallable(request, timeout=10)  # a stream nobody reads: retried in background
+        call = start(channel, kind, timeout=10)  # a stream nobody reads: retried in background
         wait_until(lambda: channel._balancer.counters["retries"] == 1)
         wait_until(lambda: channel.stats().in_flight == 0)  # the first attempt was released
         assert grants(channel) == (1, 1)  # granted, waiting out the backoff
+        seen: list[Any] = []
+        call.add_done_callback(lambda _: seen.append(grants(channel)))
         assert call.cancel() is True
-        assert grants(channel) == (0, 0)
+        assert seen == [(0, 0)] and grants(channel) == (0, 0)
         assert channel._balancer.counters["calls"] == 1
 
 
@@ -227,11 +230,7 @@ def test_a_call_ended_by_closing_its_channel_is_not_reported_cancelled(
         wait_ready(channel, 1)
         fleet[0].stop()
         wait_until(lambda: all(e.state != "ready" for e in channel.stats().endpoints))
-        request = echo_pb2.EchoRequest(count=1)
-        multicallable = (
-            stub(channel).Unary.future if kind == "future" else stub(channel).ServerStream
-        )
-        call = multicallable(request, wait_for_ready=True)  # waits for a READY pod
+        call = start(channel, kind, wait_for_ready=True)  # waits for a READY pod
         waiting = "grpclb wait for pod /grpclb.testing.Echo/"
         wait_until(lambda: any(t.name.startswith(waiting) for t in threading.enumerate()))
     finally:
@@ -342,27 +341,6 @@ def test_a_cancel_that_loses_to_the_answer_returns_false_and_the_answer_stands(
         assert future.cancel() is False
         assert not future.cancelled() and future.code() is grpc.StatusCode.OK
         assert seen == [(False, grpc.StatusCode.OK)]
-
-
-@pytest.mark.parametrize("kind", ["future", "stream"])
-def test_a_cancelled_calls_callbacks_find_its_retry_grant_given_back(
-    pods: FleetFactory, dns_server: Any, kind: str
-) -> None:
-    # They ran before the grant came back, so a call started from one met a fuller budget.
-    _fleet, target = serve(pods, dns_server, 3, "unavailable_pushback", 2000)
-    with grpclb.channel(target, service_config=retry_policy()) as channel:
-        wait_ready(channel, 3)
-        request = echo_pb2.EchoRequest(count=1)
-        multicallable = (
-            stub(channel).Unary.future if kind == "future" else stub(channel).ServerStream
-        )
-        call = multicallable(request, timeout=10)
-        wait_until(lambda: channel._balancer.counters["retries"] == 1)
-        wait_until(lambda: channel.stats().in_flight == 0)
-        seen: list[Any] = []
-        call.add_done_callback(lambda _: seen.append(grants(channel)))
-        assert call.cancel() is True
-        assert seen == [(0, 0)]
 
 
 def test_a_cancelled_hedged_future_drops_its_pending_hedge_timer(
