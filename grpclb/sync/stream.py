@@ -3,7 +3,7 @@
 What was read cannot be replayed, so a received message commits the call
 (gRFC A6); until then a failed attempt is retried on another pod as the
 core decides, in the reader's ``next()``. The stream is returned at once,
-never blocking its caller while it waits for a pod (``sync.replay._Logical``).
+never blocking its caller while it waits for a pod (``sync.logical._Logical``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from grpclb.core.attempt import Attempt
 from grpclb.core.retry import CallRun
 from grpclb.errors import LocalRpcError, cancelled_locally
 from grpclb.sync.attempts import release_when_done, weakly
-from grpclb.sync.replay import _OK, _Logical
+from grpclb.sync.logical import _OK, _Logical
 from grpclb.telemetry import trace_retry
 
 if TYPE_CHECKING:
