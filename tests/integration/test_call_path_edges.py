@@ -275,17 +275,35 @@ def test_aio_task_cancelled_right_after_starting_a_stream_releases_it_at_once(
     assert fleet[0].stats().in_flight == 0
 
 
+HEDGE_ECHO = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "grpclb.testing.Echo"}],
+                "hedgingPolicy": {
+                    "maxAttempts": 3,
+                    "hedgingDelay": "0.05s",
+                    "nonFatalStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
+@pytest.mark.parametrize("policy", ["retries", "hedging"])
 def test_aio_unary_calls_are_freed_by_reference_counting_however_they_end(
-    pods: FleetFactory, dns_server: Any
+    pods: FleetFactory, dns_server: Any, policy: str
 ) -> None:
     """An attempt holds its logical call until it ends (it is the call's done-callback);
     after that, nothing may keep the call in a cycle that only the collector frees."""
     fleet, where = serve(pods, dns_server, 2)
-    fleet[0].set_mode("unavailable")  # a call picking it first is retried on the other
+    fleet[0].set_mode("unavailable")  # a call picking it first is retried (or hedged) elsewhere
     fleet[1].set_mode("slow", 300)
+    hedging = {"service_config": HEDGE_ECHO} if policy == "hedging" else {}
 
     async def scenario() -> dict[str, bool]:
-        async with grpclb.aio.channel(where, policy="round_robin") as channel:
+        async with grpclb.aio.channel(where, policy="round_robin", **hedging) as channel:
             await ready(channel, 2)
             echo = stub(channel)
             watched: dict[str, Any] = {}
