@@ -33,10 +33,11 @@ import grpc.aio
 
 from grpclb._grpcio import aio_finished_status
 from grpclb.aio.attempts import AioAttempt
+from grpclb.aio.errors import as_aio_error, cancelled_error, raisable
 from grpclb.core.admission import Metadata, request_hash
 from grpclb.core.attempt import Attempt
 from grpclb.core.retry import CallRun, Replayed
-from grpclb.errors import CANCELLED_DETAILS, LocalRpcError
+from grpclb.errors import LocalRpcError
 from grpclb.telemetry import trace_retry
 
 if TYPE_CHECKING:
@@ -45,46 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("grpclb")
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
-
-
-def as_aio_error(error: LocalRpcError) -> grpc.aio.AioRpcError:
-    """A failure before any pod, in the type grpc.aio callers catch."""
-    return grpc.aio.AioRpcError(
-        error.code(), grpc.aio.Metadata(), grpc.aio.Metadata(), details=error.details()
-    )
-
-
-def raisable(error: BaseException) -> BaseException:
-    """A kept failure, new for each raise, as grpc.aio makes a new error per ``await``.
-
-    A raised exception gathers the frames it passes through, and they hold
-    the call: a call that kept the raised one would sit in a reference cycle
-    with its caller's frames, freed only by the collector.
-    """
-    if isinstance(error, grpc.aio.AioRpcError):
-        return grpc.aio.AioRpcError(  # type: ignore[no-any-return]
-            error.code(),
-            error.initial_metadata(),
-            error.trailing_metadata(),
-            error.details(),
-            error.debug_error_string(),
-        )
-    if isinstance(error, asyncio.CancelledError):
-        return asyncio.CancelledError(*error.args)
-    return error
-
-
-def _cancelled_error() -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(
-        _CANCELLED,
-        grpc.aio.Metadata(),
-        grpc.aio.Metadata(),
-        details=CANCELLED_DETAILS,
-    )
-
-
-def _constant(value: Any) -> Callable[[], Any]:
-    return lambda: value
 
 
 class _Call:
@@ -364,7 +325,7 @@ class _Call:
             return False
         if self._starter is not None:
             self._starter.cancel()
-        self._fail(_cancelled_error())
+        self._fail(cancelled_error())
         if self._hedger is not None:
             self._hedger.set()  # a hedged call waiting for its next hedge learns of it
         return True

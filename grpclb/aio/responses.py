@@ -14,16 +14,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any
 
 import grpc
 import grpc.aio
 
 from grpclb._grpcio import aio_finished_status
-from grpclb.aio.calls import _CANCELLED, _OK, _Call, _constant, raisable
+from grpclb.aio.calls import _CANCELLED, _OK, _Call
+from grpclb.aio.errors import raisable
 from grpclb.aio.requests import _Writes
 from grpclb.core.attempt import Attempt
+
+
+def _constant(value: Any) -> Callable[[], Any]:
+    return lambda: value
 
 
 class _UnaryResponse(_Call):
