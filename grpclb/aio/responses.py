@@ -53,7 +53,13 @@ class _UnaryResponse(_Call):
         code = None
         try:
             if self._policy.hedging_delay is not None:  # (not the property: per call)
-                response = yield from self._hedged().__await__()
+                try:
+                    response = yield from self._hedged().__await__()
+                except grpc.aio.AioRpcError:
+                    raise  # the call's own outcome
+                except BaseException:  # the task cancelled, or the coroutine closed
+                    self.cancel()  # the awaiting task went away: so does the call
+                    raise
             else:  # retries, inline: one coroutine less on every call
                 while True:
                     attempt = self._attempt  # the common case: started when the call was made
@@ -179,17 +185,23 @@ class StreamUnaryCall(_Writes, _UnaryResponse, grpc.aio.StreamUnaryCall):  # typ
 
 class _StreamResponse(_Call):
     _reader: AsyncIterator[Any] | None = None
+    _ended_with: BaseException | None = None  # what ended read(): raised again, as grpc.aio does
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._messages()
 
     async def read(self) -> Any:
+        if self._ended_with is not None:
+            raise raisable(self._ended_with)
         if self._reader is None:
             self._reader = self._messages()
         try:
             return await self._reader.__anext__()
         except StopAsyncIteration:
             return grpc.aio.EOF
+        except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
+            self._ended_with = raisable(error)  # (a new one: the raised one holds our frames)
+            raise
 
     async def _messages(self) -> AsyncIterator[Any]:
         if self._settled and self._attempt is not None:

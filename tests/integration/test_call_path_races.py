@@ -30,6 +30,7 @@ import pytest
 import grpclb
 import grpclb.aio
 from grpclb.testing import SERVICE_NAME, PodFleet, echo_pb2
+from grpclb.testing.pods import pick_port
 from tests.helpers import stub, wait_ready
 
 FleetFactory = Callable[..., PodFleet]
@@ -249,6 +250,96 @@ def test_an_aio_hedge_never_starts_after_the_calls_deadline(
             return started
 
     assert asyncio.run(scenario()) == [1] * 5
+
+
+async def bounded_wait(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Until ``condition()``, yielding to the loop; fails after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def awaited(call: Any) -> Any:
+    return await call
+
+
+def test_an_aio_hedged_call_whose_task_is_cancelled_between_hedges_reports_cancelled(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    # The task got CancelledError, but cancelled() said False and code() named the last
+    # hedge's failure: the driver never cancelled the call it left.
+    fleet, target = serve(pods, dns_server, 3)
+    for pod in fleet:
+        pod.set_mode("unavailable_pushback", delay_ms=2000)
+
+    async def scenario() -> tuple[bool, grpc.StatusCode, int]:
+        config = hedge_all(["UNAVAILABLE"])
+        async with grpclb.aio.channel(target, service_config=config) as channel:
+            await channel.wait_for_endpoints(3, timeout=10)
+            balancer = channel._balancer
+            call = stub(channel).Unary(echo_pb2.EchoRequest(), timeout=8)
+            task = asyncio.ensure_future(awaited(call))
+            # The first hedge failed; the next waits out the server's 2 s pushback.
+            await bounded_wait(lambda: balancer.counters["calls"] == 1 and not balancer._in_flight)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return call.cancelled(), await call.code(), balancer.counters["calls"]
+
+    assert asyncio.run(scenario()) == (True, grpc.StatusCode.CANCELLED, 1)
+
+
+def test_an_aio_hedged_call_whose_task_is_cancelled_while_it_waits_for_a_pod_ends(
+    dns_server: Any,
+) -> None:
+    # Its first attempt kept waiting for a READY pod in a task of its own, and code()
+    # raised AttributeError.
+    port = pick_port(["127.0.0.1"])  # nothing listens there: the pod never gets READY
+    dns_server.set_records(SERVICE_NAME, ["127.0.0.1"])
+
+    async def scenario() -> tuple[bool, grpc.StatusCode]:
+        config = hedge_all(["UNAVAILABLE"])
+        target = dns_server.target(SERVICE_NAME, port)
+        async with grpclb.aio.channel(target, service_config=config) as channel:
+            call = stub(channel).Unary(echo_pb2.EchoRequest(), timeout=8, wait_for_ready=True)
+            task = asyncio.ensure_future(awaited(call))
+            await bounded_wait(lambda: channel.stats().resolutions > 0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            starter = call._starter
+            await bounded_wait(lambda: starter is None or starter.done())
+            return call.cancelled(), await call.code()
+
+    assert asyncio.run(scenario()) == (True, grpc.StatusCode.CANCELLED)
+
+
+@pytest.mark.parametrize("ending", ["cancelled", "failed"])
+def test_an_aio_response_stream_read_after_its_end_raises_again(
+    pods: FleetFactory, dns_server: Any, ending: str
+) -> None:
+    # The second read() returned EOF, a clean end, for a cancelled or failed call.
+    fleet, target = serve(pods, dns_server, 1)
+    fleet[0].set_mode("hang" if ending == "cancelled" else "unavailable")
+
+    async def scenario() -> list[str]:
+        async with grpclb.aio.channel(target, retries=0) as channel:
+            await channel.wait_for_endpoints(1, timeout=10)
+            call = stub(channel).ServerStream(echo_pb2.EchoRequest(count=1), timeout=8)
+            if ending == "cancelled":
+                await bounded_wait(lambda: fleet[0].stats().in_flight == 1)
+                call.cancel()
+            seen = []
+            for _ in range(2):
+                try:
+                    seen.append(repr(await call.read()))
+                except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
+                    seen.append(type(error).__name__)
+            return seen
+
+    raised = "CancelledError" if ending == "cancelled" else "AioRpcError"
+    assert asyncio.run(scenario()) == [raised, raised]
 
 
 def test_a_sync_stream_nobody_reads_retries_ends_and_fires_its_callbacks(
