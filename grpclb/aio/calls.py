@@ -298,21 +298,24 @@ class _Call:
 
     # grpc.aio.RpcContext
     def cancel(self) -> bool:
-        # Under hedging, the latest hedge may have failed while an earlier one runs: cancel
-        # every hedge running; the driver ends the call when it sees them cancelled.
-        if self._hedges and any([call.cancel() for call in list(self._hedges)]):
-            return True
+        hedges = self._hedges
+        if hedges:
+            if any([aio_finished_status(call) is _OK for call in hedges]):
+                return False  # a hedge answered, not yet seen by its driver: the answer stands
+            # The latest hedge may have failed while an earlier one runs: cancel every
+            # hedge running; the driver ends the call when it sees them cancelled.
+            if any([call.cancel() for call in list(hedges)]):
+                return True
         attempt = self._attempt
         if (
             attempt is not None
             and not self._settled
             and attempt.done()
             and aio_finished_status(attempt) is not _OK
-            and not any([aio_finished_status(call) is _OK for call in self._hedges or ()])
         ):
             # It failed, and what follows is being decided (its retry or next hedge, by a
             # task awaiting or reading the call, or in the background): the cancel ends
-            # the call instead. (A hedge that won, not yet seen by its driver, stands.)
+            # the call instead.
             attempt = self._attempt = self._handle = None
         if attempt is not None:
             cancelled = bool(attempt.cancel())

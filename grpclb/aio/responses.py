@@ -147,7 +147,9 @@ class _UnaryResponse(_Call):
                 changed.clear()
                 if self._settled:
                     raise asyncio.CancelledError()  # cancelled between hedges: as grpc.aio's
-                for call in [c for c in running if c.done()]:
+                ended = [c for c in running if c.done()]
+                ended.sort(key=lambda c: aio_finished_status(c) is not _OK)  # an answer first
+                for call in ended:
                     handle = running.pop(call)
                     code = aio_finished_status(call) or await call.code()
                     if code is _OK:

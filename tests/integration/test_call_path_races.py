@@ -342,6 +342,38 @@ def test_an_aio_response_stream_read_after_its_end_raises_again(
     assert asyncio.run(scenario()) == [raised, raised]
 
 
+def test_a_cancel_after_an_aio_hedge_answered_returns_false_and_the_answer_stands(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    # A cancel between a hedge's OK and its driver seeing it (other hedges still running)
+    # returned True and threw the answer away; without hedges such an answer stands.
+    fleet, target = serve(pods, dns_server, 3)
+    for pod in fleet:
+        pod.set_mode("slow", delay_ms=300)
+    policy = {"maxAttempts": 3, "hedgingDelay": "0.05s", "nonFatalStatusCodes": ["UNAVAILABLE"]}
+    name = [{"service": "grpclb.testing.Echo"}]
+    config = json.dumps({"methodConfig": [{"name": name, "hedgingPolicy": policy}]})
+
+    async def scenario() -> tuple[list[bool], bool, str]:
+        async with grpclb.aio.channel(target, service_config=config) as channel:
+            await channel.wait_for_endpoints(3, timeout=10)
+            call: Any = stub(channel).Unary(echo_pb2.EchoRequest(message="m"), timeout=8)
+            task = asyncio.ensure_future(awaited(call))
+            await bounded_wait(lambda: call._hedges is not None and len(call._hedges) == 3)
+            returned: list[bool] = []
+
+            def cancel_on_the_first_answer(hedge: Any) -> None:  # before the driver runs
+                if not returned:
+                    returned.append(call.cancel())
+
+            for hedge in list(call._hedges):
+                hedge.add_done_callback(cancel_on_the_first_answer)
+            reply = await task
+            return returned, call.cancelled(), reply.message
+
+    assert asyncio.run(scenario()) == ([False], False, "m")
+
+
 def test_a_sync_stream_nobody_reads_retries_ends_and_fires_its_callbacks(
     pods: FleetFactory, dns_server: Any
 ) -> None:
