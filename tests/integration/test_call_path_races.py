@@ -37,8 +37,13 @@ FleetFactory = Callable[..., PodFleet]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def serve(pods: FleetFactory, dns_server: Any, count: int) -> tuple[PodFleet, str]:
+def serve(
+    pods: FleetFactory, dns_server: Any, count: int, mode: str = "ok", delay_ms: int = 0
+) -> tuple[PodFleet, str]:
+    """``count`` pods behind the DNS name, each set to ``mode``."""
     fleet = pods(count)
+    for pod in fleet:
+        pod.set_mode(mode, delay_ms)
     dns_server.set_records(SERVICE_NAME, [p.host for p in fleet])
     return fleet, dns_server.target(SERVICE_NAME, fleet.port)
 
@@ -98,9 +103,7 @@ def test_a_hedged_response_stream_failing_before_its_first_message_hedges_at_onc
 ) -> None:
     # A6: after a non-fatal status the next hedge is sent at once, to a pod not yet
     # tried; a fatal one is the answer. (No hedge runs beside a response stream.)
-    fleet, target = serve(pods, dns_server, 3)
-    for pod in fleet:
-        pod.set_mode("unavailable")
+    fleet, target = serve(pods, dns_server, 3, "unavailable")
     config = hedge_all(non_fatal)
     with grpclb.channel(target, service_config=config) as channel:
         wait_ready(channel, 3)
@@ -131,9 +134,7 @@ def test_a_hedged_response_stream_failing_before_its_first_message_hedges_at_onc
 def test_an_aio_hedged_call_nobody_awaits_yet_hedges_after_a_non_fatal_failure(
     pods: FleetFactory, dns_server: Any
 ) -> None:
-    fleet, target = serve(pods, dns_server, 3)
-    for pod in fleet:
-        pod.set_mode("unavailable")
+    fleet, target = serve(pods, dns_server, 3, "unavailable")
 
     async def scenario() -> None:
         config = hedge_all(["UNAVAILABLE"])
@@ -160,9 +161,7 @@ def test_a_cancel_between_a_hedged_aio_calls_failure_and_its_next_hedge_ends_the
 ) -> None:
     # In the loop turns between an attempt's failure and its driver's decision, cancel()
     # found only a finished attempt: it returned False and the next hedges went out.
-    fleet, target = serve(pods, dns_server, 3)
-    for pod in fleet:
-        pod.set_mode("unavailable")
+    fleet, target = serve(pods, dns_server, 3, "unavailable")
 
     async def scenario() -> tuple[list[bool], str, int]:
         config = hedge_all(["UNAVAILABLE"])
@@ -204,9 +203,7 @@ def test_an_awaited_aio_hedged_call_waits_out_the_servers_pushback_for_its_next_
 ) -> None:
     # A6: "Send next hedged request in n ms". With no other hedge running, the awaited
     # call returned its first failure instead of waiting for the next hedge.
-    fleet, target = serve(pods, dns_server, 3)
-    for pod in fleet:
-        pod.set_mode("unavailable_pushback", delay_ms=100)
+    fleet, target = serve(pods, dns_server, 3, "unavailable_pushback", 100)
 
     async def scenario() -> tuple[grpc.StatusCode, float]:
         config = hedge_all(["UNAVAILABLE"])
@@ -229,9 +226,7 @@ def test_an_aio_hedge_never_starts_after_the_calls_deadline(
 ) -> None:
     # The first attempt ends at the deadline with a non-fatal status, so the next hedge is
     # due at once: it was sent with no time left. (Sync: test_sync_call_cancellation.py.)
-    fleet, target = serve(pods, dns_server, 3)
-    for pod in fleet:
-        pod.set_mode("hang")
+    _fleet, target = serve(pods, dns_server, 3, "hang")
     policy = {"maxAttempts": 3, "hedgingDelay": "5s"}
     policy["nonFatalStatusCodes"] = ["UNAVAILABLE", "DEADLINE_EXCEEDED"]
     name = [{"service": "grpclb.testing.Echo"}]
@@ -269,9 +264,7 @@ def test_an_aio_hedged_call_whose_task_is_cancelled_between_hedges_reports_cance
 ) -> None:
     # The task got CancelledError, but cancelled() said False and code() named the last
     # hedge's failure: the driver never cancelled the call it left.
-    fleet, target = serve(pods, dns_server, 3)
-    for pod in fleet:
-        pod.set_mode("unavailable_pushback", delay_ms=2000)
+    _fleet, target = serve(pods, dns_server, 3, "unavailable_pushback", 2000)
 
     async def scenario() -> tuple[bool, grpc.StatusCode, int]:
         config = hedge_all(["UNAVAILABLE"])
@@ -347,9 +340,7 @@ def test_a_cancel_after_an_aio_hedge_answered_returns_false_and_the_answer_stand
 ) -> None:
     # A cancel between a hedge's OK and its driver seeing it (other hedges still running)
     # returned True and threw the answer away; without hedges such an answer stands.
-    fleet, target = serve(pods, dns_server, 3)
-    for pod in fleet:
-        pod.set_mode("slow", delay_ms=300)
+    _fleet, target = serve(pods, dns_server, 3, "slow", 300)
     policy = {"maxAttempts": 3, "hedgingDelay": "0.05s", "nonFatalStatusCodes": ["UNAVAILABLE"]}
     name = [{"service": "grpclb.testing.Echo"}]
     config = json.dumps({"methodConfig": [{"name": name, "hedgingPolicy": policy}]})
@@ -377,9 +368,7 @@ def test_a_cancel_after_an_aio_hedge_answered_returns_false_and_the_answer_stand
 def test_a_sync_stream_nobody_reads_retries_ends_and_fires_its_callbacks(
     pods: FleetFactory, dns_server: Any
 ) -> None:
-    fleet, target = serve(pods, dns_server, 2)
-    for pod in fleet:
-        pod.set_mode("unavailable")
+    fleet, target = serve(pods, dns_server, 2, "unavailable")
     with grpclb.channel(target, retries=2, policy="round_robin") as channel:
         wait_ready(channel, 2)
         fleet.reset_stats()
