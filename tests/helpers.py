@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from grpclb.testing import echo_pb2, echo_pb2_grpc
+from grpclb.testing import SERVICE_NAME, PodFleet, echo_pb2, echo_pb2_grpc
 
 T = TypeVar("T")
 
@@ -25,6 +25,24 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, what: str = ""
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(0.01)
+
+
+def serve(
+    pods: Callable[..., PodFleet],
+    dns_server: Any,
+    count: int,
+    mode: str = "ok",
+    delay_ms: int = 0,
+    **kwargs: Any,
+) -> tuple[PodFleet, str]:
+    """``count`` pods (``pods`` fixture, its ``kwargs``) behind the headless name, each set
+    to ``mode``; returns the fleet and its ``dns:`` target."""
+    fleet = pods(count, **kwargs)
+    if mode != "ok" or delay_ms:
+        for pod in fleet:
+            pod.set_mode(mode, delay_ms)
+    dns_server.set_records(SERVICE_NAME, [p.host for p in fleet])
+    return fleet, dns_server.target(SERVICE_NAME, fleet.port)
 
 
 def ready_count(channel: Any) -> int:

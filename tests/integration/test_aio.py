@@ -34,7 +34,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 import grpclb.aio
 from grpclb import telemetry
 from grpclb.testing import SERVICE_NAME, PodFleet, echo_pb2
-from tests.helpers import drive, ready, stub, until
+from tests.helpers import drive, ready, serve, stub, until
 
 FAST = {"dns_refresh_interval": "200ms", "dns_min_refresh_interval": "100ms"}
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -70,13 +70,6 @@ async def still_pending(awaitable: Awaitable[Any], seconds: float) -> asyncio.Fu
 
 
 # --- fleets and calls ---------------------------------------------------------------------
-
-
-def serve(pods: FleetFactory, dns_server: Any, count: int, **kwargs: Any) -> tuple[PodFleet, str]:
-    """``count`` pods behind the headless name; returns the fleet and its target."""
-    fleet = pods(count, **kwargs)
-    dns_server.set_records(SERVICE_NAME, [p.host for p in fleet])
-    return fleet, dns_server.target(SERVICE_NAME, fleet.port)
 
 
 def request(**fields: Any) -> echo_pb2.EchoRequest:

@@ -39,7 +39,7 @@ import pytest
 import grpclb
 import grpclb.aio
 from grpclb.testing import SERVICE_NAME, PodFleet, echo_pb2
-from tests.helpers import drive, ending, ready, stub, until, wait_ready, wait_until
+from tests.helpers import drive, ending, ready, serve, stub, until, wait_ready, wait_until
 
 FleetFactory = Callable[..., PodFleet]
 T = TypeVar("T")
@@ -51,13 +51,6 @@ SLOW_BACKOFF: dict[str, Any] = {
     "consecutive_failures": 0,
 }
 TRIES = 4  # attempts at landing inside a random backoff before giving up
-
-
-def serve(pods: FleetFactory, dns_server: Any, count: int) -> tuple[PodFleet, str]:
-    """``count`` thread pods behind the headless name; returns the fleet and its target."""
-    fleet = pods(count)
-    dns_server.set_records(SERVICE_NAME, [p.host for p in fleet])
-    return fleet, dns_server.target(SERVICE_NAME, fleet.port)
 
 
 def first_and_second(fleet: PodFleet) -> tuple[Any, Any]:

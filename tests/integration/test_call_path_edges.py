@@ -36,20 +36,13 @@ import pytest
 import grpclb
 import grpclb.aio
 from grpclb.testing import SERVICE_NAME, PodFleet, echo_pb2
-from tests.helpers import drive, ending, ready, stub, until, wait_ready, wait_until
+from tests.helpers import drive, ending, ready, serve, stub, until, wait_ready, wait_until
 
 FleetFactory = Callable[..., PodFleet]
 T = TypeVar("T")
 CANCELLED = grpc.StatusCode.CANCELLED
 FAST_DNS: dict[str, Any] = {"dns_refresh_interval": "200ms", "dns_min_refresh_interval": "100ms"}
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def serve(pods: FleetFactory, dns_server: Any, count: int) -> tuple[PodFleet, str]:
-    """``count`` thread pods behind the headless name; returns the fleet and its target."""
-    fleet = pods(count)
-    dns_server.set_records(SERVICE_NAME, [p.host for p in fleet])
-    return fleet, dns_server.target(SERVICE_NAME, fleet.port)
 
 
 def request(**fields: Any) -> echo_pb2.EchoRequest:

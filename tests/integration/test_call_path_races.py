@@ -31,21 +31,10 @@ import grpclb
 import grpclb.aio
 from grpclb.testing import SERVICE_NAME, PodFleet, echo_pb2
 from grpclb.testing.pods import pick_port
-from tests.helpers import stub, wait_ready
+from tests.helpers import serve, stub, until, wait_ready
 
 FleetFactory = Callable[..., PodFleet]
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def serve(
-    pods: FleetFactory, dns_server: Any, count: int, mode: str = "ok", delay_ms: int = 0
-) -> tuple[PodFleet, str]:
-    """``count`` pods behind the DNS name, each set to ``mode``."""
-    fleet = pods(count)
-    for pod in fleet:
-        pod.set_mode(mode, delay_ms)
-    dns_server.set_records(SERVICE_NAME, [p.host for p in fleet])
-    return fleet, dns_server.target(SERVICE_NAME, fleet.port)
 
 
 @pytest.mark.parametrize("flavour", ["sync", "aio"])
@@ -247,14 +236,6 @@ def test_an_aio_hedge_never_starts_after_the_calls_deadline(
     assert asyncio.run(scenario()) == [1] * 5
 
 
-async def bounded_wait(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Until ``condition()``, yielding to the loop; fails after ``timeout`` seconds."""
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, "condition not met in time"
-        await asyncio.sleep(0.005)
-
-
 async def awaited(call: Any) -> Any:
     return await call
 
@@ -274,7 +255,7 @@ def test_an_aio_hedged_call_whose_task_is_cancelled_between_hedges_reports_cance
             call = stub(channel).Unary(echo_pb2.EchoRequest(), timeout=8)
             task = asyncio.ensure_future(awaited(call))
             # The first hedge failed; the next waits out the server's 2 s pushback.
-            await bounded_wait(lambda: balancer.counters["calls"] == 1 and not balancer._in_flight)
+            await until(lambda: balancer.counters["calls"] == 1 and not balancer._in_flight)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -297,12 +278,12 @@ def test_an_aio_hedged_call_whose_task_is_cancelled_while_it_waits_for_a_pod_end
         async with grpclb.aio.channel(target, service_config=config) as channel:
             call = stub(channel).Unary(echo_pb2.EchoRequest(), timeout=8, wait_for_ready=True)
             task = asyncio.ensure_future(awaited(call))
-            await bounded_wait(lambda: channel.stats().resolutions > 0)
+            await until(lambda: channel.stats().resolutions > 0)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
             starter = call._starter
-            await bounded_wait(lambda: starter is None or starter.done())
+            await until(lambda: starter is None or starter.done())
             return call.cancelled(), await call.code()
 
     assert asyncio.run(scenario()) == (True, grpc.StatusCode.CANCELLED)
@@ -321,7 +302,7 @@ def test_an_aio_response_stream_read_after_its_end_raises_again(
             await channel.wait_for_endpoints(1, timeout=10)
             call = stub(channel).ServerStream(echo_pb2.EchoRequest(count=1), timeout=8)
             if ending == "cancelled":
-                await bounded_wait(lambda: fleet[0].stats().in_flight == 1)
+                await until(lambda: fleet[0].stats().in_flight == 1)
                 call.cancel()
             seen = []
             for _ in range(2):
@@ -350,7 +331,7 @@ def test_a_cancel_after_an_aio_hedge_answered_returns_false_and_the_answer_stand
             await channel.wait_for_endpoints(3, timeout=10)
             call: Any = stub(channel).Unary(echo_pb2.EchoRequest(message="m"), timeout=8)
             task = asyncio.ensure_future(awaited(call))
-            await bounded_wait(lambda: call._hedges is not None and len(call._hedges) == 3)
+            await until(lambda: call._hedges is not None and len(call._hedges) == 3)
             returned: list[bool] = []
 
             def cancel_on_the_first_answer(hedge: Any) -> None:  # before the driver runs

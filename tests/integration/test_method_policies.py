@@ -25,17 +25,11 @@ import pytest
 import grpclb
 import grpclb.aio
 from grpclb.testing import SERVICE_NAME, PodFleet, echo_pb2
-from tests.helpers import drive, stub, until, wait_ready
+from tests.helpers import drive, serve, stub, until, wait_ready
 
 FleetFactory = Callable[..., PodFleet]
 UNARY = {"service": "grpclb.testing.Echo", "method": "Unary"}
 STREAM = {"service": "grpclb.testing.Echo", "method": "ServerStream"}
-
-
-def serve(pods: FleetFactory, dns_server: Any, count: int, **kwargs: Any) -> tuple[PodFleet, str]:
-    fleet = pods(count, **kwargs)
-    dns_server.set_records(SERVICE_NAME, [p.host for p in fleet])
-    return fleet, dns_server.target(SERVICE_NAME, fleet.port)
 
 
 def config(*method_configs: dict[str, Any], **top: Any) -> str:

@@ -24,7 +24,7 @@ import grpclb
 import grpclb.aio
 from grpclb.aio.requests import _WRITERS
 from grpclb.testing import SERVICE_NAME, PodFleet, RequestPipe, echo_pb2
-from tests.helpers import drive, stub, until, wait_ready, wait_until
+from tests.helpers import drive, serve, stub, until, wait_ready, wait_until
 
 FleetFactory = Callable[..., PodFleet]
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -34,12 +34,6 @@ KEEP_PODS = {
     "consecutive_failures": 0,
     "retry_budget_min_concurrency": 100,
 }
-
-
-def serve(pods: FleetFactory, dns_server: Any, count: int) -> tuple[PodFleet, str]:
-    fleet = pods(count)
-    dns_server.set_records(SERVICE_NAME, [p.host for p in fleet])
-    return fleet, dns_server.target(SERVICE_NAME, fleet.port)
 
 
 def requests(*messages: str) -> Iterator[echo_pb2.EchoRequest]:

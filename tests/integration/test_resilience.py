@@ -19,18 +19,11 @@ import pytest
 
 import grpclb
 from grpclb.testing import SERVICE_NAME, PodFleet, ProcessPod, echo_pb2
-from tests.helpers import stub, wait_ready, wait_until
+from tests.helpers import serve, stub, wait_ready, wait_until
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 FleetFactory = Callable[..., PodFleet]
 Outcome = str | grpc.RpcError  # the serving pod's address, or the error
-
-
-def serve(pods: FleetFactory, dns_server: Any, count: int, **kwargs: Any) -> tuple[PodFleet, str]:
-    """``count`` pods behind the headless name; returns the fleet and its target."""
-    fleet = pods(count, **kwargs)
-    dns_server.set_records(SERVICE_NAME, [p.host for p in fleet])
-    return fleet, dns_server.target(SERVICE_NAME, fleet.port)
 
 
 def attempt(echo: Any, timeout: float = 5.0, **request: Any) -> Outcome:

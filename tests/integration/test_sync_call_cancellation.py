@@ -19,8 +19,8 @@ import grpc
 import pytest
 
 import grpclb
-from grpclb.testing import SERVICE_NAME, PodFleet, echo_pb2
-from tests.helpers import stub, wait_ready
+from grpclb.testing import PodFleet, echo_pb2
+from tests.helpers import serve, stub, wait_ready, wait_until
 
 FleetFactory = Callable[..., PodFleet]
 ECHO = [{"service": "grpclb.testing.Echo"}]
@@ -40,24 +40,6 @@ def retry_policy(backoff: str = "0.005s") -> str:
 def hedging_policy(delay: str, non_fatal: tuple[str, ...] = ("UNAVAILABLE",)) -> str:
     policy = {"maxAttempts": 3, "hedgingDelay": delay, "nonFatalStatusCodes": list(non_fatal)}
     return json.dumps({"methodConfig": [{"name": ECHO, "hedgingPolicy": policy}]})
-
-
-def serve(
-    pods: FleetFactory, dns_server: Any, count: int, mode: str = "ok", delay_ms: int = 0
-) -> tuple[PodFleet, str]:
-    """``count`` pods behind the DNS name, each set to ``mode``."""
-    fleet = pods(count)
-    for pod in fleet:
-        pod.set_mode(mode, delay_ms)
-    dns_server.set_records(SERVICE_NAME, [p.host for p in fleet])
-    return fleet, dns_server.target(SERVICE_NAME, fleet.port)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, "condition not met in time"
-        time.sleep(0.005)
 
 
 def start(channel: grpclb.Channel, kind: str, **kwargs: Any) -> Any:
