@@ -191,8 +191,6 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
     ) -> Attempt | None:
         """A hedged attempt on a pod not tried yet, now, with a budget grant; None if not."""
         balancer = self._balancer
-        if run.deadline is not None and time.monotonic() >= run.deadline:
-            return None  # a hedge would start with no time left
         if balancer.closed or not balancer.reserve_retry():
             return None
         try:

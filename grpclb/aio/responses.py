@@ -127,7 +127,7 @@ class _UnaryResponse(_Call):
             while True:
                 if self._settled:
                     raise asyncio.CancelledError()  # cancelled between hedges: as grpc.aio's
-                if run.may_hedge() and clock() >= next_hedge:
+                if run.may_hedge(time.monotonic()) and clock() >= next_hedge:
                     attempt = self._channel._pick_hedge(
                         self._digest, self._owner._method, run, self._wait_for_ready
                     )
@@ -136,12 +136,11 @@ class _UnaryResponse(_Call):
                     else:
                         track(self._invoke(attempt))
                         next_hedge = clock() + hedging_delay
-                if not running and (
-                    not run.may_hedge() or self._past_deadline(next_hedge - clock())
-                ):
+                if not running and not run.may_hedge(time.monotonic()):
                     self._attempt = last
                     return await last  # no hedge left, or none in time: the last failure stands
-                timeout = max(next_hedge - clock(), 0.0) if run.may_hedge() else None
+                hedging = run.may_hedge(time.monotonic())
+                timeout = max(next_hedge - clock(), 0.0) if hedging else None
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(changed.wait(), timeout)
                 changed.clear()
@@ -157,7 +156,7 @@ class _UnaryResponse(_Call):
                         self._attempt, self._handle = call, handle
                         return await call
                     trailing = await call.trailing_metadata()
-                    final, delay = run.hedge_failed(code, _constant(trailing))
+                    final, delay = run.hedge_failed(code, _constant(trailing), time.monotonic())
                     last = self._attempt = call
                     if final:
                         return await call  # raises its error
@@ -166,11 +165,6 @@ class _UnaryResponse(_Call):
         finally:
             for call in running:
                 call.cancel()  # the losers: a cancel is no verdict on their pods
-
-    def _past_deadline(self, delay: float) -> bool:
-        """Whether an attempt started ``delay`` seconds from now would start too late."""
-        deadline = self._deadline
-        return deadline is not None and time.monotonic() + delay >= deadline
 
     async def _wait_settled(self) -> None:
         with contextlib.suppress(grpc.RpcError, asyncio.CancelledError):

@@ -222,7 +222,7 @@ class CallRun:
             self._state = None  # A6: after a pushback, backoff starts again from the first
         else:
             delay = 0.0 if hedged else self._backoff()
-        if self.deadline is not None and now + delay >= self.deadline:
+        if not self.in_time(now, delay):
             return None  # a retry never outlives the call's deadline
         return delay
 
@@ -243,19 +243,29 @@ class CallRun:
 
     # --- hedging (A6) -----------------------------------------------------------------
 
-    def may_hedge(self) -> bool:
-        """Another hedged attempt may start (a budget grant is still needed)."""
+    def in_time(self, now: float, delay: float = 0.0) -> bool:
+        """Whether an attempt starting ``delay`` seconds after ``now`` starts before the
+        deadline: no retry or hedge is ever sent with no time left."""
+        return self.deadline is None or now + delay < self.deadline
+
+    def may_hedge(self, now: float) -> bool:
+        """Another hedged attempt may start now (a budget grant is still needed)."""
         throttle = self.policy.throttle
-        return self.attempts < self.policy.max_attempts and (throttle is None or throttle.allows())
+        return (
+            self.attempts < self.policy.max_attempts
+            and self.in_time(now)
+            and (throttle is None or throttle.allows())
+        )
 
     def hedge_failed(
-        self, code: grpc.StatusCode | None, trailing: Trailing
+        self, code: grpc.StatusCode | None, trailing: Trailing, now: float
     ) -> tuple[bool, float | None]:
         """A hedged attempt failed: (is it the call's final answer?, the next hedge's delay).
 
         A6: a fatal status commits the call at once; after a non-fatal one the
         next hedge is sent at once, unless the server's pushback says when
-        (or, negative, that no more hedges may be sent).
+        (or, negative, that no more hedges may be sent). A next hedge that
+        could only start past the deadline is none: no further hedges.
         """
         if code not in self.policy.codes:
             return True, None
@@ -263,7 +273,8 @@ class CallRun:
         if throttle is not None:
             throttle.record_failure()
         server_says = pushback(trailing())
-        if server_says == _STOP:
+        delay = server_says if server_says is not None else 0.0
+        if server_says == _STOP or not self.in_time(now, delay):
             self.attempts = self.policy.max_attempts  # no further hedges
             return False, None
-        return False, server_says if server_says is not None else 0.0
+        return False, delay

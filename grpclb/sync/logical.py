@@ -219,11 +219,6 @@ class _Logical:
         return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
 
-def _past(deadline: float | None, delay: float) -> bool:
-    """Whether something starting ``delay`` seconds from now would start too late."""
-    return deadline is not None and time.monotonic() + delay >= deadline
-
-
 def _code_of(final: Any) -> grpc.StatusCode | None:
     try:
         return final.code()

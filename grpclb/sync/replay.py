@@ -32,7 +32,7 @@ from grpclb.core.attempt import Attempt
 from grpclb.core.retry import CallRun
 from grpclb.errors import LocalRpcError, cancelled_locally
 from grpclb.sync.attempts import release_when_done, weakly
-from grpclb.sync.logical import _OK, _in_context, _Logical, _past
+from grpclb.sync.logical import _OK, _in_context, _Logical
 from grpclb.telemetry import trace_retry
 
 if TYPE_CHECKING:
@@ -106,11 +106,10 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
         status = call.code()
         if run.policy.hedging:
             self._failed = call
-            final, delay = run.hedge_failed(status, call.trailing_metadata)
-            late = delay is not None and _past(run.deadline, delay)
-            if final or (not others and (late or not run.may_hedge())):
-                self._commit(call, others)  # (late: no hedge could start before the deadline)
-            elif delay is not None and not late:
+            final, delay = run.hedge_failed(status, call.trailing_metadata, time.monotonic())
+            if final or (not others and not run.may_hedge(time.monotonic())):
+                self._commit(call, others)
+            elif delay is not None:
                 self._arm_hedge(delay)
             return
         delay = run.retry_delay(
@@ -145,15 +144,14 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
         """A6: the next hedge after ``delay``, if the call has no final answer by then."""
         if self._timer is not None:
             self._timer.cancel()
-        if self._run.may_hedge() and not self._done.is_set():
+        if self._run.may_hedge(time.monotonic()) and not self._done.is_set():
             self._after(delay, self._hedge)
 
     def _hedge(self) -> None:
         run = self._run
         if self._done.is_set():
             return
-        late = run.deadline is not None and time.monotonic() >= run.deadline
-        if late or not run.may_hedge() or not self._balancer.reserve_retry():
+        if not run.may_hedge(time.monotonic()) or not self._balancer.reserve_retry():
             self._hedge_refused(None)
             return
         run.attempts += 1

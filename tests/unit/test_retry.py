@@ -211,22 +211,22 @@ def test_hedging_policy_values() -> None:
     policy = policy_of({"hedgingPolicy": HEDGING})
     assert policy.hedging and policy.hedging_delay == pytest.approx(0.2)
     run = CallRun(policy, None)
-    assert run.may_hedge()
+    assert run.may_hedge(0.0)
     run.attempts = 3
-    assert not run.may_hedge()
+    assert not run.may_hedge(0.0)
 
 
 def test_a_fatal_status_commits_a_hedged_call() -> None:
     run = CallRun(policy_of({"hedgingPolicy": HEDGING}), None)
-    assert run.hedge_failed(C.INVALID_ARGUMENT, no_trailing) == (True, None)
+    assert run.hedge_failed(C.INVALID_ARGUMENT, no_trailing, 0.0) == (True, None)
 
 
 def test_a_non_fatal_status_sends_the_next_hedge_at_once_or_after_pushback() -> None:
     run = CallRun(policy_of({"hedgingPolicy": HEDGING}), None)
-    assert run.hedge_failed(C.UNAVAILABLE, no_trailing) == (False, 0.0)
-    assert run.hedge_failed(C.UNAVAILABLE, trailing("300")) == (False, pytest.approx(0.3))
-    assert run.hedge_failed(C.UNAVAILABLE, trailing("-5")) == (False, None)
-    assert not run.may_hedge()  # a negative pushback: no more hedges
+    assert run.hedge_failed(C.UNAVAILABLE, no_trailing, 0.0) == (False, 0.0)
+    assert run.hedge_failed(C.UNAVAILABLE, trailing("300"), 0.0) == (False, pytest.approx(0.3))
+    assert run.hedge_failed(C.UNAVAILABLE, trailing("-5"), 0.0) == (False, None)
+    assert not run.may_hedge(0.0)  # a negative pushback: no more hedges
 
 
 def test_a_hedged_attempt_decided_one_at_a_time_hedges_at_once_after_a_non_fatal_status() -> None:
