@@ -300,7 +300,7 @@ class _Call:
     def cancel(self) -> bool:
         hedges = self._hedges
         if hedges:
-            if any([aio_finished_status(call) is _OK for call in hedges]):
+            if any(aio_finished_status(call) is _OK for call in hedges):
                 return False  # a hedge answered, not yet seen by its driver: the answer stands
             # The latest hedge may have failed while an earlier one runs: cancel every
             # hedge running; the driver ends the call when it sees them cancelled.
