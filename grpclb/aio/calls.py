@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("grpclb")
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
+_REMAINING: Any = object()  # ``_invoke``'s default timeout: what remains of the deadline
 
 
 class _Call:
@@ -71,6 +72,7 @@ class _Call:
     _compression: grpc.Compression | None = None
     _digest: int | None = None  # the hash key's digest, when the call has metadata
     _began = 0.0  # time.perf_counter() at the call's start, when calls are timed
+    _deadline: float | None = None  # time.monotonic() at which the call ends, if it has one
 
     def __init__(
         self,
@@ -85,9 +87,9 @@ class _Call:
         channel = owner._channel
         self._owner, self._channel, self._request = owner, channel, request
         policy = self._policy = owner.policy
-        self._deadline, self._wait_for_ready = policy.call_limits(
-            timeout, wait_for_ready, time.monotonic()
-        )
+        timeout, self._wait_for_ready = policy.call_limits(timeout, wait_for_ready)
+        if timeout is not None:
+            self._deadline = time.monotonic() + timeout
         # Most calls have none of these: the class defaults stand, one store less each.
         if metadata is not None:
             self._metadata = metadata
@@ -111,16 +113,17 @@ class _Call:
             self._fail(as_aio_error(error))
             return
         if attempt is not None:
-            self._invoke(attempt)
+            self._invoke(attempt, timeout)  # started now: all of its timeout remains
         else:
             # No pod yet: start as soon as there is one, awaited or not, as grpc.aio
             # starts every call when it is made.
             self._starter = channel._spawn(self._start_attempt(False))
 
-    def _invoke(self, attempt: Attempt) -> Any:
-        deadline = self._deadline
-        if deadline is not None:
-            deadline = max(deadline - time.monotonic(), 0.0)  # what remains of it now
+    def _invoke(self, attempt: Attempt, timeout: Any = _REMAINING) -> Any:
+        """Start ``attempt`` with ``timeout``, by default what remains of the call's deadline."""
+        if timeout is _REMAINING:
+            deadline = self._deadline
+            timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         if self._run is not None:
             self._run.tried.append(attempt.endpoint)
         owner = self._owner
@@ -128,7 +131,7 @@ class _Call:
         try:
             call = method(
                 self._request,
-                timeout=deadline,
+                timeout=timeout,
                 metadata=self._metadata,
                 credentials=self._credentials,
                 wait_for_ready=self._wait_for_ready,

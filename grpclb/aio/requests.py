@@ -34,7 +34,7 @@ from grpclb._grpcio import (
     send_message,
     send_request_stream,
 )
-from grpclb.aio.calls import _Call
+from grpclb.aio.calls import _REMAINING, _Call
 from grpclb.core.attempt import Attempt
 from grpclb.core.request_buffer import AsyncRequestBuffer, KeptRequests, RequestBuffer
 
@@ -158,12 +158,12 @@ class _Writes(_Call):
         elif isinstance(self._requests, (RequestBuffer, AsyncRequestBuffer)):
             self.add_done_callback(_stop_writers)
 
-    def _invoke(self, attempt: Attempt) -> Any:
+    def _invoke(self, attempt: Attempt, timeout: Any = _REMAINING) -> Any:
         requests = self._requests
         written = self._written
         if written is not None:
             # Opened for writes; what was written before it is replayed to it first.
-            call = super()._invoke(attempt)
+            call = super()._invoke(attempt, timeout)
             call.add_done_callback(headers_sent_or_ended)
             written.sent = 0
             if written.kept.read or written.closed:
@@ -173,11 +173,13 @@ class _Writes(_Call):
                 replay.add_done_callback(_WRITERS.discard)
             return call
         if not isinstance(requests, (RequestBuffer, AsyncRequestBuffer)):
-            return super()._invoke(attempt)  # one attempt: grpc.aio writes, as without grpclb
+            return super()._invoke(
+                attempt, timeout
+            )  # one attempt: grpc.aio writes, as without grpclb
         # Opened without its requests: grpclb's writer sends them (what earlier attempts
         # sent, then the rest).
         self._request = None
-        call = super()._invoke(attempt)
+        call = super()._invoke(attempt, timeout)
         call.add_done_callback(headers_sent_or_ended)
         writer = self._loop.create_task(send_request_stream(call, requests.attempt()))
         _WRITERS.add(writer)

@@ -271,7 +271,9 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, Re
                 if not ready:
                     return None
                 endpoint = ready[int(self._rng.random() * len(ready))]
-            with self._lock:
+            # (acquire and release, not ``with``: a third of the cost on this hot path)
+            self._lock.acquire()
+            try:
                 connection = endpoint.connection
                 if connection is None or endpoint.removed:
                     continue
@@ -296,6 +298,8 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, Re
                 if recycle:
                     actions: list[_Action] = []
                     self._recycle_locked(endpoint, actions)
+            finally:
+                self._lock.release()
             if recycle:
                 self._run(actions)
             started = 0.0
@@ -311,7 +315,9 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, Re
         """End an attempt (see ``Attempt.release``): release its counts, learn from its outcome."""
         connection = attempt.connection
         actions: list[_Action] = _NO_ACTIONS  # a list is made only for a draining connection
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # (not ``with``: see start_call)
+        try:
             if attempt.released:
                 return  # a racing release (a done-callback, another thread) came first
             attempt.released = True
@@ -336,6 +342,8 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, Re
             if connection.draining_since is not None:
                 actions = []
                 self._close_if_drained_locked(connection, actions)
+        finally:
+            lock.release()
         if attempt.started:  # telemetry is on: recorded by the one release that won, unlocked
             self.telemetry.attempt_finished(
                 attempt.method,

@@ -76,19 +76,20 @@ class CallPolicy:
         return self.hedging_delay is not None
 
     def call_limits(
-        self, timeout: float | None, wait_for_ready: bool | None, now: float
+        self, timeout: float | None, wait_for_ready: bool | None
     ) -> tuple[float | None, bool]:
-        """(deadline, wait_for_ready) of one call: its own values, then the method config's.
+        """(timeout, wait_for_ready) of one call: its own values, then the method config's.
 
         "the effective deadline is the shorter of this and the call's own"; a call's
-        own ``wait_for_ready`` wins over ``waitForReady``.
+        own ``wait_for_ready`` wins over ``waitForReady``. A timeout, not a deadline:
+        a call that starts at once passes it to grpcio as it is, with no clock read.
         """
         limit = self.timeout
         if limit is not None and (timeout is None or limit < timeout):
             timeout = limit
         if wait_for_ready is None:
-            wait_for_ready = self.wait_for_ready
-        return (None if timeout is None else now + timeout), bool(wait_for_ready)
+            return timeout, bool(self.wait_for_ready)
+        return timeout, bool(wait_for_ready)
 
 
 NO_RETRIES = CallPolicy(1, frozenset(), None, None, origin="no retries")

@@ -71,7 +71,8 @@ class _MultiCallable:
     ) -> tuple[float | None, bool, int | None]:
         """(deadline, wait_for_ready, request hash): the call's own values, then its config's."""
         self._channel._check_usable()
-        deadline, wait = self.policy.call_limits(timeout, wait_for_ready, time.monotonic())
+        timeout, wait = self.policy.call_limits(timeout, wait_for_ready)
+        deadline = None if timeout is None else time.monotonic() + timeout
         return deadline, wait, request_hash(metadata, self._channel._hash_key)
 
     def _buffer(self, requests: Iterator[Any]) -> RequestBuffer | None:
