@@ -19,9 +19,10 @@ OWNER_ORDER = ("grpclb", "opentelemetry-api (called by grpclb)", "grpcio", "prot
 # functions a run finds among the costliest are shown, so a renamed one simply drops out.
 # Keyed by name, or by "module path:name" where names are shared (``_why``).
 WHY: dict[str, str] = {
-    "start_call": "takes the balancer lock and updates six in-flight/call counters, calls "
-    "`trace_attempt`, reads `telemetry.enabled`; keep one in-flight count per connection "
-    "(the endpoint's is their sum) and move the call counters out of the lock",
+    "start_call": "picks, then counts the attempt under the balancer lock (six in-flight and "
+    "call counters; the lock taken with `acquire`/`release`, a third of the cost of `with`), "
+    "reads `telemetry.enabled` and the OpenTelemetry context; keep one in-flight count per "
+    "connection (the endpoint's is their sum) and move the call counters out of the lock",
     "release": "takes the lock again to release the counts and feeds every outcome to the "
     "outlier detector; on OK only `in_flight` and the success count need touching",
     "_blocking": "per attempt: a `tried` list, `time.monotonic()` twice for the deadline, "
@@ -40,8 +41,9 @@ WHY: dict[str, str] = {
     "_on": "looks the per-pod multicallable up by a 5-tuple key (hashed every call); cache it "
     "on the connection by the multicallable object instead",
     "_start": "one more Python call layer between `_blocking` and `_begin`",
-    "aio/calls.py:__init__": "(aio) a `_Call` per call: its limits, the request hash and "
-    "about ten attributes, before any I/O",
+    "aio/calls.py:__init__": "(aio) a `_Call` per call: its limits (the first attempt gets "
+    "the timeout as given, no clock read), the request hash when there is metadata, about "
+    "ten attributes, before any I/O",
     "core/attempt.py:__init__": "the attempt handle: its connection, pod, method, start time "
     "and budget grant",
     "core/attempt.py:release": "the handle's once-only release: a check, then `Balancer.release`",

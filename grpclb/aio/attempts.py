@@ -29,7 +29,7 @@ class AioAttempt(Attempt):
 
     __slots__ = ("call", "loop", "owner")
 
-    def watch(self, owner: Any, call: Any, loop: asyncio.AbstractEventLoop, unary: bool) -> None:
+    def watch(self, owner: Any, call: Any, unary: bool) -> None:
         """Be called when ``call``, this attempt of the logical call ``owner``, ends.
 
         A unary-unary call is held until it ends by grpc.aio's own invocation
@@ -38,22 +38,24 @@ class AioAttempt(Attempt):
         caller, so ``owner`` is held weakly: an abandoned stream is freed by
         reference counting, and cancelled by grpc.aio.
         """
-        self.loop = loop
         if unary:
-            self.owner, self.call = owner, call
+            self.owner, self.call = owner, call  # (the loop is the owner's)
             when_unary_call_ends(call, self)
         else:
-            self.owner, self.call = weakref.ref(owner), None
+            self.owner, self.call, self.loop = weakref.ref(owner), None, owner._loop
             call.add_done_callback(self)
 
     def __call__(self, call: Any = None) -> None:
         owner = self.owner
-        if call is None:  # the unary path: let go of what it held
-            call = self.call
-            self.owner = self.call = None
-        elif owner is not None:
-            owner = owner()
         try:
+            if call is None:  # the unary path: let go of what it held
+                call = self.call
+                self.owner = self.call = None
+                loop = owner._loop
+            else:
+                loop = self.loop
+                if owner is not None:
+                    owner = owner()
             if owner is not None and owner._awaiting is call:
                 # The task awaiting this very attempt releases and settles the call itself
                 # when it resumes, one loop turn sooner and without scheduling anything
@@ -63,9 +65,9 @@ class AioAttempt(Attempt):
                 code = aio_finished_status(call)
                 if code is None and not call.cancelled():
                     # Interceptors hide grpcio's call: ask it the slow way, on the loop.
-                    self.loop.call_soon(_spawn_release, self, call)
+                    loop.call_soon(_spawn_release, self, call)
                 else:
-                    self.loop.call_soon(self.release, code)
+                    loop.call_soon(self.release, code)
             if owner is not None:
                 owner._attempt_done(call)
         except Exception:  # pragma: no cover - defensive

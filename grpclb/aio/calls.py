@@ -107,7 +107,7 @@ class _Call:
             raise grpc.aio.UsageError("Cannot invoke RPC on closed channel!")
         try:
             attempt = balancer.start_call(
-                self._digest, (), owner._method, ready_only=self._wait_for_ready
+                self._digest, (), owner._method, False, self._wait_for_ready
             )
         except LocalRpcError as error:
             self._fail(as_aio_error(error))
@@ -140,7 +140,7 @@ class _Call:
         except BaseException:
             attempt.release(None)
             raise
-        cast(AioAttempt, attempt).watch(self, call, self._loop, owner._kind == "unary_unary")
+        cast(AioAttempt, attempt).watch(self, call, owner._kind == "unary_unary")
         self._attempt, self._handle = call, attempt
         return call
 

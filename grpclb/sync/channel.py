@@ -33,14 +33,11 @@ from grpclb.resolver import RefreshSchedule, Resolver
 from grpclb.shell import ChannelOptions, ChannelShell, dial_address
 from grpclb.stats import ChannelStats, check_min_ready, enough_ready, not_ready_error
 from grpclb.sync import calls
-from grpclb.sync.attempts import connection_closed
-from grpclb.sync.connectivity import MONITOR, Watch
+from grpclb.sync.connectivity import MONITOR
 from grpclb.sync.health import HealthWatch
+from grpclb.sync.pod_channels import Subscription, close_all, ignore_state, multicallable
 
 log = logging.getLogger("grpclb")
-# Held while a pod's multicallable is registered and while a pod channel starts closing:
-# grpcio documents registration as not thread-safe, and on a closed channel it crashes.
-_REGISTRATION_LOCK = threading.Lock()
 # Set in a child process after fork(), so the call path checks its process id only then.
 _forked = False
 
@@ -154,9 +151,7 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
         balancer = getattr(self, "_balancer", None)
         if balancer is not None and not balancer.closed:
             with contextlib.suppress(Exception):  # e.g. at interpreter exit
-                threading.Thread(
-                    target=_shut_down, args=(balancer, Channel._close_now), daemon=True
-                ).start()
+                threading.Thread(target=_shut_down, args=(balancer,), daemon=True).start()
 
     # --- the call path's helpers (used by grpclb.sync.calls) ------------------------
 
@@ -208,7 +203,7 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
 
     def _multicallable(self, connection: Connection, key: tuple[Any, ...]) -> Any:
         """Create a pod's multicallable once; grpcio's registration is not thread-safe."""
-        return _multicallable(connection, key)
+        return multicallable(connection, key)
 
     # --- Transport: the I/O the balancer asks for ------------------------------------
 
@@ -227,7 +222,7 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
         channel = connection.channel
         read = connectivity_reader(channel)
         if read is None:  # pragma: no cover - grpcio changed: a polling thread per pod
-            connection.watcher = _Subscription(channel, changed)
+            connection.watcher = Subscription(channel, changed)
         else:
             # gRPC channels start IDLE and connect only when asked; subscribe(try_to_connect)
             # used to ask, the watch only reads.
@@ -235,7 +230,7 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
             connection.watcher = MONITOR.watch(read, changed, connection.endpoint.address)
         if self._settings.health_check:  # gRFC A17: one Watch stream on this connection
             service = self._settings.health_check_service_name
-            health = HealthWatch(connection, balancer.health_changed, _multicallable, service)
+            health = HealthWatch(connection, balancer.health_changed, multicallable, service)
             connection.health_watch = health.start()
 
     def connect(self, connection: Connection) -> None:
@@ -244,8 +239,8 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
         # asking the core channel directly has no such after-effect.
         try:
             if not request_connection(connection.channel):  # pragma: no cover - grpcio changed
-                connection.channel.subscribe(_ignore_state, try_to_connect=True)
-                connection.channel.unsubscribe(_ignore_state)
+                connection.channel.subscribe(ignore_state, try_to_connect=True)
+                connection.channel.unsubscribe(ignore_state)
         except ValueError:
             pass  # closed meanwhile: nothing to connect
 
@@ -309,29 +304,13 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
         if not connections:
             return []
         closer = threading.Thread(
-            target=_close_all,
-            args=(self._close_now, connections),
+            target=close_all,
+            args=(connections,),
             daemon=True,
             name=f"grpclb close {len(connections)} connections",
         )
         closer.start()
         return [closer]
-
-    @staticmethod
-    def _close_now(connection: Connection) -> None:
-        channel = connection.channel
-        if channel is None:
-            return
-        with _REGISTRATION_LOCK:  # no method registration may race the close
-            connection.closing = True
-        if connection.health_watch is not None:
-            connection.health_watch.stop()
-        watcher = connection.watcher
-        if isinstance(watcher, Watch):
-            MONITOR.unwatch(watcher)  # unwatch before close; nothing is pending in grpcio
-        elif watcher is not None:  # pragma: no cover - grpcio changed
-            watcher.cancel()
-        channel.close()
 
     def _deliver_connectivity(self) -> None:
         state = self._balancer.aggregate_state()
@@ -343,29 +322,10 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
             threading.Thread(target=_deliver, args=(due, state), daemon=True).start()
 
 
-def _multicallable(connection: Connection, key: tuple[Any, ...]) -> Any:
-    """A pod's multicallable, created once under the registration lock.
-
-    A function rather than a method, so the health watch's thread can register
-    its Watch method without holding the channel.
-    """
-    with _REGISTRATION_LOCK:
-        if connection.closing:
-            # Registering a method on a closed grpcio channel crashes the process.
-            raise connection_closed(connection)
-        found = connection.multicallables.get(key)
-        if found is None:
-            kind, method, serializer, deserializer, registered = key
-            factory = getattr(connection.channel, kind)
-            found = factory(method, serializer, deserializer, _registered_method=registered)
-            connection.multicallables[key] = found
-        return found
-
-
-def _shut_down(balancer: Balancer, close: Callable[[Connection], None]) -> None:
+def _shut_down(balancer: Balancer) -> None:
     """A dropped channel's end, on a thread of its own: forget the pods, close their channels."""
     with contextlib.suppress(Exception):  # e.g. at interpreter exit
-        _close_all(close, balancer.shutdown())
+        close_all(balancer.shutdown())
 
 
 def _maintain_while_alive(
@@ -384,14 +344,6 @@ def _maintain_while_alive(
                 changed.wait(timeout=wait)
 
 
-def _close_all(close: Callable[[Connection], None], connections: list[Connection]) -> None:
-    for connection in connections:
-        try:
-            close(connection)
-        except Exception:  # one failed close must not leave the others open
-            log.exception("grpclb: closing %r failed", connection)
-
-
 def _deliver(
     callbacks: list[Callable[[grpc.ChannelConnectivity], None]], state: grpc.ChannelConnectivity
 ) -> None:
@@ -400,33 +352,3 @@ def _deliver(
             callback(state)
         except Exception:
             log.exception("grpclb: a connectivity subscriber raised")
-
-
-def _ignore_state(state: grpc.ChannelConnectivity) -> None:
-    """A no-op subscriber whose only purpose is try_to_connect."""
-
-
-class _Subscription:  # pragma: no cover - only when grpcio hides its core channel
-    """The public way to watch a pod channel: grpcio's ``subscribe``, a polling thread each."""
-
-    def __init__(
-        self, channel: grpc.Channel, changed: Callable[[grpc.ChannelConnectivity], None]
-    ) -> None:
-        self._channel = channel
-        self._delivered = threading.Event()
-
-        def deliver(state: grpc.ChannelConnectivity) -> None:
-            try:
-                self._delivered.set()
-                changed(state)
-            except Exception:  # never let an exception reach grpcio's polling thread
-                log.exception("grpclb: handling a connectivity change failed")
-
-        self._deliver = deliver
-        channel.subscribe(deliver, try_to_connect=True)
-
-    def cancel(self) -> None:
-        # grpcio's polling thread fails if the channel closes before its first check
-        # (GRPCIO_NOTES); its first delivery proves that check is done.
-        self._delivered.wait(timeout=2.0)
-        self._channel.unsubscribe(self._deliver)
