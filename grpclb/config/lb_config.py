@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from grpclb.config.service_config import Reader
+from grpclb.config.proto_json import UINT32_MAX, Reader
 
 LbSettings = dict[str, tuple[Any, str]]
 
@@ -39,23 +38,38 @@ GRPC_POLICIES = (
 SUPPORTED_POLICIES = GRPC_POLICIES + tuple(
     name for name in NATIVE_POLICY_FIELDS if name not in GRPC_POLICIES
 )
+# loadBalancingPolicy names a policy without a config, so only those whose defaults work
+# (C core refuses one that needs a config, as outlier_detection_experimental does).
+BY_NAME_POLICIES = tuple(p for p in SUPPORTED_POLICIES if p != "outlier_detection_experimental")
 _RING_SIZE_CAP = 8_388_608  # gRFC A42: ring sizes are capped at 8M (8,388,608)
 _CHOICE_COUNT_CAP = 10  # gRFC A48: a choice_count above 10 is treated as 10
+# A50 durations of "0s", which grpclb's settings (> 0) cannot hold, mapped explicitly
+# (docs/service-config.md):
+_ZERO_INTERVAL = 0.1  # "0s" would sweep without a pause; grpclb sweeps every 100 ms
+_ZERO_EJECTION = 0.001  # 1 ms: an ejected pod is back at the next sweep
 
 
 def parse_lb_settings(read: Reader, top: Mapping[str, Any]) -> LbSettings:
     """The grpclb settings a service config's balancing fields ask for."""
+    by_name: LbSettings = {}
+    if top.get("loadBalancingPolicy") is not None:  # validated even when not used, as C core
+        by_name = _lb_policy(read, top["loadBalancingPolicy"])
     if top.get("loadBalancingConfig") is not None:
         # service_config.md: loadBalancingConfig, when present, wins over loadBalancingPolicy
         return _lb_config_list(read, "loadBalancingConfig", top["loadBalancingConfig"])
-    if top.get("loadBalancingPolicy") is not None:
-        raw = read.string("loadBalancingPolicy", top["loadBalancingPolicy"])
-        name = raw.strip().lower()  # gRPC compares this deprecated field case-insensitively
-        if name not in NATIVE_POLICY_FIELDS:
-            allowed = ", ".join(NATIVE_POLICY_FIELDS)
-            read.fail("loadBalancingPolicy", f"unsupported policy; supported: {allowed}", raw)
-        return {"policy": (name, "loadBalancingPolicy")}
-    return {}
+    return by_name
+
+
+def _lb_policy(read: Reader, raw: object) -> LbSettings:
+    """The deprecated ``loadBalancingPolicy``: a policy name, with its default config."""
+    text = read.string("loadBalancingPolicy", raw)
+    name = text.strip().lower()  # gRPC compares this deprecated field case-insensitively
+    if name == "outlier_detection_experimental":
+        read.fail("loadBalancingPolicy", "needs a config; give it in loadBalancingConfig", raw)
+    if name not in BY_NAME_POLICIES:
+        allowed = ", ".join(BY_NAME_POLICIES)
+        read.fail("loadBalancingPolicy", f"unsupported policy; supported: {allowed}", raw)
+    return _policy(read, "loadBalancingPolicy", name, {})
 
 
 def _lb_config_list(read: Reader, path: str, raw: object) -> LbSettings:
@@ -81,7 +95,7 @@ def _policy(read: Reader, where: str, name: str, config: Mapping[str, Any]) -> L
     if name == "least_request_experimental":
         found: LbSettings = {"policy": ("least_request", where)}
         if config.get("choiceCount") is not None:
-            count = read.integer(f"{where}.choiceCount", config["choiceCount"], 0)
+            count = read.integer(f"{where}.choiceCount", config["choiceCount"], 0, UINT32_MAX)
             if count < 2:
                 # "If choice_count < 2, the config will be rejected." - gRFC A48
                 read.fail(f"{where}.choiceCount", "must be at least 2", config["choiceCount"])
@@ -91,6 +105,9 @@ def _policy(read: Reader, where: str, name: str, config: Mapping[str, Any]) -> L
         return _ring_hash(read, where, config)
     if name == "outlier_detection_experimental":
         return _outlier_detection(read, where, config)
+    if name == "pick_first" and config.get("shuffleAddressList") is not None:
+        # gRFC A62; validated, then not applied (docs/service-config.md)
+        read.boolean(f"{where}.shuffleAddressList", config["shuffleAddressList"])
     found = {"policy": (name, where)}
     for setting in NATIVE_POLICY_FIELDS.get(name, ()):
         for key in (setting, _camel(setting)):
@@ -108,16 +125,19 @@ def _ring_hash(read: Reader, where: str, config: Mapping[str, Any]) -> LbSetting
         if config.get(key) is not None:
             # Validated as A42 says, then not applied: grpclb gives each pod a fixed number
             # of points (ring_points_per_endpoint), so a pod joining moves only its keys.
-            size = read.integer(f"{where}.{key}", config[key], 1)
-            if size > _RING_SIZE_CAP:
-                read.fail(f"{where}.{key}", f"must be at most {_RING_SIZE_CAP}", config[key])
-            sizes[key] = size
+            # 0 is the default, as in grpc-go.
+            sizes[key] = read.integer(f"{where}.{key}", config[key], 0, _RING_SIZE_CAP) or default
     if sizes["minRingSize"] > sizes["maxRingSize"]:
         read.fail(f"{where}.minRingSize", "must not exceed maxRingSize", sizes["minRingSize"])
+    header = ""
     if config.get("requestHashHeader") is not None:
         header = read.string(f"{where}.requestHashHeader", config["requestHashHeader"])
-        if header:
-            found["hash_key"] = (header, f"{where}.requestHashHeader")
+    if header:
+        found["hash_key"] = (header, f"{where}.requestHashHeader")
+    else:
+        # gRFC A76: without the header (and without xDS) each call gets a random hash.
+        # An explicit "no key", so Settings lets this ring_hash go without a hash_key.
+        found["hash_key"] = (None, where)
     return found
 
 
@@ -126,13 +146,14 @@ def _outlier_detection(read: Reader, where: str, config: Mapping[str, Any]) -> L
     if config.get("childPolicy") is None:
         read.fail(f"{where}.childPolicy", "is required", show=False)
     found = _lb_config_list(read, f"{where}.childPolicy", config["childPolicy"])
-    for key, setting in (
-        ("interval", "ejection_interval"),
-        ("baseEjectionTime", "base_ejection_time"),
-        ("maxEjectionTime", "max_ejection_time"),
+    for key, setting, zero in (
+        ("interval", "ejection_interval", _ZERO_INTERVAL),
+        ("baseEjectionTime", "base_ejection_time", _ZERO_EJECTION),
+        ("maxEjectionTime", "max_ejection_time", _ZERO_EJECTION),
     ):
         if config.get(key) is not None:
-            found[setting] = (read.duration(f"{where}.{key}", config[key]), f"{where}.{key}")
+            seconds = read.duration(f"{where}.{key}", config[key])
+            found[setting] = (seconds or zero, f"{where}.{key}")
     base = found.get("base_ejection_time", (0.0, ""))[0]
     if "max_ejection_time" not in found and base > 300.0:
         # gRFC A50 (as gRPC implements it): maxEjectionTime unset is max(300s, baseEjectionTime)
@@ -162,11 +183,13 @@ def _algorithm(
         found[f"{prefix}_enforcement_percent"] = (percent, where_from)
     for field, setting in (("minimumHosts", "minimum_hosts"), ("requestVolume", "request_volume")):
         if algorithm.get(field) is not None:
-            value = read.integer(f"{path}.{field}", algorithm[field])
-            found[f"{prefix}_{setting}"] = (value, f"{path}.{field}")
+            value = read.integer(f"{path}.{field}", algorithm[field], 0, UINT32_MAX)
+            # 0 acts as 1: a pod without calls has no rate (C core skips it), and with no
+            # pod to analyse there is nothing to eject; grpclb's settings start at 1.
+            found[f"{prefix}_{setting}"] = (max(value, 1), f"{path}.{field}")
     if prefix == "success_rate" and algorithm.get("stdevFactor") is not None:
         # gRFC A50 (as Envoy): stdevFactor is in thousandths, 1900 means 1.9
-        factor = read.integer(f"{path}.stdevFactor", algorithm["stdevFactor"])
+        factor = read.integer(f"{path}.stdevFactor", algorithm["stdevFactor"], 0, UINT32_MAX)
         found["success_rate_stdev_factor"] = (factor / 1000, f"{path}.stdevFactor/1000")
     if prefix == "failure_percentage" and algorithm.get("threshold") is not None:
         threshold = read.percent(f"{path}.threshold", algorithm["threshold"])

@@ -11,28 +11,26 @@ unknown fields are ignored; wrong types and out-of-range values raise a
 ``ConfigError`` that names the JSON path. The load-balancing part is mapped
 onto grpclb settings (``lb_settings``); ``Settings.load`` applies them below
 keywords and environment variables and checks them against grpclb's bounds.
-The balancing fields are read in ``grpclb.config.lb_config``.
+The balancing fields are read in ``grpclb.config.lb_config``, and JSON values
+(numbers, durations, status codes, the text itself) in ``grpclb.config.proto_json``.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
+from grpclb.config.lb_config import parse_lb_settings
 from grpclb.config.parsing import is_off
+from grpclb.config.proto_json import UINT32_MAX, Reader
 from grpclb.errors import ConfigError
 
 MAX_ATTEMPTS_CAP = 5  # gRFC A6: a maxAttempts above 5 is treated as 5, not rejected
-# google.protobuf.Duration's range: +-315,576,000,000 seconds, nanosecond precision.
-_DURATION = re.compile(r"(-)?(\d*)(?:\.(\d{0,9}))?s")
-_MAX_DURATION_S = 315_576_000_000
-_CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 _MEMO_LIMIT = 4096
 _UNSEEN = object()
 
@@ -48,7 +46,7 @@ class RetryPolicy:
     initial_backoff: float  # seconds, > 0
     max_backoff: float  # seconds, > 0
     backoff_multiplier: float  # > 0
-    retryable_status_codes: frozenset[grpc.StatusCode]  # non-empty
+    retryable_status_codes: frozenset[grpc.StatusCode]  # empty only with perAttemptRecvTimeout
 
 
 @dataclass(frozen=True)
@@ -147,94 +145,6 @@ class ServiceConfig:
         return f"<ServiceConfig {self.source}>"
 
 
-# --- JSON reading with paths ------------------------------------------------------------
-
-
-class Reader:
-    """Typed reads of JSON values that fail with a ConfigError naming the path."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-
-    def fail(self, path: str, message: str, value: object = None, show: bool = True) -> NoReturn:
-        got = f" (got {json.dumps(value, sort_keys=True)})" if show else ""
-        raise ConfigError(f"{self.where}: {path}: {message}{got}")
-
-    def mapping(self, path: str, value: object) -> Mapping[str, Any]:
-        if not isinstance(value, dict):
-            self.fail(path, "must be a JSON object", value)
-        return value
-
-    def array(self, path: str, value: object) -> list[Any]:
-        if not isinstance(value, list):
-            self.fail(path, "must be a JSON array", value)
-        return value
-
-    def string(self, path: str, value: object) -> str:
-        if not isinstance(value, str):
-            self.fail(path, "must be a string", value)
-        return value
-
-    def boolean(self, path: str, value: object) -> bool:
-        if not isinstance(value, bool):
-            self.fail(path, "must be true or false", value)
-        return value
-
-    def number(self, path: str, value: object) -> float:
-        """A JSON number, or a string holding one (proto JSON accepts both)."""
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        self.fail(path, "must be a number", value)
-
-    def integer(self, path: str, value: object, minimum: int = 0, what: str = "") -> int:
-        """A whole number (int, integral float or numeric string) of at least ``minimum``."""
-        number = self.number(path, value)
-        if not number.is_integer() or number < minimum:
-            self.fail(path, what or f"must be an integer of at least {minimum}", value)
-        return int(number)
-
-    def percent(self, path: str, value: object) -> int:
-        number = self.integer(path, value, 0, "must be an integer from 0 to 100")
-        if number > 100:
-            self.fail(path, "must be an integer from 0 to 100", value)
-        return number
-
-    def duration(self, path: str, value: object, positive: bool = False) -> float:
-        """Seconds from a proto-JSON Duration string such as "0.1s" or "1.5s"."""
-        if not isinstance(value, str):
-            self.fail(path, 'must be a duration string such as "0.1s" or "1.5s"', value)
-        found = _DURATION.fullmatch(value)
-        if found is None or not (found.group(2) or found.group(3)):
-            self.fail(path, 'must be a duration string such as "0.1s" or "1.5s"', value)
-        sign, whole, fraction = found.groups()
-        seconds = int(whole or 0) + (int(fraction) / 10 ** len(fraction) if fraction else 0.0)
-        if seconds > _MAX_DURATION_S:
-            self.fail(path, f"must be at most {_MAX_DURATION_S}s", value)
-        if sign and seconds:
-            self.fail(path, "must not be negative", value)
-        if positive and seconds == 0:
-            self.fail(path, "must be greater than 0", value)
-        return seconds
-
-    def status_codes(self, path: str, value: object) -> frozenset[grpc.StatusCode]:
-        """Status codes by name ("UNAVAILABLE") or number (14), as gRPC accepts them."""
-        codes = set()
-        for i, item in enumerate(self.array(path, value)):
-            if isinstance(item, str) and item.upper() in grpc.StatusCode.__members__:
-                codes.add(grpc.StatusCode[item.upper()])
-            elif isinstance(item, int) and not isinstance(item, bool) and item in _CODES_BY_NUMBER:
-                codes.add(_CODES_BY_NUMBER[item])
-            else:
-                names = ", ".join(grpc.StatusCode.__members__)
-                self.fail(f"{path}[{i}]", f"must be a status code name ({names}) or 0-16", item)
-        return frozenset(codes)
-
-
 # --- the service config ---------------------------------------------------------------
 
 
@@ -242,14 +152,9 @@ def parse_service_config(
     raw: str | Mapping[str, Any], where: str = "service_config"
 ) -> ServiceConfig:
     """Parse and validate a service config given as JSON text or as a dict."""
-    from grpclb.config.lb_config import parse_lb_settings  # it imports Reader from here
-
     read = Reader(where)
     if isinstance(raw, str):
-        try:
-            document = json.loads(raw)
-        except ValueError as error:
-            raise ConfigError(f"{where}: not valid JSON: {error}") from None
+        document = read.loads(raw)
     elif isinstance(raw, Mapping):
         document = dict(raw)
     else:
@@ -300,12 +205,17 @@ def parse_service_config(
 
 def _method_name(read: Reader, path: str, name: object) -> MethodKey:
     entry = read.mapping(path, name)
-    service = read.string(f"{path}.service", entry.get("service") or "")
-    method = read.string(f"{path}.method", entry.get("method") or "")
+    service = _optional_string(read, f"{path}.service", entry.get("service"))
+    method = _optional_string(read, f"{path}.method", entry.get("method"))
     if method and not service:
         # service_config.md: an empty service means the default, so it cannot name a method
         read.fail(path, "a name with a method must name its service", name)
     return service, method
+
+
+def _optional_string(read: Reader, path: str, value: object) -> str:
+    """A string field where null means absent, as in proto JSON; false or 0 is refused."""
+    return "" if value is None else read.string(path, value)
 
 
 def _method_config(read: Reader, path: str, entry: Mapping[str, Any]) -> MethodConfig:
@@ -316,7 +226,7 @@ def _method_config(read: Reader, path: str, entry: Mapping[str, Any]) -> MethodC
         wait = read.boolean(f"{path}.waitForReady", entry["waitForReady"])
     for size in ("maxRequestMessageBytes", "maxResponseMessageBytes"):
         if entry.get(size) is not None:  # validated as gRPC does, then not applied per method
-            read.integer(f"{path}.{size}", entry[size])
+            read.integer(f"{path}.{size}", entry[size], 0, UINT32_MAX)  # C core's uint32
     if entry.get("retryPolicy") is not None:
         retry = _retry_policy(read, f"{path}.retryPolicy", entry["retryPolicy"])
     if entry.get("hedgingPolicy") is not None:
@@ -335,6 +245,7 @@ def _max_attempts(read: Reader, path: str, policy: Mapping[str, Any]) -> int:
         f"{path}.maxAttempts",
         policy["maxAttempts"],
         2,
+        UINT32_MAX,  # the proto's uint32: larger is refused, not capped
         "must be an integer greater than 1",
     )
     return min(attempts, MAX_ATTEMPTS_CAP)
@@ -343,7 +254,7 @@ def _max_attempts(read: Reader, path: str, policy: Mapping[str, Any]) -> int:
 def _retry_policy(read: Reader, path: str, raw: object) -> RetryPolicy:
     policy = read.mapping(path, raw)
     attempts = _max_attempts(read, path, policy)
-    for required in ("initialBackoff", "maxBackoff", "backoffMultiplier", "retryableStatusCodes"):
+    for required in ("initialBackoff", "maxBackoff", "backoffMultiplier"):
         if policy.get(required) is None:
             read.fail(f"{path}.{required}", "is required", show=False)
     initial = read.duration(f"{path}.initialBackoff", policy["initialBackoff"], positive=True)
@@ -352,12 +263,22 @@ def _retry_policy(read: Reader, path: str, raw: object) -> RetryPolicy:
     multiplier = read.number(f"{path}.backoffMultiplier", raw_multiplier)
     if multiplier <= 0:
         read.fail(f"{path}.backoffMultiplier", "must be greater than 0", raw_multiplier)
-    codes = read.status_codes(f"{path}.retryableStatusCodes", policy["retryableStatusCodes"])
-    if not codes:
-        # gRFC A6: retryableStatusCodes is required and non-empty
-        read.fail(f"{path}.retryableStatusCodes", "must not be empty", [])
-    if policy.get("perAttemptRecvTimeout") is not None:  # gRFC A6 addendum; validated only
+    raw_codes = policy.get("retryableStatusCodes")
+    codes: frozenset[grpc.StatusCode] = frozenset()
+    if raw_codes is not None:
+        codes = read.status_codes(f"{path}.retryableStatusCodes", raw_codes)
+    if policy.get("perAttemptRecvTimeout") is not None:  # validated, not applied
         read.duration(f"{path}.perAttemptRecvTimeout", policy["perAttemptRecvTimeout"], True)
+    elif not codes:
+        # gRFC A6: retryableStatusCodes "must be non-empty if perAttemptRecvTimeout is not
+        # set" (with it, a policy may retry on the timeout alone, as C core and Java allow)
+        missing = "is required" if raw_codes is None else "must not be empty"
+        read.fail(
+            f"{path}.retryableStatusCodes",
+            f"{missing} unless perAttemptRecvTimeout is set",
+            raw_codes,
+            show=raw_codes is not None,
+        )
     return RetryPolicy(attempts, initial, maximum, multiplier, codes)
 
 

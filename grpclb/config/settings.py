@@ -46,6 +46,10 @@ __all__ = [
     "Settings",
 ]
 SERVICE_CONFIG_ORIGIN = "service config "  # how origins of service-config values begin
+# Service-config values taken as the service config gives them, past the keyword parser's
+# bounds: gRPC sends any healthCheckConfig.serviceName as it is (the keyword parser strips
+# and wants printable ASCII), and A50's stdevFactor goes beyond the keyword's 100.
+_AS_GIVEN = frozenset({"health_check_service_name", "success_rate_stdev_factor"})
 Fallbacks = Mapping[str, tuple[object, str]]  # setting -> (raw value, where it came from)
 
 
@@ -145,6 +149,9 @@ class Settings:
             elif setting.name in mapped:
                 raw, path = mapped[setting.name]
                 where = SERVICE_CONFIG_ORIGIN + path
+                if setting.name in _AS_GIVEN:  # already checked by the service config parser
+                    values[setting.name], origin[setting.name] = raw, where
+                    continue
             elif setting.name in fallbacks:
                 raw, where = fallbacks[setting.name]
             else:
@@ -170,7 +177,13 @@ class Settings:
         def where(name: str) -> str:
             return origin.get(name, f"{name} (default)")
 
-        if self.policy in HASH_POLICIES and self.hash_key is None:
+        if (
+            self.policy in HASH_POLICIES
+            and self.hash_key is None
+            and not _from_service_config(origin, "policy", "hash_key")
+        ):
+            # A service config's ring_hash_experimental without requestHashHeader says
+            # "no key" itself (gRFC A76): its calls are spread at random.
             raise ConfigError(
                 f"{where('policy')}={self.policy!r} needs hash_key (or {ENV_PREFIX}HASH_KEY): "
                 "the metadata key whose value selects the pod"
@@ -193,7 +206,11 @@ class Settings:
                 f"{where('maglev_table_size')}={self.maglev_table_size} is invalid: "
                 "must be a prime number (the Maglev paper's table size, e.g. 65537)"
             )
-        if self.max_ejection_time < self.base_ejection_time:
+        if self.max_ejection_time < self.base_ejection_time and not _from_service_config(
+            origin, "max_ejection_time"
+        ):
+            # A service config's maxEjectionTime may be lower: the cap is then
+            # baseEjectionTime, as in gRPC (core.outlier caps at the larger of the two).
             raise ConfigError(
                 f"{where('max_ejection_time')}={self.max_ejection_time:g}s is invalid: "
                 f"must be at least base_ejection_time ({self.base_ejection_time:g}s)"
@@ -222,6 +239,10 @@ class Settings:
                 merged[f.name] = getattr(self, f.name)
         merged.update(changes)
         return Settings.load(merged, environ={}, fallbacks=fallbacks)
+
+
+def _from_service_config(origin: Mapping[str, str], *names: str) -> bool:
+    return all(origin.get(n, "").startswith(SERVICE_CONFIG_ORIGIN) for n in names)
 
 
 def _load_service_config(

@@ -99,7 +99,7 @@ METHOD_CASES: list[tuple[str, Any, str, MethodConfig | None]] = [
     ),
     (
         "retry_codes_by_number",
-        retry(retryableStatusCodes=[14, "unavailable", "INTERNAL"]),
+        retry(retryableStatusCodes=[14, "UNAVAILABLE", "INTERNAL"]),
         "/TestServ/TestMethod",
         MethodConfig(
             retry_policy=RetryPolicy(3, 1.0, 120.0, 1.6, frozenset({C.UNAVAILABLE, C.INTERNAL}))
@@ -380,7 +380,7 @@ ERROR_CASES: list[tuple[str, Any, str]] = [
     (
         "retry_codes_empty",
         retry(retryableStatusCodes=[]),
-        "retryPolicy.retryableStatusCodes: must not be empty",
+        "retryPolicy.retryableStatusCodes: must not be empty unless perAttemptRecvTimeout is set (got [])",  # noqa: E501
     ),
     (
         "retry_codes_not_array",
@@ -478,7 +478,7 @@ ERROR_CASES: list[tuple[str, Any, str]] = [
     (
         "lb_policy_unknown",
         {"loadBalancingPolicy": "grpclb"},
-        'loadBalancingPolicy: unsupported policy; supported: round_robin, least_request, random, pick_first, ring_hash, maglev (got "grpclb")',  # noqa: E501
+        'loadBalancingPolicy: unsupported policy; supported: pick_first, round_robin, least_request_experimental, ring_hash_experimental, least_request, random, ring_hash, maglev (got "grpclb")',  # noqa: E501
     ),
     (
         "least_request_choice_count_1",
@@ -496,9 +496,9 @@ ERROR_CASES: list[tuple[str, Any, str]] = [
         "ring_hash_experimental.maxRingSize: must be at most 8388608",
     ),
     (
-        "ring_hash_zero_size",
-        lb({"ring_hash_experimental": {"minRingSize": 0}}),
-        "ring_hash_experimental.minRingSize: must be an integer of at least 1 (got 0)",
+        "ring_hash_negative_size",
+        lb({"ring_hash_experimental": {"minRingSize": -1}}),
+        "ring_hash_experimental.minRingSize: must be an integer of at least 0 (got -1)",
     ),
     (
         "ring_hash_header_not_string",
@@ -661,7 +661,11 @@ LB_CASES: list[tuple[str, Any, dict[str, Any]]] = [
         ),
         {"policy": "ring_hash", "hash_key": "x-user"},
     ),
-    ("ring_hash_no_header", lb({"ring_hash_experimental": {}}), {"policy": "ring_hash"}),
+    (
+        "ring_hash_no_header",
+        lb({"ring_hash_experimental": {}}),
+        {"policy": "ring_hash", "hash_key": None},
+    ),
     (
         "native_least_request_camel",
         lb({"least_request": {"choiceCount": 4}}),

@@ -94,13 +94,12 @@ def test_spec_error_names_the_variable_and_the_path() -> None:
 def test_combination_error_names_the_service_config_path() -> None:
     with pytest.raises(
         ConfigError,
-        match=r"^service config loadBalancingConfig\[0\]\.ring_hash_experimental='ring_hash' "
-        r"needs hash_key",
+        match=r"^service config loadBalancingConfig\[0\]\.ring_hash='ring_hash' needs hash_key",
     ):
-        load({"service_config": {"loadBalancingConfig": [{"ring_hash_experimental": {}}]}})
+        load({"service_config": {"loadBalancingConfig": [{"ring_hash": {}}]}})
 
 
-def test_stdev_factor_out_of_grpclb_range_is_refused() -> None:
+def test_stdev_factor_above_the_keyword_bound_is_taken_as_given() -> None:
     config = {
         "loadBalancingConfig": [
             {
@@ -111,10 +110,9 @@ def test_stdev_factor_out_of_grpclb_range_is_refused() -> None:
             }
         ]
     }
-    with pytest.raises(
-        ConfigError, match=r"stdevFactor/1000=200\.0 is invalid: must be between 0 and 100"
-    ):
-        load({"service_config": config})
+    assert load({"service_config": config}).success_rate_stdev_factor == 200.0
+    with pytest.raises(ConfigError, match=r"keyword success_rate_stdev_factor=200"):
+        load({"success_rate_stdev_factor": 200})
 
 
 # --- replace ---------------------------------------------------------------------------
