@@ -9,6 +9,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from grpclb.core import snapshots
 from grpclb.core.factory import INLINE_MAGLEV_PODS
 from grpclb.core.hashing import hash_key
 from tests.unit.test_balancer import T0, Harness
@@ -41,7 +42,14 @@ def owners(h: Harness) -> dict[int, str]:
 
 
 @pytest.mark.parametrize("policy", ["ring_hash", "maglev"])
-def test_a_big_fleet_builds_its_table_off_the_caller_path_in_slices(policy: str) -> None:
+def test_a_big_fleet_builds_its_table_off_the_caller_path_in_slices(
+    policy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pods' READY gains are coalesced; a pick rebuilds the stale snapshot once twenty
+    # rebuild-times have passed, real time that a pause (a collection) during the first
+    # rebuild can stretch to seconds. Here the first pick rebuilds, so the picks below
+    # see every READY pod whatever the machine did.
+    monkeypatch.setattr(snapshots, "_REBUILD_SPACING", 0.0)
     h = Harness(policy=policy, **BIG)
     fleet = pods(200)
     h.resolve(*fleet)
