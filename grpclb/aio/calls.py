@@ -36,7 +36,7 @@ from grpclb.aio.attempts import AioAttempt
 from grpclb.aio.errors import as_aio_error, cancelled_error, raisable
 from grpclb.core.admission import Metadata, request_hash
 from grpclb.core.attempt import Attempt
-from grpclb.core.retry import CallRun, Replayed
+from grpclb.core.retry import CallRun, Replayed, with_previous_attempts
 from grpclb.errors import LocalRpcError
 from grpclb.telemetry import trace_retry
 
@@ -124,15 +124,18 @@ class _Call:
         if timeout is _REMAINING:
             deadline = self._deadline
             timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-        if self._run is not None:
-            self._run.tried.append(attempt.endpoint)
+        metadata = self._metadata
+        run = self._run
+        if run is not None:  # a later attempt: it says how many came before (A6)
+            metadata = with_previous_attempts(metadata, len(run.tried))
+            run.tried.append(attempt.endpoint)
         owner = self._owner
         method = attempt.connection.multicallables.get(owner._key) or owner.on(attempt)
         try:
             call = method(
                 self._request,
                 timeout=timeout,
-                metadata=self._metadata,
+                metadata=metadata,
                 credentials=self._credentials,
                 wait_for_ready=self._wait_for_ready,
                 compression=self._compression,

@@ -34,6 +34,8 @@ PUSHBACK_KEY = "grpc-retry-pushback-ms"
 # The failed attempt's trailing metadata, read only when a decision needs it.
 Trailing = Callable[[], Sequence[tuple[str, Any]] | None]
 _STOP = -1.0  # a pushback telling the client not to retry
+PREVIOUS_ATTEMPTS_KEY = "grpc-previous-rpc-attempts"
+_PAST_DEADLINE = 0.001  # a retry the deadline ends waits this long past it
 
 
 class Replayed(Protocol):
@@ -169,6 +171,22 @@ def pushback(trailing_metadata: Sequence[tuple[str, Any]] | None) -> float | Non
     return None
 
 
+def with_previous_attempts(metadata: Any, previous: int) -> Any:
+    """An attempt's metadata after ``previous`` attempts of the same call.
+
+    A6 ("Exposed Retry Metadata"): retries and hedges carry
+    ``grpc-previous-rpc-attempts``, the number of attempts before this one, so a
+    server can tell them from first attempts; grpcio's own retries send it, and
+    grpclb, which turns those off in pod channels, sends it in their place. A value
+    the caller gave for the key is replaced.
+    """
+    if not previous:
+        return metadata
+    pairs = [(key, value) for key, value in metadata or () if key != PREVIOUS_ATTEMPTS_KEY]
+    pairs.append((PREVIOUS_ATTEMPTS_KEY, str(previous)))
+    return tuple(pairs)
+
+
 class CallRun:
     """One logical call's progress through its policy; the drivers do what it decides."""
 
@@ -224,7 +242,14 @@ class CallRun:
         else:
             delay = 0.0 if hedged else self._backoff()
         if not self.in_time(now, delay):
-            return None  # a retry never outlives the call's deadline
+            # The deadline comes first: gRPC's implementations then end the call at its
+            # deadline with DEADLINE_EXCEEDED, not at once with this attempt's status. So
+            # the retry waits until just past it, and finds no time left to start
+            # (``admission.attempt_or_wait``); no attempt is sent with no time left.
+            assert self.deadline is not None
+            if now >= self.deadline:
+                return None  # the deadline has already ended the call: its status stands
+            return self.deadline - now + _PAST_DEADLINE
         return delay
 
     def _backoff(self) -> float:

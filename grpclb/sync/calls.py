@@ -23,7 +23,7 @@ from grpclb.core.admission import Metadata, request_hash
 from grpclb.core.attempt import Attempt
 from grpclb.core.endpoints import Connection
 from grpclb.core.request_buffer import RequestBuffer
-from grpclb.core.retry import CallRun
+from grpclb.core.retry import CallRun, with_previous_attempts
 from grpclb.errors import LocalRpcError
 from grpclb.sync.attempts import connection_closed, pod_outcome, release_when_done
 from grpclb.telemetry import trace_retry
@@ -84,11 +84,23 @@ class _MultiCallable:
         return RequestBuffer(requests, limit, serializer)
 
     def invoke(
-        self, attempt: Attempt, future: bool, request: Any, deadline: float | None, *args: Any
+        self,
+        attempt: Attempt,
+        future: bool,
+        request: Any,
+        deadline: float | None,
+        *args: Any,
+        previous: int = 0,
     ) -> Any:
-        """Start ``attempt`` as a grpcio future or response stream; nothing is released here."""
+        """Start ``attempt`` as a grpcio future or response stream; nothing is released here.
+
+        ``args``: metadata, credentials, wait_for_ready, compression; ``previous``: the
+        attempts of the call before this one (``with_previous_attempts``).
+        """
         if type(request) is RequestBuffer:
             request = request.attempt()  # what earlier attempts sent, then the rest
+        if previous:
+            args = (with_previous_attempts(args[0], previous), *args[1:])
         try:
             multicallable = self.on(attempt.connection)
             if future:
@@ -179,7 +191,7 @@ class _MultiCallable:
                 result = multicallable(
                     request if requests is None else requests.attempt(),
                     remaining(deadline),
-                    metadata,
+                    metadata if run is None else with_previous_attempts(metadata, len(run.tried)),
                     credentials,
                     wait,
                     compression,

@@ -59,6 +59,7 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
 
     def _launch(self, attempt: Attempt) -> None:
         owner, run = self._owner, self._run
+        previous = len(run.tried)  # the attempts before this one
         run.tried.append(attempt.endpoint)
         # Started under the lock: a cancel (or an answer) comes either first, and nothing
         # is sent, or after, and finds the attempt running to cancel it. (grpcio's future()
@@ -68,7 +69,9 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
                 attempt.release(None)  # decided meanwhile: never sent, no verdict
                 return
             try:
-                call = owner.invoke(attempt, True, self._request, run.deadline, *self._args)
+                call = owner.invoke(
+                    attempt, True, self._request, run.deadline, *self._args, previous=previous
+                )
             except Exception as error:  # (invoke released the attempt)
                 failure: Exception | None = error
             else:

@@ -41,6 +41,7 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
         self._next_attempt(retry=False)
 
     def _launch(self, attempt: Attempt) -> None:
+        previous = len(self._run.tried)  # the attempts before this one
         self._run.tried.append(attempt.endpoint)
         # Started under the lock: a cancel comes either first, and nothing is sent, or
         # after, and finds the attempt to cancel. (grpcio runs none of grpclb's code
@@ -51,7 +52,12 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
                 return
             try:
                 call = self._owner.invoke(
-                    attempt, False, self._request, self._run.deadline, *self._args
+                    attempt,
+                    False,
+                    self._request,
+                    self._run.deadline,
+                    *self._args,
+                    previous=previous,
                 )
             except Exception as error:  # (invoke released the attempt)
                 failure: Exception | None = error

@@ -15,7 +15,14 @@ import pytest
 
 from grpclb.config.service_config import parse_service_config
 from grpclb.config.settings import Settings
-from grpclb.core.retry import NO_RETRIES, CallRun, channel_policy, method_policy, pushback
+from grpclb.core.retry import (
+    NO_RETRIES,
+    CallRun,
+    channel_policy,
+    method_policy,
+    pushback,
+    with_previous_attempts,
+)
 from grpclb.core.throttle import RetryThrottle
 
 C = grpc.StatusCode
@@ -78,10 +85,18 @@ def test_retries_zero_is_no_policy() -> None:
     assert channel_policy(settings(retries=0), random.Random()) is NO_RETRIES
 
 
-def test_a_retry_never_outlives_the_deadline() -> None:
+def test_a_retry_due_past_the_deadline_waits_for_the_deadline_to_end_the_call() -> None:
+    # gRPC's implementations end such a call at its deadline, with DEADLINE_EXCEEDED, not
+    # at once with the attempt's status: the retry is due just past the deadline, where
+    # starting it fails (admission.attempt_or_wait).
     run = CallRun(channel_policy(settings(), Edge(high=True)), deadline=10.0)
-    assert run.retry_delay(C.UNAVAILABLE, no_trailing, 9.99) is None
-    assert run.retry_delay(C.UNAVAILABLE, no_trailing, 1.0) is not None
+    assert run.retry_delay(C.UNAVAILABLE, no_trailing, 9.99) == pytest.approx(0.011)
+    assert run.retry_delay(C.UNAVAILABLE, no_trailing, 10.5) is None  # already ended
+    pushed = CallRun(channel_policy(settings(), Edge(high=False)), deadline=10.0)
+    assert pushed.retry_delay(C.UNAVAILABLE, trailing("5000"), 9.0) == pytest.approx(1.001)
+    early = CallRun(channel_policy(settings(), Edge(high=True)), deadline=10.0)
+    delay = early.retry_delay(C.UNAVAILABLE, no_trailing, 1.0)
+    assert delay is not None and delay < 9.0  # in time: the backoff itself
 
 
 def config(method_config: dict[str, Any], **top: Any) -> Any:
@@ -248,3 +263,15 @@ def test_response_headers_commit_the_call() -> None:
     assert run.retry_delay(C.UNAVAILABLE, no_trailing, 0.0, lambda: [("k", "v")]) is None
     # A Trailers-Only failure (no headers) may be retried.
     assert run.retry_delay(C.UNAVAILABLE, no_trailing, 0.0, lambda: ()) is not None
+
+
+def test_later_attempts_say_how_many_came_before() -> None:
+    # A6 "Exposed Retry Metadata"; a value the caller gave for the key is replaced.
+    given = (("x-user", "7"), ("grpc-previous-rpc-attempts", "9"))
+    assert with_previous_attempts(given, 0) is given
+    assert with_previous_attempts(None, 0) is None
+    assert with_previous_attempts(None, 2) == (("grpc-previous-rpc-attempts", "2"),)
+    assert with_previous_attempts(given, 1) == (
+        ("x-user", "7"),
+        ("grpc-previous-rpc-attempts", "1"),
+    )

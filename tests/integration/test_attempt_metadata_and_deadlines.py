@@ -1,0 +1,235 @@
+"""What a server sees of retries and hedges, and how a deadline ends a call due a retry.
+
+gRFC A6, as gRPC's implementations do it: a retry or hedge carries
+``grpc-previous-rpc-attempts`` (absent on the first attempt, then 1, 2, ...),
+and a call whose next retry would come after its deadline ends at the deadline
+with DEADLINE_EXCEEDED, not at once with the last attempt's status. Plain
+grpcio, with its own retries, runs beside grpclb as the reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+import grpclb
+import grpclb.aio
+
+KEY = "grpc-previous-rpc-attempts"
+METHOD = "/demo.Attempts/Call"
+HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+
+
+class Script:
+    """The servers' shared behaviour: attempt n (from 0) fails with ``fail(n)``'s pushback."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seen: list[str | None] = []  # each attempt's grpc-previous-rpc-attempts
+        self.failures = 0  # attempts that fail UNAVAILABLE before one answers
+        self.pushback_ms: str | None = None
+
+    def reset(self, failures: int, pushback_ms: str | None = None) -> None:
+        with self._lock:
+            self.seen, self.failures, self.pushback_ms = [], failures, pushback_ms
+
+    def handle(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        sent = dict(context.invocation_metadata()).get(KEY)
+        with self._lock:
+            n = len(self.seen)
+            self.seen.append(sent if sent is None else str(sent))
+            failing, pushback = n < self.failures, self.pushback_ms
+        if failing:
+            if pushback is not None:
+                context.set_trailing_metadata((("grpc-retry-pushback-ms", pushback),))
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"attempt {n} fails")
+        return request
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[tuple[Script, str]]:
+    script = Script()
+    handler = grpc.unary_unary_rpc_method_handler(script.handle)
+    generic = grpc.method_handlers_generic_handler("demo.Attempts", {"Call": handler})
+    started, addresses = [], []
+    try:
+        for host in HOSTS:
+            server = grpc.server(futures.ThreadPoolExecutor(4), options=[("grpc.so_reuseport", 0)])
+            server.add_generic_rpc_handlers((generic,))
+            port = server.add_insecure_port(f"{host}:0")
+            server.start()
+            started.append(server)
+            addresses.append(f"{host}:{port}")
+        yield script, "ipv4:" + ",".join(addresses)
+    finally:
+        for server in started:
+            server.stop(None)
+
+
+def retry_config(max_attempts: int = 4, backoff: str = "0.01s") -> str:
+    policy = {
+        "maxAttempts": max_attempts,
+        "initialBackoff": backoff,
+        "maxBackoff": backoff,
+        "backoffMultiplier": 1,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    return json.dumps(
+        {"methodConfig": [{"name": [{"service": "demo.Attempts"}], "retryPolicy": policy}]}
+    )
+
+
+def hedge_config(max_attempts: int = 3) -> str:
+    policy = {
+        "maxAttempts": max_attempts,
+        "hedgingDelay": "5s",
+        "nonFatalStatusCodes": ["UNAVAILABLE"],
+    }
+    return json.dumps(
+        {"methodConfig": [{"name": [{"service": "demo.Attempts"}], "hedgingPolicy": policy}]}
+    )
+
+
+def sync_channel(target: str, config: str) -> grpc.Channel:
+    channel = grpclb.channel(target, service_config=config, policy="round_robin")
+    channel.wait_for_endpoints(min_ready=None, timeout=10)
+    return channel
+
+
+def call_of(channel: Any) -> Callable[..., Any]:
+    return channel.unary_unary(METHOD)  # bytes in, bytes out
+
+
+def aio_run(target: str, config: str, body: Callable[[Any], Any]) -> Any:
+    async def run() -> Any:
+        async with grpclb.aio.channel(target, service_config=config, policy="round_robin") as ch:
+            await ch.wait_for_endpoints(min_ready=None, timeout=10)
+            return await body(call_of(ch))
+
+    return asyncio.run(run())
+
+
+def code_and_seconds(call: Callable[[], Any]) -> tuple[grpc.StatusCode, float]:
+    started = time.monotonic()
+    try:
+        call()
+        code = grpc.StatusCode.OK
+    except grpc.RpcError as error:
+        code = error.code()
+    return code, time.monotonic() - started
+
+
+# --- grpc-previous-rpc-attempts ---------------------------------------------------------
+
+
+def test_retries_say_how_many_attempts_came_before(servers: tuple[Script, str]) -> None:
+    script, target = servers
+    expected = [None, "1", "2"]
+    with sync_channel(target, retry_config()) as channel:
+        call = call_of(channel)
+        script.reset(failures=2)
+        assert call(b"blocking", timeout=10) == b"blocking"
+        assert script.seen == expected
+        script.reset(failures=2)
+        assert call.future(b"future", timeout=10).result() == b"future"
+        assert script.seen == expected
+        # A value the caller gave for the key is not what the server sees.
+        script.reset(failures=2)
+        assert call(b"given", timeout=10, metadata=((KEY, "7"),)) == b"given"
+        assert script.seen == ["7", "1", "2"]
+
+    async def body(call: Any) -> Any:
+        script.reset(failures=2)
+        return await call(b"aio", timeout=10)
+
+    assert aio_run(target, retry_config(), body) == b"aio"
+    assert script.seen == expected
+
+    # grpcio's own retries, the reference, send the same.
+    script.reset(failures=2)
+    with grpc.insecure_channel(target, options=[("grpc.service_config", retry_config())]) as plain:
+        assert call_of(plain)(b"plain", timeout=10) == b"plain"
+    assert script.seen == expected
+
+
+def test_hedges_say_how_many_attempts_came_before(servers: tuple[Script, str]) -> None:
+    # Each hedge fails at once (non-fatal): the next goes out without waiting for the delay.
+    script, target = servers
+    with sync_channel(target, hedge_config()) as channel:
+        script.reset(failures=2)
+        assert call_of(channel)(b"sync", timeout=10) == b"sync"
+        assert script.seen == [None, "1", "2"]
+
+    async def body(call: Any) -> Any:
+        script.reset(failures=2)
+        return await call(b"aio", timeout=10)
+
+    assert aio_run(target, hedge_config(), body) == b"aio"
+    assert script.seen == [None, "1", "2"]
+
+
+def test_first_attempts_carry_no_attempt_count(servers: tuple[Script, str]) -> None:
+    script, target = servers
+    with sync_channel(target, retry_config()) as channel:
+        script.reset(failures=0)
+        for _ in range(3):
+            call_of(channel)(b"x", timeout=10)
+        assert script.seen == [None, None, None]
+
+
+# --- a retry the deadline would cut ------------------------------------------------------
+
+
+@pytest.mark.parametrize("flavour", ["sync", "aio", "grpcio"])
+def test_a_retry_due_after_the_deadline_ends_the_call_at_the_deadline(
+    servers: tuple[Script, str], flavour: str
+) -> None:
+    # The server asks for 5 s before the retry; the call has 0.3 s. gRPC's implementations
+    # end it with DEADLINE_EXCEEDED at its deadline; the one attempt is all the pods see.
+    script, target = servers
+    script.reset(failures=1, pushback_ms="5000")
+    config = retry_config()
+    if flavour == "sync":
+        with sync_channel(target, config) as channel:
+            code, seconds = code_and_seconds(lambda: call_of(channel)(b"x", timeout=0.3))
+    elif flavour == "aio":
+
+        async def body(call: Any) -> tuple[grpc.StatusCode, float]:
+            started = time.monotonic()
+            try:
+                await call(b"x", timeout=0.3)
+                code = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+            return code, time.monotonic() - started
+
+        code, seconds = aio_run(target, config, body)
+    else:
+        with grpc.insecure_channel(target, options=[("grpc.service_config", config)]) as plain:
+            grpc.channel_ready_future(plain).result(timeout=10)
+            code, seconds = code_and_seconds(lambda: call_of(plain)(b"x", timeout=0.3))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert 0.25 <= seconds < 4.0  # at the deadline: not at once, not after the pushback
+    assert script.seen == [None]
+
+
+def test_a_retry_refused_by_max_attempts_still_fails_with_its_status_at_once(
+    servers: tuple[Script, str],
+) -> None:
+    # Only a retry that would otherwise be made waits for the deadline.
+    script, target = servers
+    with sync_channel(target, retry_config(max_attempts=2)) as channel:
+        script.reset(failures=5, pushback_ms="1")
+        code, seconds = code_and_seconds(lambda: call_of(channel)(b"x", timeout=30))
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert seconds < 10.0
+    assert len(script.seen) == 2
