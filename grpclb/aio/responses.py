@@ -31,8 +31,13 @@ def _constant(value: Any) -> Callable[[], Any]:
     return lambda: value
 
 
+_NO_ANSWER: Any = object()  # a unary-response call's answer before it has one
+
+
 class _UnaryResponse(_Call):
-    _outcome: tuple[Any, BaseException | None] | None = None
+    # The outcome, as two attributes rather than a tuple: no object made per call.
+    _response: Any = _NO_ANSWER
+    _failure: BaseException | None = None
     _finished: asyncio.Event | None = None
 
     def __await__(self) -> Generator[Any, None, Any]:
@@ -40,12 +45,12 @@ class _UnaryResponse(_Call):
         if self._driven:  # another task drives this call: share its outcome
             if self._finished is None:
                 self._finished = asyncio.Event()
-            if self._outcome is None:
+            if self._response is _NO_ANSWER and self._failure is None:
                 yield from self._finished.wait().__await__()
-        if self._outcome is not None:
-            if self._outcome[1] is not None:
-                raise raisable(self._outcome[1])
-            return self._outcome[0]
+        if self._failure is not None:
+            raise raisable(self._failure)
+        if self._response is not _NO_ANSWER:
+            return self._response
         if self._settled and self._attempt is not None:
             # It ended before anyone awaited: its outcome stands.
             return (yield from self._attempt.__await__())
@@ -92,14 +97,14 @@ class _UnaryResponse(_Call):
                     if handle is not None:
                         handle.balancer.release(handle, _OK)  # (its release(), one frame less)
                     break
-            self._outcome = (response, None)
+            self._response = response
             code = _OK
             return response
         except BaseException as error:
-            if self._outcome is None:
+            if self._response is _NO_ANSWER and self._failure is None:
                 if isinstance(error, GeneratorExit):  # closed mid-await: the call was cancelled
                     error = asyncio.CancelledError()
-                self._outcome = (None, raisable(error))  # not the one raised now
+                self._failure = raisable(error)  # not the one raised now
             code = error.code() if isinstance(error, grpc.aio.AioRpcError) else _CANCELLED
             raise
         finally:

@@ -327,10 +327,12 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, Re
             self._in_flight -= 1
             if attempt.retry:
                 self._retries_in_flight -= 1
+            if code is _OK:  # the common case, in short (StatusCode's hash is Python code)
+                if not endpoint.removed:
+                    self._detector.succeeded(endpoint.outlier)
             # A cancel (by the caller, or at close) says nothing about the pod.
-            if code is not None and code is not _CANCELLED:
-                # (StatusCode's hash is Python code: OK, never a failure code, skips the lookup)
-                failed = code is not _OK and code in self._failure_codes
+            elif code is not None and code is not _CANCELLED:
+                failed = code in self._failure_codes
                 if failed:
                     endpoint.failures += 1
                     self.counters["failures"] += 1

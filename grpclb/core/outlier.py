@@ -67,13 +67,18 @@ class OutlierDetector:
             max(s.base_ejection_time, s.max_ejection_time),
         )
 
+    @staticmethod
+    def succeeded(record: OutlierRecord) -> None:
+        """Count one successful call: it also ends a run of consecutive failures."""
+        record.successes += 1
+        record.consecutive_failures = 0
+
     def record(
         self, record: OutlierRecord, failed: bool, now: float, records: Sequence[OutlierRecord]
     ) -> Verdict:
         """Count one call outcome; eject at once on too many consecutive failures."""
         if not failed:
-            record.successes += 1
-            record.consecutive_failures = 0
+            self.succeeded(record)
             return NO_VERDICT
         record.failures += 1
         record.consecutive_failures += 1

@@ -418,13 +418,16 @@ def test_a_winning_hedge_settles_its_call_ok(pods: FleetFactory, dns_server: Any
             await channel.wait_for_endpoints(2, timeout=10)
             for _ in range(4):
                 call = stub(channel).Unary(echo_pb2.EchoRequest(), timeout=5)
-                call.add_done_callback(lambda c: seen.append(c._outcome))
+                call.add_done_callback(lambda c: seen.append((c._response, c._failure)))
                 await call
         return seen
 
     outcomes = asyncio.run(scenario())
     assert len(outcomes) == 4
-    assert all(o is not None and o[1] is None for o in outcomes), outcomes  # settled as OK
+    assert all(  # settled as OK
+        isinstance(response, echo_pb2.EchoReply) and failure is None
+        for response, failure in outcomes
+    ), outcomes
     gc.collect()
 
 
