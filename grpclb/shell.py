@@ -83,17 +83,20 @@ def settings_from_options(
 
 
 def pod_channel_options(
-    target: Target, options: ChannelOptions, secure: bool
+    target: Target, options: ChannelOptions, secure: bool, service_config: str | None = None
 ) -> list[tuple[str, Any]]:
     """Options for one pod's channel: its own TCP connection, the service's name, no retries.
 
     The call authority and the TLS name stay the service's, so a certificate
     for the service verifies while we dial a pod's IP; verification is never
-    switched off.
+    switched off. ``service_config``: what of the user's service config grpcio
+    enforces per pod (``ServiceConfig.pod_channel_config``), never all of it.
     """
     merged = list(options)
     names = {name for name, _ in merged}
     merged.append(("grpc.use_local_subchannel_pool", 1))
+    if service_config is not None:
+        merged.append(("grpc.service_config", service_config))
     if "grpc.enable_retries" not in names:
         # grpclb is the one retry layer: grpcio's own, inside a pod's channel, would only
         # ever retry on that same pod, and its machinery costs every call (docs/service-config.md).
@@ -192,12 +195,17 @@ class ChannelShell:
                 )
         self._settings = settings
         self._credentials = credentials
-        self._options = pod_channel_options(self._target, options, credentials is not None)
+        config = self._settings.service_config
+        self._options = pod_channel_options(
+            self._target,
+            options,
+            credentials is not None,
+            None if config is None else config.pod_channel_config(),
+        )
         self._clock = clock
         self._hash_key = self._settings.hash_key
         self._rng = rng or random.Random()
         self._policies: dict[tuple[str, bool], CallPolicy] = {}
-        config = self._settings.service_config
         throttling = None if config is None else config.retry_throttling
         self._throttle = None if throttling is None else RetryThrottle(throttling)
         # The flavour is the balancer's transport: it does the I/O the core asks for.

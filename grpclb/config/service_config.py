@@ -69,6 +69,9 @@ class MethodConfig:
     retries_off: bool = False
     """``"retryPolicy": null`` written explicitly: no retries at all for these methods,
     not even grpclb's channel-wide ``retries``."""
+    message_limits: tuple[tuple[str, int], ...] = ()
+    """``maxRequestMessageBytes`` / ``maxResponseMessageBytes`` as given: grpcio enforces
+    them in each pod channel (``ServiceConfig.pod_channel_config``)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,24 @@ class ServiceConfig:
             if found is not None:
                 return found
         return self._default
+
+    def pod_channel_config(self) -> str | None:
+        """The part of this config each pod's grpcio channel enforces itself, or None.
+
+        Per-method message size limits are checked where messages are sent and
+        received, so the pod channels get a service config of the same method
+        names with these limits alone (no retries, no timeout, no balancing:
+        those are grpclb's). grpcio then fails an oversized message with
+        RESOURCE_EXHAUSTED, as it fails it on a channel of its own.
+        """
+        entries = []
+        for (service, method), config in self.method_configs.items():
+            if config.message_limits:
+                name = {"service": service, "method": method} if method else {"service": service}
+                entries.append({"name": [name], **dict(config.message_limits)})
+        if not entries:
+            return None
+        return json.dumps({"methodConfig": entries}, sort_keys=True, separators=(",", ":"))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ServiceConfig) and other.source == self.source
@@ -224,9 +245,10 @@ def _method_config(read: Reader, path: str, entry: Mapping[str, Any]) -> MethodC
         timeout = read.duration(f"{path}.timeout", entry["timeout"])
     if entry.get("waitForReady") is not None:
         wait = read.boolean(f"{path}.waitForReady", entry["waitForReady"])
+    limits = []
     for size in ("maxRequestMessageBytes", "maxResponseMessageBytes"):
-        if entry.get(size) is not None:  # validated as gRPC does, then not applied per method
-            read.integer(f"{path}.{size}", entry[size], 0, UINT32_MAX)  # C core's uint32
+        if entry.get(size) is not None:
+            limits.append((size, read.integer(f"{path}.{size}", entry[size], 0, UINT32_MAX)))
     if entry.get("retryPolicy") is not None:
         retry = _retry_policy(read, f"{path}.retryPolicy", entry["retryPolicy"])
     if entry.get("hedgingPolicy") is not None:
@@ -235,7 +257,7 @@ def _method_config(read: Reader, path: str, entry: Mapping[str, Any]) -> MethodC
             read.fail(path, "retryPolicy and hedgingPolicy cannot both be set", show=False)
         hedging = _hedging_policy(read, f"{path}.hedgingPolicy", entry["hedgingPolicy"])
     retries_off = "retryPolicy" in entry and entry["retryPolicy"] is None
-    return MethodConfig(timeout, wait, retry, hedging, retries_off)
+    return MethodConfig(timeout, wait, retry, hedging, retries_off, tuple(limits))
 
 
 def _max_attempts(read: Reader, path: str, policy: Mapping[str, Any]) -> int:

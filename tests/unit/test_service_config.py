@@ -79,10 +79,12 @@ METHOD_CASES: list[tuple[str, Any, str, MethodConfig | None]] = [
     ),
     ("timeout_1s", method(FOO_BAR, timeout="1s"), "/foo/Bar", MethodConfig(timeout=1.0)),
     (
-        "message_sizes_ignored",
+        "message_sizes_kept_for_pod_channels",
         method(FOO_BAR, maxRequestMessageBytes=1024, maxResponseMessageBytes="2048"),
         "/foo/Bar",
-        MethodConfig(),
+        MethodConfig(
+            message_limits=(("maxRequestMessageBytes", 1024), ("maxResponseMessageBytes", 2048))
+        ),
     ),
     # C core ValidRetryPolicy
     (
@@ -810,3 +812,35 @@ def test_remembered_answers_are_bounded_and_stay_right() -> None:
         assert config.method_config(f"/other/m{i}") is None
     assert len(config._memo) == 4096
     assert config.method_config("/s/m4999") == MethodConfig(timeout=1.0)
+
+
+def test_pod_channels_get_the_message_size_limits_alone() -> None:
+    config = parse_service_config(
+        {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "methodConfig": [
+                {
+                    "name": [{"service": "foo", "method": "Bar"}, {"service": "baz"}],
+                    "timeout": "1s",
+                    "maxRequestMessageBytes": 10,
+                    "retryPolicy": {
+                        "maxAttempts": 2,
+                        "initialBackoff": "1s",
+                        "maxBackoff": "1s",
+                        "backoffMultiplier": 1,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                },
+                {"name": [{}], "maxResponseMessageBytes": 20},
+                {"name": [{"service": "other"}], "waitForReady": True},
+            ],
+        }
+    )
+    assert json.loads(config.pod_channel_config() or "") == {
+        "methodConfig": [
+            {"name": [{"service": "foo", "method": "Bar"}], "maxRequestMessageBytes": 10},
+            {"name": [{"service": "baz"}], "maxRequestMessageBytes": 10},
+            {"name": [{"service": ""}], "maxResponseMessageBytes": 20},
+        ]
+    }
+    assert parse_service_config({"methodConfig": [{"name": [{}]}]}).pod_channel_config() is None
