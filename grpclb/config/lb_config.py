@@ -51,13 +51,15 @@ _ZERO_EJECTION = 0.001  # 1 ms: an ejected pod is back at the next sweep
 
 def parse_lb_settings(read: Reader, top: Mapping[str, Any]) -> LbSettings:
     """The grpclb settings a service config's balancing fields ask for."""
-    by_name: LbSettings = {}
-    if top.get("loadBalancingPolicy") is not None:  # validated even when not used, as C core
-        by_name = _lb_policy(read, top["loadBalancingPolicy"])
+    by_name = top.get("loadBalancingPolicy")
     if top.get("loadBalancingConfig") is not None:
-        # service_config.md: loadBalancingConfig, when present, wins over loadBalancingPolicy
+        # service_config.md: loadBalancingConfig, when present, wins over loadBalancingPolicy.
+        # The unused name must still be a string; which names pass depends on the policies
+        # a gRPC build registers (C core: "grpclb" is one), so none is refused here.
+        if by_name is not None:
+            read.string("loadBalancingPolicy", by_name)
         return _lb_config_list(read, "loadBalancingConfig", top["loadBalancingConfig"])
-    return by_name
+    return {} if by_name is None else _lb_policy(read, by_name)
 
 
 def _lb_policy(read: Reader, raw: object) -> LbSettings:

@@ -76,9 +76,6 @@ def attempt_or_wait(
     the circuit breaker), or CANCELLED when the channel closed while the call
     waited, as grpcio reports such a call. Each flavour only waits its own way.
     """
-    if retry and deadline is not None and time.monotonic() >= deadline:
-        # A retry (or hedge) due past the deadline: the call ends as grpcio's would.
-        raise LocalRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
     attempt = balancer.start_call(digest, tried, method, retry, wait_for_ready)
     if attempt is not None:
         return attempt

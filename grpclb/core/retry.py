@@ -35,7 +35,6 @@ PUSHBACK_KEY = "grpc-retry-pushback-ms"
 Trailing = Callable[[], Sequence[tuple[str, Any]] | None]
 _STOP = -1.0  # a pushback telling the client not to retry
 PREVIOUS_ATTEMPTS_KEY = "grpc-previous-rpc-attempts"
-_PAST_DEADLINE = 0.001  # a retry the deadline ends waits this long past it
 
 
 class Replayed(Protocol):
@@ -242,14 +241,11 @@ class CallRun:
         else:
             delay = 0.0 if hedged else self._backoff()
         if not self.in_time(now, delay):
-            # The deadline comes first: gRPC's implementations then end the call at its
-            # deadline with DEADLINE_EXCEEDED, not at once with this attempt's status. So
-            # the retry waits until just past it, and finds no time left to start
-            # (``admission.attempt_or_wait``); no attempt is sent with no time left.
-            assert self.deadline is not None
-            if now >= self.deadline:
-                return None  # the deadline has already ended the call: its status stands
-            return self.deadline - now + _PAST_DEADLINE
+            # A retry never outlives the call's deadline. gRPC's implementations let the
+            # deadline end such a call (DEADLINE_EXCEEDED, at the deadline); grpclb ends it
+            # now with the attempt's own status, which says why, and holds no retry-budget
+            # grant and no wait that a close() could not end (docs/service-config.md).
+            return None
         return delay
 
     def _backoff(self) -> float:

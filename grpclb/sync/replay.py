@@ -59,12 +59,13 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
 
     def _launch(self, attempt: Attempt) -> None:
         owner, run = self._owner, self._run
-        previous = len(run.tried)  # the attempts before this one
-        run.tried.append(attempt.endpoint)
         # Started under the lock: a cancel (or an answer) comes either first, and nothing
         # is sent, or after, and finds the attempt running to cancel it. (grpcio's future()
-        # runs none of grpclb's code before it returns.)
+        # runs none of grpclb's code before it returns.) Hedges launched from two threads
+        # at once count the attempts before them one at a time.
         with self._lock:
+            previous = len(run.tried)  # the attempts before this one
+            run.tried.append(attempt.endpoint)
             if self._done.is_set() or self._closing:
                 attempt.release(None)  # decided meanwhile: never sent, no verdict
                 return

@@ -44,20 +44,25 @@ def outlier(**config: Any) -> dict[str, Any]:
 # --- loadBalancingPolicy --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("policy", "fragment"),
-    [
-        (1, "loadBalancingPolicy: must be a string (got 1)"),
-        ("unknown", "loadBalancingPolicy: unsupported policy; supported: pick_first"),
-        ("grpclb", '(got "grpclb")'),
-    ],
-)
-def test_load_balancing_policy_is_validated_even_beside_load_balancing_config(
-    policy: object, fragment: str
-) -> None:
+def test_load_balancing_policy_beside_load_balancing_config_must_be_a_string() -> None:
     with pytest.raises(ConfigError) as info:
-        parse_service_config({"loadBalancingPolicy": policy, "loadBalancingConfig": ROUND_ROBIN})
-    assert fragment in str(info.value)
+        parse_service_config({"loadBalancingPolicy": 1, "loadBalancingConfig": ROUND_ROBIN})
+    assert "loadBalancingPolicy: must be a string (got 1)" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["grpclb", "unknown"])
+def test_a_policy_name_grpclb_lacks_beside_load_balancing_config_is_not_refused(
+    name: str,
+) -> None:
+    # C core accepts any policy it registers ("grpclb"); grpc-go does not check the name.
+    config = {"loadBalancingPolicy": name, "loadBalancingConfig": ROUND_ROBIN}
+    assert mapped(config) == {"policy": "round_robin"}
+
+
+def test_an_unknown_load_balancing_policy_alone_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_service_config({"loadBalancingPolicy": "unknown"})
+    assert "loadBalancingPolicy: unsupported policy; supported: pick_first" in str(info.value)
 
 
 def test_a_valid_load_balancing_policy_still_yields_to_load_balancing_config() -> None:
