@@ -157,7 +157,7 @@ class _Call:
             self._grant_unused = False  # from here, this task gives the grant back itself
         if backoff:
             try:
-                await asyncio.sleep(backoff)
+                await self._channel._backoff(backoff)
             except BaseException:
                 self._channel._balancer.cancel_retry()  # the granted retry never starts
                 raise

@@ -232,6 +232,21 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
                 balancer.cancel_retry()  # the granted retry never started
             raise
 
+    async def _backoff(self, delay: float) -> None:
+        """Wait out a retry's backoff; a ``close()`` ends the wait at once.
+
+        grpcio's close cancels the calls in flight; a call between attempts is one,
+        and finds the channel closed when its next attempt would start.
+        """
+        loop = self._ensure_started()
+        end = loop.time() + delay
+        while not self._balancer.closed:
+            left = end - loop.time()
+            if left <= 0:
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._next_change(), left)  # a change, or the time
+
     async def _next_change(self) -> None:
         assert self._changed is not None
         await self._changed.wait()

@@ -237,7 +237,7 @@ class _MultiCallable:
             run.attempts += 1
             retry = True
             try:
-                time.sleep(delay)
+                channel._backoff(delay)
             except BaseException:
                 balancer.cancel_retry()
                 raise

@@ -255,6 +255,20 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
             self._dirty = True
             self._changed.notify_all()
 
+    def _backoff(self, delay: float) -> None:
+        """Wait out a retry's backoff; a ``close()`` ends the wait at once.
+
+        grpcio's close cancels the calls in flight; a call between attempts is one,
+        and finds the channel closed when its next attempt would start.
+        """
+        end = time.monotonic() + delay
+        with self._changed:
+            while not self._balancer.closed:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return
+                self._changed.wait(timeout=left)  # a change (close() is one), or the time
+
     def wake_waiters(self) -> None:
         """Wake the calls waiting for a pod, so that a cancelled one stops waiting."""
         with self._changed:

@@ -23,6 +23,7 @@ import pytest
 
 import grpclb
 import grpclb.aio
+from tests.helpers import wait_until
 
 KEY = "grpc-previous-rpc-attempts"
 METHOD = "/demo.Attempts/Call"
@@ -234,3 +235,64 @@ def test_a_retry_refused_by_max_attempts_still_fails_with_its_status_at_once(
     assert code == grpc.StatusCode.UNAVAILABLE
     assert seconds < 10.0
     assert len(script.seen) == 2
+
+
+# --- close() during a retry's backoff ----------------------------------------------------
+
+
+def test_closing_the_channel_ends_a_blocking_call_waiting_out_its_backoff(
+    servers: tuple[Script, str],
+) -> None:
+    # grpcio's close() cancels the calls in flight; one between attempts is one of them.
+    script, target = servers
+    script.reset(failures=1, pushback_ms="5000")
+    channel = sync_channel(target, retry_config())
+    ended: list[tuple[grpc.StatusCode, float]] = []
+    caller = threading.Thread(
+        target=lambda: ended.append(code_and_seconds(lambda: call_of(channel)(b"x", timeout=20)))
+    )
+    caller.start()
+    wait_until(lambda: script.seen, 10, "the first attempt")
+    closed_at = time.monotonic()
+    channel.close()
+    caller.join(timeout=10)
+    assert ended, "the call did not end"
+    code, _ = ended[0]
+    assert code == grpc.StatusCode.CANCELLED
+    assert time.monotonic() - closed_at < 2.0  # not after the 5 s pushback
+    assert script.seen == [None]
+
+
+def test_closing_the_channel_ends_an_aio_call_waiting_out_its_backoff(
+    servers: tuple[Script, str],
+) -> None:
+    script, target = servers
+    script.reset(failures=1, pushback_ms="5000")
+
+    async def scenario() -> tuple[object, float]:
+        channel = grpclb.aio.channel(target, service_config=retry_config())
+        await channel.wait_for_endpoints(min_ready=None, timeout=10)
+
+        async def call() -> object:
+            try:
+                await call_of(channel)(b"x", timeout=20)
+                return grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as error:
+                return error.code()
+            except asyncio.CancelledError:
+                return asyncio.CancelledError  # what grpc.aio raises for a call close() ends
+
+        task = asyncio.create_task(call())
+        for _ in range(1000):  # bounded: 10 s
+            if script.seen:
+                break
+            await asyncio.sleep(0.01)
+        closed_at = time.monotonic()
+        await channel.close()
+        code = await asyncio.wait_for(task, 10)
+        return code, time.monotonic() - closed_at
+
+    outcome, seconds = asyncio.run(scenario())
+    assert outcome is asyncio.CancelledError  # as plain grpc.aio, whose close() cancels it
+    assert seconds < 2.0  # close() and the call both ended without the 5 s pushback
+    assert script.seen == [None]
