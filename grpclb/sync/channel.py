@@ -70,6 +70,7 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
         self._version = 0
         self._dirty = False
         self._to_close: list[Connection] = []
+        self._backoffs: weakref.WeakSet[Any] = weakref.WeakSet()  # sync.logical.BackoffTimer
         self._subscribers: dict[Callable[[grpc.ChannelConnectivity], None], Any] = {}
         self._resolver = Resolver(
             self._target, self._settings.dns_timeout, self._settings.hosts_file
@@ -106,7 +107,9 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
         if self._balancer.closed:
             return
         connections = self._balancer.shutdown()
-        self.wake()
+        self.wake()  # ends blocking calls' backoffs (``_backoff``)
+        for timer in list(self._backoffs):
+            timer.fire()  # and futures' and streams': each finds the channel closed
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=1.0)  # a thread stuck in a DNS query exits after it
         closers = self._close_in_background([*connections, *self._take_to_close()])

@@ -42,6 +42,34 @@ def _in_context(context: contextvars.Context, function: Callable[..., None], *ar
         function(*args)
 
 
+class BackoffTimer(threading.Thread):
+    """A retry's or hedge's timer, as ``threading.Timer``, that ``fire()`` ends early.
+
+    grpcio's close() cancels the calls in flight; a future or stream between
+    attempts is one. The channel's close() fires its pending timers, and each
+    call then finds the channel closed where its next attempt would start.
+    """
+
+    def __init__(self, delay: float, action: Callable[[], None]) -> None:
+        super().__init__(name="grpclb backoff", daemon=True)
+        self._delay = delay
+        self._action = action
+        self._wake = threading.Event()
+        self._cancelled = False
+
+    def run(self) -> None:
+        self._wake.wait(self._delay)
+        if not self._cancelled:
+            self._action()
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._wake.set()
+
+    def fire(self) -> None:
+        self._wake.set()
+
+
 class _Logical:
     """What futures and streams share: starting attempts without blocking, final callbacks."""
 
@@ -58,7 +86,7 @@ class _Logical:
         self._callbacks: list[Callable[[], None]] = []
         self._started = time.perf_counter()
         self._cancelled = False
-        self._timer: threading.Timer | None = None  # the pending retry or hedge
+        self._timer: BackoffTimer | None = None  # the pending retry or hedge
         self._grant_armed = False  # a retry's grant that its timer has not taken up yet
         self._waiting = 0  # threads of this call waiting for a pod (``_wait_for_pod``)
 
@@ -136,9 +164,9 @@ class _Logical:
         self._next_attempt(retry=True)
 
     def _after(self, delay: float, action: Callable[[], None]) -> None:
-        timer = threading.Timer(delay, _in_context, (self._context, action))
-        timer.daemon = True
+        timer = BackoffTimer(delay, lambda: _in_context(self._context, action))
         self._timer = timer
+        self._owner._channel._backoffs.add(timer)  # close() fires it: see BackoffTimer
         timer.start()
 
     def _wait_for_pod(self, retry: bool) -> None:

@@ -296,3 +296,28 @@ def test_closing_the_channel_ends_an_aio_call_waiting_out_its_backoff(
     assert outcome is asyncio.CancelledError  # as plain grpc.aio, whose close() cancels it
     assert seconds < 2.0  # close() and the call both ended without the 5 s pushback
     assert script.seen == [None]
+
+
+@pytest.mark.parametrize("style", ["future", "stream"])
+def test_closing_the_channel_ends_a_sync_future_or_stream_waiting_out_its_backoff(
+    servers: tuple[Script, str], style: str
+) -> None:
+    script, target = servers
+    script.reset(failures=1, pushback_ms="5000")
+    channel = sync_channel(target, retry_config())
+    if style == "future":
+        call: Any = call_of(channel).future(b"x", timeout=20)
+    else:  # a response stream over the same handler: the pod answers unary, read as a stream
+        call = channel.unary_stream(METHOD)(b"x", timeout=20)
+    wait_until(lambda: script.seen, 10, "the first attempt")
+    closed_at = time.monotonic()
+    channel.close()
+    if style == "future":
+        error = call.exception(timeout=10)
+    else:
+        with pytest.raises(grpc.RpcError) as raised:
+            list(call)
+        error = raised.value
+    assert error is not None and error.code() == grpc.StatusCode.CANCELLED
+    assert time.monotonic() - closed_at < 2.0  # not after the 5 s pushback
+    assert script.seen == [None]
