@@ -173,9 +173,8 @@ class _Writes(_Call):
                 replay.add_done_callback(_WRITERS.discard)
             return call
         if not isinstance(requests, (RequestBuffer, AsyncRequestBuffer)):
-            return super()._invoke(
-                attempt, timeout
-            )  # one attempt: grpc.aio writes, as without grpclb
+            # One attempt: grpc.aio writes, as without grpclb.
+            return super()._invoke(attempt, timeout)
         # Opened without its requests: grpclb's writer sends them (what earlier attempts
         # sent, then the rest).
         self._request = None
