@@ -15,6 +15,7 @@ import contextlib
 import logging
 import random
 import time
+import weakref
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
@@ -93,6 +94,9 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
         self._wakeup: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None
         self._background: set[asyncio.Task[None]] = set()
+        # Hedged calls' wake-ups (``_UnaryResponse._hedged``): close() sets them, so a call
+        # waiting for its next hedge ends then, as grpc.aio's close() ends calls.
+        self._backoffs: weakref.WeakSet[asyncio.Event] = weakref.WeakSet()
 
     _label = "grpclb.aio.Channel"
     _calls = multicallables
@@ -141,7 +145,9 @@ class Channel(ChannelShell, grpc.aio.Channel):  # type: ignore[misc]
         if self._balancer.closed:
             return
         connections = self._balancer.shutdown()
-        self.wake()
+        self.wake()  # ends retries' backoffs (``_backoff``)
+        for event in list(self._backoffs):
+            event.set()  # and wakes hedged calls between hedges
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -116,7 +116,9 @@ class _UnaryResponse(_Call):
         """A6 hedging: attempts on distinct pods, the first final answer wins."""
         run, clock = self._progress(), self._loop.time
         hedging_delay = run.policy.hedging_delay or 0.0
-        changed = self._hedger = asyncio.Event()  # set by a hedge's end, and by cancel()
+        # Set by a hedge's end, by cancel(), and by the channel's close().
+        changed = self._hedger = asyncio.Event()
+        self._channel._backoffs.add(changed)
         running: dict[Any, Attempt] = {}
         self._hedges = running  # so that cancel() reaches every hedge still running
 
@@ -149,8 +151,9 @@ class _UnaryResponse(_Call):
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(changed.wait(), timeout)
                 changed.clear()
-                if self._settled:
-                    raise asyncio.CancelledError()  # cancelled between hedges: as grpc.aio's
+                if self._settled or (not running and self._channel._balancer.closed):
+                    # Cancelled, or the channel closed, between hedges: as grpc.aio's.
+                    raise asyncio.CancelledError()
                 ended = [c for c in running if c.done()]
                 ended.sort(key=lambda c: aio_finished_status(c) is not _OK)  # an answer first
                 for call in ended:

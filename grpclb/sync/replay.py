@@ -179,7 +179,10 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
         with self._lock:
             idle = not self._running
         if idle:
-            self._commit(self._failed or error or cancelled_locally(), [])
+            if error is not None and error.code() is grpc.StatusCode.CANCELLED:
+                self._commit(error, [])  # the channel closed: as grpcio's close() ends calls
+            else:
+                self._commit(self._failed or error or cancelled_locally(), [])
 
     # grpc.Future
     def cancel(self) -> bool:

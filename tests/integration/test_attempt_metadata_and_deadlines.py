@@ -321,3 +321,50 @@ def test_closing_the_channel_ends_a_sync_future_or_stream_waiting_out_its_backof
     assert error is not None and error.code() == grpc.StatusCode.CANCELLED
     assert time.monotonic() - closed_at < 2.0  # not after the 5 s pushback
     assert script.seen == [None]
+
+
+def test_closing_the_channel_ends_hedged_calls_waiting_for_their_next_hedge(
+    servers: tuple[Script, str],
+) -> None:
+    # The first hedge fails with a 5 s pushback: nothing runs until the next one is due.
+    script, target = servers
+    script.reset(failures=1, pushback_ms="5000")
+    channel = sync_channel(target, hedge_config())
+    future = call_of(channel).future(b"x", timeout=20)
+    wait_until(lambda: script.seen, 10, "the first hedge")
+    closed_at = time.monotonic()
+    channel.close()
+    error = future.exception(timeout=10)
+    assert error is not None and error.code() == grpc.StatusCode.CANCELLED  # as grpcio's close
+    assert time.monotonic() - closed_at < 2.0
+
+    script.reset(failures=1, pushback_ms="5000")
+
+    async def scenario() -> tuple[object, float]:
+        aio_channel = grpclb.aio.channel(target, service_config=hedge_config())
+        await aio_channel.wait_for_endpoints(min_ready=None, timeout=10)
+
+        async def call() -> object:
+            try:
+                await call_of(aio_channel)(b"x", timeout=20)
+                return grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as error:
+                return error.code()
+            except asyncio.CancelledError:
+                return asyncio.CancelledError
+
+        task = asyncio.create_task(call())
+        for _ in range(1000):  # bounded: 10 s
+            if script.seen:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the failure reached the driver: it waits for the pushback
+        closed = time.monotonic()
+        await aio_channel.close()
+        outcome = await asyncio.wait_for(task, 10)
+        return outcome, time.monotonic() - closed
+
+    outcome, seconds = asyncio.run(scenario())
+    assert outcome is asyncio.CancelledError  # as grpc.aio's close() ends its calls
+    assert seconds < 2.0
+    assert script.seen == [None]
