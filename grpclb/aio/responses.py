@@ -132,7 +132,7 @@ class _UnaryResponse(_Call):
         last: Any = None
         try:
             while True:
-                if self._settled:
+                if self._settled or (not running and self._channel._balancer.closed):
                     raise asyncio.CancelledError()  # cancelled between hedges: as grpc.aio's
                 if run.may_hedge(time.monotonic()) and clock() >= next_hedge:
                     attempt = self._channel._pick_hedge(

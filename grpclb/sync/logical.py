@@ -167,6 +167,8 @@ class _Logical:
         timer = BackoffTimer(delay, lambda: _in_context(self._context, action))
         self._timer = timer
         self._owner._channel._backoffs.add(timer)  # close() fires it: see BackoffTimer
+        if self._balancer.closed:
+            timer.fire()  # closed before the timer was seen: no wait at all
         timer.start()
 
     def _wait_for_pod(self, retry: bool) -> None:

@@ -176,12 +176,24 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
             # found that finished attempt and returned False), and waits see the retry.
             self._call = None
             self._ready.clear()
-        if self._wake.wait(delay):  # cancelled during the backoff
+        backoffs = self._owner._channel._backoffs
+        backoffs.add(self)  # close() ends the wait (``fire``); one before this, the check
+        try:
+            woken = self._balancer.closed or self._wake.wait(delay)
+        finally:
+            backoffs.discard(self)
+        if woken and not self._balancer.closed:  # cancelled during the backoff
             self._balancer.cancel_retry()
             self._cancelled = True
             return False
-        self._next_attempt(retry=True)  # a failure to start is final: __next__ raises it
+        # A failure to start is final, and __next__ raises it: on a closed channel,
+        # CANCELLED "Channel closed!", as grpcio's close() ends a call.
+        self._next_attempt(retry=True)
         return True
+
+    def fire(self) -> None:
+        """The channel closed while the reader waited out a backoff: stop waiting."""
+        self._wake.set()
 
     # grpc.Call and grpc.Future, answered by the current attempt
     def cancel(self) -> bool:

@@ -298,26 +298,42 @@ def test_closing_the_channel_ends_an_aio_call_waiting_out_its_backoff(
     assert script.seen == [None]
 
 
-@pytest.mark.parametrize("style", ["future", "stream"])
+@pytest.mark.parametrize("style", ["future", "stream", "stream being read"])
 def test_closing_the_channel_ends_a_sync_future_or_stream_waiting_out_its_backoff(
     servers: tuple[Script, str], style: str
 ) -> None:
+    # A stream nobody reads waits on a timer; a reader blocked in next() waits itself.
     script, target = servers
     script.reset(failures=1, pushback_ms="5000")
     channel = sync_channel(target, retry_config())
+    raised: list[BaseException] = []
+
+    def read(stream: Any) -> None:
+        try:
+            list(stream)
+        except grpc.RpcError as error:
+            raised.append(error)
+
+    reader = None
     if style == "future":
         call: Any = call_of(channel).future(b"x", timeout=20)
     else:  # a response stream over the same handler: the pod answers unary, read as a stream
         call = channel.unary_stream(METHOD)(b"x", timeout=20)
+        if style == "stream being read":
+            reader = threading.Thread(target=read, args=(call,))
+            reader.start()
     wait_until(lambda: script.seen, 10, "the first attempt")
     closed_at = time.monotonic()
     channel.close()
     if style == "future":
         error = call.exception(timeout=10)
     else:
-        with pytest.raises(grpc.RpcError) as raised:
-            list(call)
-        error = raised.value
+        if reader is None:
+            read(call)
+        else:
+            reader.join(timeout=10)
+        assert raised, "the stream did not end"
+        error = raised[0]
     assert error is not None and error.code() == grpc.StatusCode.CANCELLED
     assert time.monotonic() - closed_at < 2.0  # not after the 5 s pushback
     assert script.seen == [None]
