@@ -70,7 +70,9 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
         self._version = 0
         self._dirty = False
         self._to_close: list[Connection] = []
-        self._backoffs: weakref.WeakSet[Any] = weakref.WeakSet()  # sync.logical.BackoffTimer
+        # Calls between attempts (sync.logical.BackoffTimer, a stream's reader): close()
+        # fires them. Guarded by _changed: threads add and drop them while close() looks.
+        self._backoffs: weakref.WeakSet[Any] = weakref.WeakSet()
         self._subscribers: dict[Callable[[grpc.ChannelConnectivity], None], Any] = {}
         self._resolver = Resolver(
             self._target, self._settings.dns_timeout, self._settings.hosts_file
@@ -108,8 +110,10 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
             return
         connections = self._balancer.shutdown()
         self.wake()  # ends blocking calls' backoffs (``_backoff``)
-        for timer in list(self._backoffs):
-            timer.fire()  # and futures' and streams': each finds the channel closed
+        with self._changed:
+            between_attempts = list(self._backoffs)
+        for waiting in between_attempts:
+            waiting.fire()  # and futures' and streams': each finds the channel closed
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=1.0)  # a thread stuck in a DNS query exits after it
         closers = self._close_in_background([*connections, *self._take_to_close()])
@@ -271,6 +275,15 @@ class Channel(ChannelShell, grpc.Channel):  # type: ignore[misc]
                 if left <= 0:
                     return
                 self._changed.wait(timeout=left)  # a change (close() is one), or the time
+
+    def _hold_backoff(self, waiting: Any) -> None:
+        """Have ``close()`` call ``waiting.fire()``: a call waiting out a backoff."""
+        with self._changed:
+            self._backoffs.add(waiting)
+
+    def _drop_backoff(self, waiting: Any) -> None:
+        with self._changed:
+            self._backoffs.discard(waiting)
 
     def wake_waiters(self) -> None:
         """Wake the calls waiting for a pod, so that a cancelled one stops waiting."""

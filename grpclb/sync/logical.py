@@ -166,7 +166,7 @@ class _Logical:
     def _after(self, delay: float, action: Callable[[], None]) -> None:
         timer = BackoffTimer(delay, lambda: _in_context(self._context, action))
         self._timer = timer
-        self._owner._channel._backoffs.add(timer)  # close() fires it: see BackoffTimer
+        self._owner._channel._hold_backoff(timer)  # close() fires it: see BackoffTimer
         if self._balancer.closed:
             timer.fire()  # closed before the timer was seen: no wait at all
         timer.start()

@@ -176,12 +176,12 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
             # found that finished attempt and returned False), and waits see the retry.
             self._call = None
             self._ready.clear()
-        backoffs = self._owner._channel._backoffs
-        backoffs.add(self)  # close() ends the wait (``fire``); one before this, the check
+        channel = self._owner._channel
+        channel._hold_backoff(self)  # close() ends the wait (``fire``); one before this, the check
         try:
             woken = self._balancer.closed or self._wake.wait(delay)
         finally:
-            backoffs.discard(self)
+            channel._drop_backoff(self)
         if woken and not self._balancer.closed:  # cancelled during the backoff
             self._balancer.cancel_retry()
             self._cancelled = True
