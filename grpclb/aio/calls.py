@@ -127,8 +127,7 @@ class _Call:
         metadata = self._metadata
         run = self._run
         if run is not None:  # a later attempt: it says how many came before (A6)
-            metadata = with_previous_attempts(metadata, len(run.tried))
-            run.tried.append(attempt.endpoint)
+            metadata = with_previous_attempts(metadata, run.add_try(attempt.endpoint))
         owner = self._owner
         method = attempt.connection.multicallables.get(owner._key) or owner.on(attempt)
         try:

@@ -122,6 +122,10 @@ class _UnaryResponse(_Call):
         running: dict[Any, Attempt] = {}
         self._hedges = running  # so that cancel() reaches every hedge still running
 
+        def ended_between_hedges() -> bool:
+            """Cancelled, or the channel closed with no hedge running: as grpc.aio's."""
+            return self._settled or (not running and self._channel._balancer.closed)
+
         def track(call: Any) -> None:
             assert self._handle is not None
             running[call] = self._handle
@@ -132,8 +136,8 @@ class _UnaryResponse(_Call):
         last: Any = None
         try:
             while True:
-                if self._settled or (not running and self._channel._balancer.closed):
-                    raise asyncio.CancelledError()  # cancelled between hedges: as grpc.aio's
+                if ended_between_hedges():
+                    raise asyncio.CancelledError()
                 if run.may_hedge(time.monotonic()) and clock() >= next_hedge:
                     attempt = self._channel._pick_hedge(
                         self._digest, self._owner._method, run, self._wait_for_ready
@@ -151,8 +155,7 @@ class _UnaryResponse(_Call):
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(changed.wait(), timeout)
                 changed.clear()
-                if self._settled or (not running and self._channel._balancer.closed):
-                    # Cancelled, or the channel closed, between hedges: as grpc.aio's.
+                if ended_between_hedges():
                     raise asyncio.CancelledError()
                 ended = [c for c in running if c.done()]
                 ended.sort(key=lambda c: aio_finished_status(c) is not _OK)  # an answer first

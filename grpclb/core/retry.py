@@ -201,6 +201,13 @@ class CallRun:
         self.tried: list[Endpoint] = []  # pods of earlier attempts, avoided by later ones
         self._state: tenacity.RetryCallState | None = None  # made on the first backoff
 
+    def add_try(self, endpoint: Endpoint) -> int:
+        """Count an attempt starting on ``endpoint``; the attempts before it, which its
+        ``grpc-previous-rpc-attempts`` reports (``with_previous_attempts``)."""
+        previous = len(self.tried)
+        self.tried.append(endpoint)
+        return previous
+
     def retry_delay(
         self,
         code: grpc.StatusCode | None,

@@ -64,8 +64,7 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
         # runs none of grpclb's code before it returns.) Hedges launched from two threads
         # at once count the attempts before them one at a time.
         with self._lock:
-            previous = len(run.tried)  # the attempts before this one
-            run.tried.append(attempt.endpoint)
+            previous = run.add_try(attempt.endpoint)
             if self._done.is_set() or self._closing:
                 attempt.release(None)  # decided meanwhile: never sent, no verdict
                 return

@@ -41,8 +41,7 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
         self._next_attempt(retry=False)
 
     def _launch(self, attempt: Attempt) -> None:
-        previous = len(self._run.tried)  # the attempts before this one
-        self._run.tried.append(attempt.endpoint)
+        previous = self._run.add_try(attempt.endpoint)
         # Started under the lock: a cancel comes either first, and nothing is sent, or
         # after, and finds the attempt to cancel. (grpcio runs none of grpclb's code
         # before it returns the stream.)

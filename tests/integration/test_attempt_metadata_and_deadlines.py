@@ -129,6 +129,35 @@ def code_and_seconds(call: Callable[[], Any]) -> tuple[grpc.StatusCode, float]:
     return code, time.monotonic() - started
 
 
+async def aio_call_closed_after_its_first_attempt(
+    script: Script, target: str, config: str | None = None, settle: float = 0.0
+) -> tuple[object, float]:
+    """An asyncio call's outcome when its channel closes once the pod saw its first
+    attempt (``settle`` seconds later), and the seconds from close() to that outcome."""
+    channel = grpclb.aio.channel(target, service_config=config or retry_config())
+    await channel.wait_for_endpoints(min_ready=None, timeout=10)
+
+    async def call() -> object:
+        try:
+            await call_of(channel)(b"x", timeout=20)
+            return grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+        except asyncio.CancelledError:
+            return asyncio.CancelledError  # what grpc.aio raises for a call close() ends
+
+    task = asyncio.create_task(call())
+    for _ in range(1000):  # bounded: 10 s
+        if script.seen:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(settle)
+    closed_at = time.monotonic()
+    await channel.close()
+    outcome = await asyncio.wait_for(task, 10)
+    return outcome, time.monotonic() - closed_at
+
+
 # --- grpc-previous-rpc-attempts ---------------------------------------------------------
 
 
@@ -269,30 +298,7 @@ def test_closing_the_channel_ends_an_aio_call_waiting_out_its_backoff(
     script, target = servers
     script.reset(failures=1, pushback_ms="5000")
 
-    async def scenario() -> tuple[object, float]:
-        channel = grpclb.aio.channel(target, service_config=retry_config())
-        await channel.wait_for_endpoints(min_ready=None, timeout=10)
-
-        async def call() -> object:
-            try:
-                await call_of(channel)(b"x", timeout=20)
-                return grpc.StatusCode.OK
-            except grpc.aio.AioRpcError as error:
-                return error.code()
-            except asyncio.CancelledError:
-                return asyncio.CancelledError  # what grpc.aio raises for a call close() ends
-
-        task = asyncio.create_task(call())
-        for _ in range(1000):  # bounded: 10 s
-            if script.seen:
-                break
-            await asyncio.sleep(0.01)
-        closed_at = time.monotonic()
-        await channel.close()
-        code = await asyncio.wait_for(task, 10)
-        return code, time.monotonic() - closed_at
-
-    outcome, seconds = asyncio.run(scenario())
+    outcome, seconds = asyncio.run(aio_call_closed_after_its_first_attempt(script, target))
     assert outcome is asyncio.CancelledError  # as plain grpc.aio, whose close() cancels it
     assert seconds < 2.0  # close() and the call both ended without the 5 s pushback
     assert script.seen == [None]
@@ -356,31 +362,10 @@ def test_closing_the_channel_ends_hedged_calls_waiting_for_their_next_hedge(
 
     script.reset(failures=1, pushback_ms="5000")
 
-    async def scenario() -> tuple[object, float]:
-        aio_channel = grpclb.aio.channel(target, service_config=hedge_config())
-        await aio_channel.wait_for_endpoints(min_ready=None, timeout=10)
-
-        async def call() -> object:
-            try:
-                await call_of(aio_channel)(b"x", timeout=20)
-                return grpc.StatusCode.OK
-            except grpc.aio.AioRpcError as error:
-                return error.code()
-            except asyncio.CancelledError:
-                return asyncio.CancelledError
-
-        task = asyncio.create_task(call())
-        for _ in range(1000):  # bounded: 10 s
-            if script.seen:
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)  # the failure reached the driver: it waits for the pushback
-        closed = time.monotonic()
-        await aio_channel.close()
-        outcome = await asyncio.wait_for(task, 10)
-        return outcome, time.monotonic() - closed
-
-    outcome, seconds = asyncio.run(scenario())
+    # The failure reached the driver before close(): it waits for the pushback.
+    outcome, seconds = asyncio.run(
+        aio_call_closed_after_its_first_attempt(script, target, hedge_config(), settle=0.05)
+    )
     assert outcome is asyncio.CancelledError  # as grpc.aio's close() ends its calls
     assert seconds < 2.0
     assert script.seen == [None]
