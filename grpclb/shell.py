@@ -85,7 +85,8 @@ def settings_from_options(
 def pod_channel_options(
     target: Target, options: ChannelOptions, secure: bool, service_config: str | None = None
 ) -> list[tuple[str, Any]]:
-    """Options for one pod's channel: its own TCP connection, the service's name, no retries.
+    """Options for one pod's channel: its own TCP connection, the service's name, no retries,
+    no channelz.
 
     The call authority and the TLS name stay the service's, so a certificate
     for the service verifies while we dial a pod's IP; verification is never
@@ -101,6 +102,10 @@ def pod_channel_options(
         # grpclb is the one retry layer: grpcio's own, inside a pod's channel, would only
         # ever retry on that same pod, and its machinery costs every call (docs/service-config.md).
         merged.append(("grpc.enable_retries", 0))
+    if "grpc.enable_channelz" not in names:
+        # A pod channel is grpclb's own, not the user's: its channelz node would be one
+        # of hundreds, and keeping it costs the client throughput (docs/service-config.md).
+        merged.append(("grpc.enable_channelz", 0))
     if not target.is_static and "grpc.default_authority" not in names:
         merged.append(("grpc.default_authority", target.authority))
     if secure and not target.is_static and "grpc.ssl_target_name_override" not in names:

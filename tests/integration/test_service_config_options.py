@@ -32,6 +32,15 @@ def test_service_config_option_balances_and_never_reaches_pod_channels(pods, dns
     assert "grpc.service_config" not in pod_options
     # The user's own choice is kept: grpcio's transparent retries, inside each pod's channel.
     assert pod_options["grpc.enable_retries"] == 1
+    assert pod_options["grpc.enable_channelz"] == 0  # not asked for: grpclb's default
+
+
+def test_channelz_is_off_in_pod_channels_unless_asked_for():
+    with grpclb.channel("ipv4:127.0.0.1:1") as channel:
+        assert dict(channel._options)["grpc.enable_channelz"] == 0
+    with grpclb.channel("ipv4:127.0.0.1:1", options=[("grpc.enable_channelz", 1)]) as channel:
+        assert dict(channel._options)["grpc.enable_channelz"] == 1
+        assert [name for name, _ in channel._options].count("grpc.enable_channelz") == 1
 
 
 def test_aio_channel_lifts_the_option_too():
