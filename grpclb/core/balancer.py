@@ -28,7 +28,6 @@ from grpclb.core.budget import RetryBudget
 from grpclb.core.endpoints import (
     IDLE,
     READY,
-    SHUTDOWN,
     TRANSIENT_FAILURE,
     Connection,
     Endpoint,
@@ -44,16 +43,10 @@ from grpclb.core.slowstart import SlowStart
 from grpclb.core.snapshots import Snapshots
 from grpclb.core.subsetting import Subsetter
 from grpclb.core.transaction import AtomicAnswers
+from grpclb.core.views import BalancerViews
 from grpclb.errors import LocalRpcError
 from grpclb.resolver import Resolution
-from grpclb.stats import (
-    ChannelStats,
-    EndpointStats,
-    best_state,
-    channel_stats,
-    endpoint_rows,
-    summary_line,
-)
+from grpclb.stats import ChannelStats, channel_stats, summary_line
 from grpclb.telemetry import NULL_TELEMETRY, Telemetry, current_context, trace_attempt
 
 log = logging.getLogger("grpclb")
@@ -64,7 +57,9 @@ _OK = grpc.StatusCode.OK
 _NO_ACTIONS: list[_Action] = []  # never appended to
 
 
-class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, RetryBudget):
+class Balancer(
+    BalancerViews, ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, RetryBudget
+):
     """Owns the pods of one target and answers which connection serves a call."""
 
     def __init__(
@@ -132,6 +127,9 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, Re
 
     def __repr__(self) -> str:
         return summary_line(self.stats())
+
+    def stats(self) -> ChannelStats:
+        return channel_stats(self, self.endpoint_stats())
 
     # --- resolution -------------------------------------------------------------
 
@@ -222,21 +220,6 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, Re
         self._wake_later = True
 
     # --- picking ----------------------------------------------------------------
-
-    def _holds_calls_locked(self, candidates: Sequence[Endpoint]) -> bool:
-        """Whether calls wait for a first READY pod rather than queue on a connecting one.
-
-        A hosts-file answer lists one server's addresses (``localhost``: 127.0.0.1
-        and ::1), of which only some may answer; a call handed to the one that
-        refuses would fail. So until one of them is READY for the first time,
-        calls wait in the channel, as gRPC queues calls while its picker is
-        CONNECTING; once every address has failed, they fail as grpcio's would.
-        """
-        if not self._hosts_answer:
-            return False
-        if any(c.was_ready for e in self._endpoints.values() for c in e.connections()):
-            return False  # past the first connection: the usual rule
-        return any(e.state is not TRANSIENT_FAILURE for e in candidates)
 
     def start_call(
         self,
@@ -380,10 +363,6 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, Re
                 self._start_ramp_locked(returned)
         self._rebuild_locked()
 
-    @property
-    def has_endpoints(self) -> bool:
-        return bool(self._snapshot[1])
-
     # --- time ---------------------------------------------------------------------
 
     def maintain(self) -> float:
@@ -420,46 +399,6 @@ class Balancer(ConnectionLifecycle, Snapshots, EndpointHealth, AtomicAnswers, Re
         if self._wake_later:
             self._wake_later = False
             self._transport.wake()
-
-    # --- views ----------------------------------------------------------------------
-
-    def admission_view(self, ready_only: bool = False) -> tuple[bool, bool]:
-        """(DNS has answered at least once, there are pods to pick), read together.
-
-        A call that found no pod asks this under the lock, so a first answer
-        landing between its pick and its decision is seen whole, not half. While
-        calls are held for a first READY pod (``_holds_calls_locked``) the answer
-        counts as not yet in: calls wait, as they do for a first answer.
-        ``ready_only``: only READY pods count (a wait_for_ready call's view).
-        """
-        with self._lock:
-            answered = self.counters["resolutions"] > 0 and not self._holding
-            usable = self._snapshot[1]
-            has_pods = any(e.state is READY for e in usable) if ready_only else bool(usable)
-            return answered, has_pods
-
-    def aggregate_state(self) -> grpc.ChannelConnectivity:
-        """The channel's state as grpcio would report it: the best of its pods'."""
-        if self.closed:
-            return SHUTDOWN
-        return best_state(e.state for e in self._endpoints.values())
-
-    def observe(self) -> list[tuple[str, str, int, bool]]:
-        """(address, state, in_flight, connected) per pod, for metric observations."""
-        with self._lock:
-            ready = {a for a, e in self._endpoints.items() if e.state is READY}
-        return [
-            (s.address, s.state, s.in_flight, s.address in ready) for s in self.endpoint_stats()
-        ]
-
-    def endpoint_stats(self) -> tuple[EndpointStats, ...]:
-        with self._lock:
-            return endpoint_rows(
-                [*self._members, *self._departed], self._clock(), self._slow_start.weight_of
-            )
-
-    def stats(self) -> ChannelStats:
-        return channel_stats(self, self.endpoint_stats())
 
     def shutdown(self) -> list[Connection]:
         """Forget every pod; return every connection for the flavour to close."""

@@ -78,7 +78,7 @@ class Snapshots:
     _clock: Callable[[], float]
 
     def _holds_calls_locked(self, candidates: Sequence[Endpoint]) -> bool:  # pragma: no cover
-        raise NotImplementedError  # Balancer's
+        raise NotImplementedError  # BalancerViews'
 
     def _rebuild_locked(self) -> None:
         """Build the snapshot now: for every change that takes a pod out of rotation."""
