@@ -73,6 +73,8 @@ class _Call:
     _digest: int | None = None  # the hash key's digest, when the call has metadata
     _began = 0.0  # time.perf_counter() at the call's start, when calls are timed
     _deadline: float | None = None  # time.monotonic() at which the call ends, if it has one
+    # Its attempts end at the retry policy's perAttemptRecvTimeout: unary-response calls.
+    _attempts_timed = False
 
     def __init__(
         self,
@@ -102,6 +104,8 @@ class _Call:
         if channel._timed:
             self._began = time.perf_counter()
         self._loop = channel._loop or channel._ensure_started()
+        if policy.attempt_timeout is not None and self._attempts_timed:
+            self._progress()  # the run times each attempt, the first one too
         balancer = channel._balancer
         if balancer.closed:
             raise grpc.aio.UsageError("Cannot invoke RPC on closed channel!")
@@ -120,14 +124,17 @@ class _Call:
             self._starter = channel._spawn(self._start_attempt(False))
 
     def _invoke(self, attempt: Attempt, timeout: Any = _REMAINING) -> Any:
-        """Start ``attempt`` with ``timeout``, by default what remains of the call's deadline."""
-        if timeout is _REMAINING:
-            deadline = self._deadline
-            timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        """Start ``attempt`` with ``timeout``, by default what remains of the call's deadline
+        (or, for a unary response, the attempt's own: ``CallRun.attempt_timeout``)."""
         metadata = self._metadata
         run = self._run
         if run is not None:  # a later attempt: it says how many came before (A6)
             metadata = with_previous_attempts(metadata, run.add_try(attempt.endpoint))
+            if self._attempts_timed:
+                timeout = run.attempt_timeout(time.monotonic())
+        if timeout is _REMAINING:
+            deadline = self._deadline
+            timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         owner = self._owner
         method = attempt.connection.multicallables.get(owner._key) or owner.on(attempt)
         try:
@@ -256,7 +263,7 @@ class _Call:
             return  # the driving task decides (a hedge that lost is not the attempt)
         code = aio_finished_status(call)
         policy = self._policy
-        if code in policy.codes and policy.max_attempts > 1:
+        if policy.max_attempts > 1 and (code in policy.codes or policy.attempt_timeout):
             # Nobody awaits the call yet (its writer writes, its reader has not begun):
             # its retry is decided in the background, as grpcio's own retries are,
             # by a task, not here inside grpc.aio's callback.

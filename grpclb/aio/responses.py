@@ -39,6 +39,7 @@ class _UnaryResponse(_Call):
     _response: Any = _NO_ANSWER
     _failure: BaseException | None = None
     _finished: asyncio.Event | None = None
+    _attempts_timed = True
 
     def __await__(self) -> Generator[Any, None, Any]:
         # A generator, not a coroutine: no coroutine and wrapper per call, one frame less.

@@ -47,6 +47,7 @@ class RetryPolicy:
     max_backoff: float  # seconds, > 0
     backoff_multiplier: float  # > 0
     retryable_status_codes: frozenset[grpc.StatusCode]  # empty only with perAttemptRecvTimeout
+    per_attempt_recv_timeout: float | None = None  # seconds, > 0: each attempt's own limit
 
 
 @dataclass(frozen=True)
@@ -289,8 +290,10 @@ def _retry_policy(read: Reader, path: str, raw: object) -> RetryPolicy:
     codes: frozenset[grpc.StatusCode] = frozenset()
     if raw_codes is not None:
         codes = read.status_codes(f"{path}.retryableStatusCodes", raw_codes)
-    if policy.get("perAttemptRecvTimeout") is not None:  # validated, not applied
-        read.duration(f"{path}.perAttemptRecvTimeout", policy["perAttemptRecvTimeout"], True)
+    attempt_timeout: float | None = None
+    if policy.get("perAttemptRecvTimeout") is not None:
+        raw_timeout = policy["perAttemptRecvTimeout"]
+        attempt_timeout = read.duration(f"{path}.perAttemptRecvTimeout", raw_timeout, True)
     elif not codes:
         # gRFC A6: retryableStatusCodes "must be non-empty if perAttemptRecvTimeout is not
         # set" (with it, a policy may retry on the timeout alone, as C core and Java allow)
@@ -301,7 +304,7 @@ def _retry_policy(read: Reader, path: str, raw: object) -> RetryPolicy:
             raw_codes,
             show=raw_codes is not None,
         )
-    return RetryPolicy(attempts, initial, maximum, multiplier, codes)
+    return RetryPolicy(attempts, initial, maximum, multiplier, codes, attempt_timeout)
 
 
 def _hedging_policy(read: Reader, path: str, raw: object) -> HedgingPolicy:

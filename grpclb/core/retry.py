@@ -34,6 +34,8 @@ PUSHBACK_KEY = "grpc-retry-pushback-ms"
 # The failed attempt's trailing metadata, read only when a decision needs it.
 Trailing = Callable[[], Sequence[tuple[str, Any]] | None]
 _STOP = -1.0  # a pushback telling the client not to retry
+# grpcio keeps deadlines to the millisecond: an attempt's may end this much before ours.
+_DEADLINE_SLACK = 0.005
 PREVIOUS_ATTEMPTS_KEY = "grpc-previous-rpc-attempts"
 
 
@@ -71,6 +73,9 @@ class CallPolicy:
     wait_for_ready: bool | None = None
     throttle: RetryThrottle | None = None  # A6 retryThrottling, shared by the channel
     origin: str = "grpclb retries"
+    # retryPolicy.perAttemptRecvTimeout: each attempt of a unary-response call ends after
+    # this long, and is retried whatever its status (``CallRun.attempt_timeout``).
+    attempt_timeout: float | None = None
 
     @property
     def hedging(self) -> bool:
@@ -135,6 +140,7 @@ def method_policy(
         return CallPolicy(
             p.max_attempts, p.retryable_status_codes, None, wait, **limits,
             throttle=throttle, origin="service config retryPolicy",
+            attempt_timeout=p.per_attempt_recv_timeout,
         )  # fmt: skip
     if entry.hedging_policy is not None:
         if request_stream:
@@ -189,7 +195,15 @@ def with_previous_attempts(metadata: Any, previous: int) -> Any:
 class CallRun:
     """One logical call's progress through its policy; the drivers do what it decides."""
 
-    __slots__ = ("_state", "attempts", "deadline", "policy", "requests", "tried")
+    __slots__ = (
+        "_state",
+        "attempt_deadline",
+        "attempts",
+        "deadline",
+        "policy",
+        "requests",
+        "tried",
+    )
 
     def __init__(
         self, policy: CallPolicy, deadline: float | None, requests: Replayed | None = None
@@ -200,6 +214,26 @@ class CallRun:
         self.attempts = 1  # started so far
         self.tried: list[Endpoint] = []  # pods of earlier attempts, avoided by later ones
         self._state: tenacity.RetryCallState | None = None  # made on the first backoff
+        self.attempt_deadline: float | None = None  # the current attempt's own, when it binds
+
+    def attempt_timeout(self, now: float) -> float | None:
+        """The timeout of an attempt of a unary-response call starting ``now``.
+
+        What remains of the call's deadline, or the policy's ``perAttemptRecvTimeout``
+        when that ends first: then the attempt's own end is noted, so that its
+        DEADLINE_EXCEEDED is known for the attempt's timeout, not the call's
+        (``retry_delay``). C core times the attempt until a response arrives; grpcio
+        exposes only a deadline, so grpclb's covers the whole attempt
+        (docs/service-config.md). Response streams keep the call's deadline.
+        """
+        deadline = self.deadline
+        remaining = None if deadline is None else max(deadline - now, 0.0)
+        limit = self.policy.attempt_timeout
+        if limit is None or (remaining is not None and remaining <= limit):
+            self.attempt_deadline = None
+            return remaining
+        self.attempt_deadline = now + limit
+        return limit
 
     def add_try(self, endpoint: Endpoint) -> int:
         """Count an attempt starting on ``endpoint``; the attempts before it, which its
@@ -225,7 +259,15 @@ class CallRun:
         """
         policy = self.policy
         hedged = policy.hedging_delay is not None
-        if code not in policy.codes or (policy.retrying is None and not hedged):
+        attempt_deadline = self.attempt_deadline
+        # An attempt its perAttemptRecvTimeout ended is retried whatever the codes say, as
+        # C core retries it (a server's own DEADLINE_EXCEEDED, sent sooner, is a status).
+        timed_out = (
+            attempt_deadline is not None
+            and code is grpc.StatusCode.DEADLINE_EXCEEDED
+            and now >= attempt_deadline - _DEADLINE_SLACK
+        )
+        if (code not in policy.codes and not timed_out) or (policy.retrying is None and not hedged):
             return None
         # A hedging policy here (a response stream's, or an attempt nobody awaited): no
         # hedge runs beside the attempt, but a non-fatal failure is followed at once by

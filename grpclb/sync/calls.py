@@ -88,14 +88,15 @@ class _MultiCallable:
         attempt: Attempt,
         future: bool,
         request: Any,
-        deadline: float | None,
+        timeout: float | None,
         *args: Any,
         previous: int = 0,
     ) -> Any:
         """Start ``attempt`` as a grpcio future or response stream; nothing is released here.
 
-        ``args``: metadata, credentials, wait_for_ready, compression; ``previous``: the
-        attempts of the call before this one (``with_previous_attempts``).
+        ``timeout``: the attempt's (``CallRun.attempt_timeout``); ``args``: metadata,
+        credentials, wait_for_ready, compression; ``previous``: the attempts of the call
+        before this one (``with_previous_attempts``).
         """
         if type(request) is RequestBuffer:
             request = request.attempt()  # what earlier attempts sent, then the rest
@@ -105,7 +106,7 @@ class _MultiCallable:
             multicallable = self.on(attempt.connection)
             if future:
                 multicallable = multicallable.future
-            return multicallable(request, remaining(deadline), *args)
+            return multicallable(request, timeout, *args)
         except BaseException as error:
             attempt.release(None)
             if isinstance(error, ValueError) and attempt.connection.closing:
@@ -136,7 +137,7 @@ class _MultiCallable:
             except LocalRpcError as error:
                 return error  # grpcio's future() and streams never raise: a finished call
             if attempt is not None:
-                call = self.invoke(attempt, future, request, deadline, *args)
+                call = self.invoke(attempt, future, request, remaining(deadline), *args)
                 release_when_done(attempt, call, self._channel._call_timer(self._method))
                 return call
         requests = self._buffer(request) if self._request_stream else None
@@ -170,7 +171,9 @@ class _MultiCallable:
         requests = self._buffer(request) if self._request_stream else None
         timed = self._timed
         started = time.perf_counter() if timed else 0.0
-        run: CallRun | None = None  # made on the first failure: the common call never needs it
+        # Made on the first failure: the common call never needs it. (With a per-attempt
+        # timeout, made now: it times every attempt.)
+        run = None if policy.attempt_timeout is None else CallRun(policy, deadline, requests)
         retry = False
         while True:
             try:
@@ -190,7 +193,7 @@ class _MultiCallable:
                     multicallable = multicallable.with_call
                 result = multicallable(
                     request if requests is None else requests.attempt(),
-                    remaining(deadline),
+                    remaining(deadline) if run is None else run.attempt_timeout(time.monotonic()),
                     metadata if run is None else with_previous_attempts(metadata, len(run.tried)),
                     credentials,
                     wait,

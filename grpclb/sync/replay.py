@@ -69,8 +69,9 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
                 attempt.release(None)  # decided meanwhile: never sent, no verdict
                 return
             try:
+                timeout = run.attempt_timeout(time.monotonic())
                 call = owner.invoke(
-                    attempt, True, self._request, run.deadline, *self._args, previous=previous
+                    attempt, True, self._request, timeout, *self._args, previous=previous
                 )
             except Exception as error:  # (invoke released the attempt)
                 failure: Exception | None = error

@@ -20,6 +20,7 @@ from grpclb.core.attempt import Attempt
 from grpclb.core.retry import CallRun
 from grpclb.errors import LocalRpcError, cancelled_locally
 from grpclb.sync.attempts import release_when_done, weakly
+from grpclb.sync.calls import remaining
 from grpclb.sync.logical import _OK, _Logical
 from grpclb.telemetry import trace_retry
 
@@ -54,7 +55,7 @@ class LogicalStream(_Logical, grpc.Call, grpc.Future):  # type: ignore[misc]
                     attempt,
                     False,
                     self._request,
-                    self._run.deadline,
+                    remaining(self._run.deadline),  # (a stream: the call's deadline only)
                     *self._args,
                     previous=previous,
                 )

@@ -130,6 +130,64 @@ def test_a6_retries_only_its_codes_and_exactly_max_attempts() -> None:
     assert run.retry_delay(C.INTERNAL, no_trailing, 0.0) is None
 
 
+TIMED = {**RETRY, "perAttemptRecvTimeout": "0.5s", "retryableStatusCodes": ["UNAVAILABLE"]}
+
+
+def test_an_attempt_gets_the_per_attempt_timeout_or_what_remains_of_the_deadline() -> None:
+    policy = policy_of({"retryPolicy": TIMED})
+    assert policy.attempt_timeout == 0.5
+    run = CallRun(policy, deadline=10.0)
+    assert run.attempt_timeout(now=1.0) == 0.5  # its own limit ends first
+    assert run.attempt_deadline == 1.5
+    assert run.attempt_timeout(now=9.8) == pytest.approx(0.2)  # the call's deadline does
+    assert run.attempt_deadline is None
+    assert CallRun(policy, deadline=None).attempt_timeout(now=1.0) == 0.5
+    no_limit = CallRun(policy_of({"retryPolicy": RETRY}), deadline=None)
+    assert no_limit.attempt_timeout(now=1.0) is None
+    assert no_limit.attempt_deadline is None
+
+
+def test_an_attempt_its_timeout_ended_is_retried_whatever_the_codes() -> None:
+    run = CallRun(policy_of({"retryPolicy": TIMED}), deadline=10.0)
+    run.attempt_timeout(now=1.0)  # ends at 1.5
+    assert run.retry_delay(C.DEADLINE_EXCEEDED, no_trailing, 1.5) is not None
+    # A server's own DEADLINE_EXCEEDED, before the attempt's timeout: a status, not retryable.
+    run.attempt_timeout(now=2.0)
+    assert run.retry_delay(C.DEADLINE_EXCEEDED, no_trailing, 2.1) is None
+    # The call's own deadline ended it: no retry either.
+    run.attempt_timeout(now=9.8)
+    assert run.retry_delay(C.DEADLINE_EXCEEDED, no_trailing, 10.0) is None
+
+
+def test_a_timed_out_attempt_still_obeys_max_attempts_headers_and_the_throttle() -> None:
+    sc = config({"retryPolicy": TIMED}, retryThrottling={"maxTokens": 4, "tokenRatio": 0.5})
+    assert sc.retry_throttling is not None
+    throttle = RetryThrottle(sc.retry_throttling)
+    policy = method_policy(settings(service_config=sc.source), METHOD, False, Edge(True), throttle)
+    outcomes = []
+    for _ in range(2):  # each timeout takes a token: 4 -> 3 (allowed), 3 -> 2 (refused)
+        run = CallRun(policy, None)
+        run.attempt_timeout(now=0.0)
+        outcomes.append(run.retry_delay(C.DEADLINE_EXCEEDED, no_trailing, 0.5) is not None)
+    assert outcomes == [True, False]
+    run = CallRun(policy_of({"retryPolicy": TIMED}), None)
+    run.attempt_timeout(now=0.0)
+    headers = lambda: [("k", "v")]  # noqa: E731 - the attempt answered: committed
+    assert run.retry_delay(C.DEADLINE_EXCEEDED, no_trailing, 0.5, headers) is None
+    run.attempts = 4
+    assert run.retry_delay(C.DEADLINE_EXCEEDED, no_trailing, 0.5) is None
+
+
+def test_retryable_codes_may_be_absent_with_a_per_attempt_timeout() -> None:
+    policy = policy_of(
+        {"retryPolicy": {k: v for k, v in TIMED.items() if k != "retryableStatusCodes"}}
+    )
+    run = CallRun(policy, deadline=None)
+    run.attempt_timeout(now=0.0)
+    assert run.retry_delay(C.UNAVAILABLE, no_trailing, 0.1) is None  # no codes to retry
+    assert run.retry_delay(C.DEADLINE_EXCEEDED, no_trailing, 0.5) is not None
+
+
 def test_max_attempts_above_five_is_five() -> None:
     assert policy_of({"retryPolicy": {**RETRY, "maxAttempts": 9}}).max_attempts == 5
 

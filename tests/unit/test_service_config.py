@@ -114,10 +114,10 @@ METHOD_CASES: list[tuple[str, Any, str, MethodConfig | None]] = [
         MethodConfig(retry_policy=RetryPolicy(5, 1.0, 120.0, 1.6, frozenset({C.ABORTED}))),
     ),
     (
-        "retry_per_attempt_recv_timeout_validated_only",
+        "retry_per_attempt_recv_timeout",
         retry(perAttemptRecvTimeout="1s"),
         "/TestServ/TestMethod",
-        MethodConfig(retry_policy=RetryPolicy(3, 1.0, 120.0, 1.6, frozenset({C.ABORTED}))),
+        MethodConfig(retry_policy=RetryPolicy(3, 1.0, 120.0, 1.6, frozenset({C.ABORTED}), 1.0)),
     ),
     (
         "retry_policy_null_turns_retries_off",

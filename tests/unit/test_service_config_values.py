@@ -321,7 +321,7 @@ def test_a_retry_policy_with_per_attempt_recv_timeout_may_omit_status_codes(
     codes: list[str] | None,
 ) -> None:
     policy = retry_of(with_retry(retryableStatusCodes=codes, perAttemptRecvTimeout="1s"))
-    assert policy == RetryPolicy(2, 1.0, 1.0, 2.0, frozenset())
+    assert policy == RetryPolicy(2, 1.0, 1.0, 2.0, frozenset(), per_attempt_recv_timeout=1.0)
 
 
 def test_without_per_attempt_recv_timeout_status_codes_are_still_required() -> None:
