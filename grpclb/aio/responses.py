@@ -135,6 +135,7 @@ class _UnaryResponse(_Call):
         track(await self._started())
         next_hedge = clock() + hedging_delay
         last: Any = None
+        at_deadline = False  # the call's deadline ended it: the hedges running end at it too
         try:
             while True:
                 if ended_between_hedges():
@@ -171,12 +172,15 @@ class _UnaryResponse(_Call):
                     final, delay = run.hedge_failed(code, _constant(trailing), time.monotonic())
                     last = self._attempt = call
                     if final:
+                        at_deadline = run.ended_by_deadline(code, time.monotonic())
                         return await call  # raises its error
                     if delay is not None:
                         next_hedge = clock() + delay  # A6: at once, or after the pushback
         finally:
-            for call in running:
-                call.cancel()  # the losers: a cancel is no verdict on their pods
+            if not at_deadline:
+                for call in running:
+                    call.cancel()  # the losers: a cancel is no verdict on their pods
+            running.clear()  # (a cancel() of the ended call reaches none of them)
 
     async def _wait_settled(self) -> None:
         with contextlib.suppress(grpc.RpcError, asyncio.CancelledError):

@@ -314,6 +314,21 @@ class CallRun:
 
     # --- hedging (A6) -----------------------------------------------------------------
 
+    def ended_by_deadline(self, code: grpc.StatusCode | None, now: float) -> bool:
+        """Whether an attempt's ``code`` is the call's own deadline passing.
+
+        Hedges still running then reach the same deadline on their own, within
+        milliseconds: they are left to end, not cancelled, so each is its pod's
+        DEADLINE_EXCEEDED, as a lone attempt's would be (a cancelled hedge is no
+        verdict on its pod, and which hedge ends first is a race).
+        """
+        deadline = self.deadline
+        return (
+            code is grpc.StatusCode.DEADLINE_EXCEEDED
+            and deadline is not None
+            and now >= deadline - _DEADLINE_SLACK
+        )
+
     def in_time(self, now: float, delay: float = 0.0) -> bool:
         """Whether an attempt starting ``delay`` seconds after ``now`` starts before the
         deadline: no retry or hedge is ever sent with no time left."""

@@ -129,7 +129,8 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
         self._arm_retry(delay)
 
     def _commit(self, call: Any, others: list[Any]) -> None:
-        """The call's answer is ``call``: the other attempts are cancelled (no verdict on pods).
+        """The call's answer is ``call``: the other attempts are cancelled (no verdict on pods),
+        unless the call's deadline ended it: they end at it too (``ended_by_deadline``).
 
         ``_closing`` is set with the last look at the running attempts, under the lock,
         so an attempt starting on another thread meanwhile sees it and cancels itself.
@@ -141,6 +142,8 @@ class LogicalFuture(_Logical, grpc.Future, grpc.Call):  # type: ignore[misc]
             self._timer.cancel()
         self._finish(call)
         self._wake_waiting()  # a hedge waiting for a pod stops waiting, and gives its grant back
+        if others and self._run.ended_by_deadline(call.code(), time.monotonic()):
+            return
         for other in others:
             other.cancel()
 

@@ -25,7 +25,7 @@ import pytest
 import grpclb
 import grpclb.aio
 from grpclb.testing import SERVICE_NAME, PodFleet, echo_pb2
-from tests.helpers import drive, serve, stub, until, wait_ready
+from tests.helpers import drive, serve, stub, until, wait_ready, wait_until
 
 FleetFactory = Callable[..., PodFleet]
 UNARY = {"service": "grpclb.testing.Echo", "method": "Unary"}
@@ -212,6 +212,47 @@ def test_hedging_survives_a_frozen_pod(pods: FleetFactory, dns_server: Any) -> N
             os.kill(frozen.pid, signal.SIGCONT)
     assert errors == [], [e.code() for e in errors]
     assert len(latencies) == 320
+
+
+@pytest.mark.parametrize("flavour", ["sync", "aio"])
+def test_hedges_that_all_reach_the_deadline_are_each_charged_to_their_pod(
+    pods: FleetFactory, dns_server: Any, flavour: str
+) -> None:
+    """No hedge answered and none was cancelled for another's answer: each attempt's own
+    DEADLINE_EXCEEDED is its pod's, as a single attempt's would be, in both flavours."""
+    fleet, target = serve(pods, dns_server, 3)
+    for pod in fleet:
+        pod.set_mode("hang")  # answers only at the deadline
+    service_config = config({"name": [UNARY], "hedgingPolicy": hedging(3, "0.05s")})
+    request = echo_pb2.EchoRequest()
+
+    def charged(channel: Any) -> int | None:
+        stats = channel.stats()
+        return None if stats.in_flight else sum(e.failures for e in stats.endpoints)
+
+    if flavour == "sync":
+        with grpclb.channel(target, service_config=service_config, policy="round_robin") as ch:
+            wait_ready(ch, 3)
+            with pytest.raises(grpc.RpcError) as raised:
+                stub(ch).Unary(request, timeout=0.5)
+            code = raised.value.code()
+            failures = wait_until(lambda: charged(ch) is not None and charged(ch), 5)
+    else:
+
+        async def scenario() -> tuple[grpc.StatusCode, int]:
+            async with grpclb.aio.channel(
+                target, service_config=service_config, policy="round_robin"
+            ) as ch:
+                await ch.wait_for_endpoints(min_ready=3, timeout=10)
+                try:
+                    await stub(ch).Unary(request, timeout=0.5)
+                except grpc.aio.AioRpcError as error:
+                    return error.code(), await until(lambda: charged(ch), 5)
+                raise AssertionError("the call should have reached its deadline")
+
+        code, failures = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert failures == 3
 
 
 def test_hedging_in_asyncio_takes_a_slow_pod_out_of_the_tail(

@@ -188,6 +188,14 @@ def test_retryable_codes_may_be_absent_with_a_per_attempt_timeout() -> None:
     assert run.retry_delay(C.DEADLINE_EXCEEDED, no_trailing, 0.5) is not None
 
 
+def test_only_the_calls_own_deadline_passing_leaves_the_other_hedges_running() -> None:
+    run = CallRun(policy_of({"hedgingPolicy": {"maxAttempts": 3}}), deadline=10.0)
+    assert run.ended_by_deadline(C.DEADLINE_EXCEEDED, 10.0)
+    assert not run.ended_by_deadline(C.DEADLINE_EXCEEDED, 9.0)  # the server's own status
+    assert not run.ended_by_deadline(C.INTERNAL, 10.0)
+    assert not CallRun(run.policy, deadline=None).ended_by_deadline(C.DEADLINE_EXCEEDED, 10.0)
+
+
 def test_max_attempts_above_five_is_five() -> None:
     assert policy_of({"retryPolicy": {**RETRY, "maxAttempts": 9}}).max_attempts == 5
 
