@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from concurrent import futures
 from typing import Any, TypeVar
 
 import grpc
@@ -103,3 +105,27 @@ async def ready(channel: Any, count: int, timeout: float = 10.0) -> None:
     """Wait until ``count`` pods of an asyncio channel are READY (starting it if need be)."""
     channel.get_state(try_to_connect=True)  # starts resolution without a call
     await until(lambda: ready_count(channel) == count, timeout, f"{count} ready pods")
+
+
+@contextlib.contextmanager
+def generic_servers(
+    hosts: Iterable[str], service: str, handlers: dict[str, Any], workers: int = 4
+) -> Iterator[str]:
+    """One plain grpcio server per loopback host serving ``service``'s ``handlers``
+    (grpcio method handlers, by method name); yields their static ``ipv4:`` target."""
+    generic = grpc.method_handlers_generic_handler(service, handlers)
+    started, addresses = [], []
+    try:
+        for host in hosts:
+            server = grpc.server(
+                futures.ThreadPoolExecutor(workers), options=[("grpc.so_reuseport", 0)]
+            )
+            server.add_generic_rpc_handlers((generic,))
+            port = server.add_insecure_port(f"{host}:0")
+            server.start()
+            started.append(server)
+            addresses.append(f"{host}:{port}")
+        yield "ipv4:" + ",".join(addresses)
+    finally:
+        for server in started:
+            server.stop(None)

@@ -14,7 +14,6 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from typing import Any
 
 import grpc
@@ -23,7 +22,7 @@ import pytest
 
 import grpclb
 import grpclb.aio
-from tests.helpers import wait_until
+from tests.helpers import generic_servers, wait_until
 
 KEY = "grpc-previous-rpc-attempts"
 METHOD = "/demo.Attempts/Call"
@@ -59,21 +58,9 @@ class Script:
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[Script, str]]:
     script = Script()
-    handler = grpc.unary_unary_rpc_method_handler(script.handle)
-    generic = grpc.method_handlers_generic_handler("demo.Attempts", {"Call": handler})
-    started, addresses = [], []
-    try:
-        for host in HOSTS:
-            server = grpc.server(futures.ThreadPoolExecutor(4), options=[("grpc.so_reuseport", 0)])
-            server.add_generic_rpc_handlers((generic,))
-            port = server.add_insecure_port(f"{host}:0")
-            server.start()
-            started.append(server)
-            addresses.append(f"{host}:{port}")
-        yield script, "ipv4:" + ",".join(addresses)
-    finally:
-        for server in started:
-            server.stop(None)
+    handlers = {"Call": grpc.unary_unary_rpc_method_handler(script.handle)}
+    with generic_servers(HOSTS, "demo.Attempts", handlers) as target:
+        yield script, target
 
 
 def retry_config(max_attempts: int = 4, backoff: str = "0.01s") -> str:

@@ -16,7 +16,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from typing import Any
 
 import grpc
@@ -25,6 +24,7 @@ import pytest
 
 import grpclb
 import grpclb.aio
+from tests.helpers import generic_servers
 
 KEY = "grpc-previous-rpc-attempts"
 SERVICE = "demo.Slow"
@@ -82,20 +82,8 @@ def servers() -> Iterator[tuple[Script, str]]:
         "Upload": grpc.stream_unary_rpc_method_handler(script.client_stream),
         "Watch": grpc.unary_stream_rpc_method_handler(script.server_stream),
     }
-    generic = grpc.method_handlers_generic_handler(SERVICE, handlers)
-    started, addresses = [], []
-    try:
-        for host in HOSTS:
-            server = grpc.server(futures.ThreadPoolExecutor(8), options=[("grpc.so_reuseport", 0)])
-            server.add_generic_rpc_handlers((generic,))
-            port = server.add_insecure_port(f"{host}:0")
-            server.start()
-            started.append(server)
-            addresses.append(f"{host}:{port}")
-        yield script, "ipv4:" + ",".join(addresses)
-    finally:
-        for server in started:
-            server.stop(None)
+    with generic_servers(HOSTS, SERVICE, handlers, workers=8) as target:
+        yield script, target
 
 
 def config(max_attempts: int = 3, codes: list[str] | None = None) -> str:
