@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("grpclb")
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
+_DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
 _REMAINING: Any = object()  # ``_invoke``'s default timeout: what remains of the deadline
 
 
@@ -263,7 +264,8 @@ class _Call:
             return  # the driving task decides (a hedge that lost is not the attempt)
         code = aio_finished_status(call)
         policy = self._policy
-        if policy.max_attempts > 1 and (code in policy.codes or policy.attempt_timeout):
+        timed_out = code is _DEADLINE_EXCEEDED and policy.attempt_timeout and self._attempts_timed
+        if policy.max_attempts > 1 and (code in policy.codes or timed_out):
             # Nobody awaits the call yet (its writer writes, its reader has not begun):
             # its retry is decided in the background, as grpcio's own retries are,
             # by a task, not here inside grpc.aio's callback.

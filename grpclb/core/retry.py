@@ -34,7 +34,8 @@ PUSHBACK_KEY = "grpc-retry-pushback-ms"
 # The failed attempt's trailing metadata, read only when a decision needs it.
 Trailing = Callable[[], Sequence[tuple[str, Any]] | None]
 _STOP = -1.0  # a pushback telling the client not to retry
-# grpcio keeps deadlines to the millisecond: an attempt's may end this much before ours.
+# A margin for telling an attempt's own deadline from a status: grpcio keeps deadlines to
+# the millisecond. (Measured, its deadline always fired after ours: it is computed later.)
 _DEADLINE_SLACK = 0.005
 PREVIOUS_ATTEMPTS_KEY = "grpc-previous-rpc-attempts"
 

@@ -257,3 +257,24 @@ def test_hung_attempts_are_charged_to_their_pod(servers):
         failures = sum(e.failures for e in ch.stats().endpoints)
     assert code is grpc.StatusCode.OK
     assert failures == 1  # the pod that did not answer in time, as a deadline would charge it
+
+
+def test_aio_call_nobody_awaits_is_done_when_its_attempt_answers(servers):
+    """Only a timed-out attempt waits for a decision in the background; an answer settles
+    the call at once, as it does without a per-attempt timeout."""
+    script, target = servers
+    script.reset(hangs=0)
+
+    async def main() -> tuple[bool, list[Any]]:
+        policy = config(codes=["UNAVAILABLE"])
+        async with grpclb.aio.channel(target, service_config=policy, policy="round_robin") as ch:
+            await ch.wait_for_endpoints(min_ready=None, timeout=10)
+            call = ch.unary_unary(f"/{SERVICE}/Call")(b"x", timeout=10)
+            seen: list[Any] = []
+            call.add_done_callback(seen.append)
+            await call._attempt  # the attempt itself, not the call: nobody drives the call
+            return call.done(), seen
+
+    done, seen = asyncio.run(asyncio.wait_for(main(), 30))
+    assert done
+    assert len(seen) == 1
