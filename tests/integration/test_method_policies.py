@@ -214,6 +214,27 @@ def test_hedging_survives_a_frozen_pod(pods: FleetFactory, dns_server: Any) -> N
     assert len(latencies) == 320
 
 
+def test_per_attempt_timeout_survives_a_frozen_pod_and_ejects_it(
+    pods: FleetFactory, dns_server: Any
+) -> None:
+    fleet, target = serve(pods, dns_server, 4, processes=True)
+    policy = {**retry_policy(3), "perAttemptRecvTimeout": "0.2s"}
+    service_config = config({"name": [UNARY], "retryPolicy": policy})
+    with grpclb.channel(target, service_config=service_config, policy="round_robin") as channel:
+        wait_ready(channel, 4)
+        frozen = fleet[1]
+        os.kill(frozen.pid, signal.SIGSTOP)  # TCP stays open; nothing answers
+        try:
+            latencies, errors = run_load(stub(channel), threads=8, calls=40, timeout=1.0)
+            ejected = [e.address for e in channel.stats().endpoints if e.ejections]
+        finally:
+            os.kill(frozen.pid, signal.SIGCONT)
+    assert errors == [], [e.code() for e in errors]
+    assert len(latencies) == 320
+    assert ejected == [frozen.address]  # charged for each timeout, then ejected
+    assert max(latencies) < 1.0
+
+
 @pytest.mark.parametrize("flavour", ["sync", "aio"])
 def test_hedges_that_all_reach_the_deadline_are_each_charged_to_their_pod(
     pods: FleetFactory, dns_server: Any, flavour: str
