@@ -236,12 +236,15 @@ def test_per_attempt_timeout_survives_a_frozen_pod_and_ejects_it(
 
 
 @pytest.mark.parametrize("flavour", ["sync", "aio"])
+@pytest.mark.parametrize("pod_count", [3, 1])
 def test_hedges_that_all_reach_the_deadline_are_each_charged_to_their_pod(
-    pods: FleetFactory, dns_server: Any, flavour: str
+    pods: FleetFactory, dns_server: Any, flavour: str, pod_count: int
 ) -> None:
     """No hedge answered and none was cancelled for another's answer: each attempt's own
-    DEADLINE_EXCEEDED is its pod's, as a single attempt's would be, in both flavours."""
-    fleet, target = serve(pods, dns_server, 3)
+    DEADLINE_EXCEEDED is its pod's, as a single attempt's would be, in both flavours; a pod
+    that took every hedge (a wait_for_ready call, one READY pod) is charged for each, as
+    gRPC's outlier detection counts attempts (A50)."""
+    fleet, target = serve(pods, dns_server, pod_count)
     for pod in fleet:
         pod.set_mode("hang")  # answers only at the deadline
     service_config = config({"name": [UNARY], "hedgingPolicy": hedging(3, "0.05s")})
@@ -253,9 +256,9 @@ def test_hedges_that_all_reach_the_deadline_are_each_charged_to_their_pod(
 
     if flavour == "sync":
         with grpclb.channel(target, service_config=service_config, policy="round_robin") as ch:
-            wait_ready(ch, 3)
+            wait_ready(ch, pod_count)
             with pytest.raises(grpc.RpcError) as raised:
-                stub(ch).Unary(request, timeout=0.5)
+                stub(ch).Unary(request, timeout=0.5, wait_for_ready=True)
             code = raised.value.code()
             failures = wait_until(lambda: charged(ch) is not None and charged(ch), 5)
     else:
@@ -264,9 +267,9 @@ def test_hedges_that_all_reach_the_deadline_are_each_charged_to_their_pod(
             async with grpclb.aio.channel(
                 target, service_config=service_config, policy="round_robin"
             ) as ch:
-                await ch.wait_for_endpoints(min_ready=3, timeout=10)
+                await ch.wait_for_endpoints(min_ready=pod_count, timeout=10)
                 try:
-                    await stub(ch).Unary(request, timeout=0.5)
+                    await stub(ch).Unary(request, timeout=0.5, wait_for_ready=True)
                 except grpc.aio.AioRpcError as error:
                     return error.code(), await until(lambda: charged(ch), 5)
                 raise AssertionError("the call should have reached its deadline")
@@ -274,6 +277,7 @@ def test_hedges_that_all_reach_the_deadline_are_each_charged_to_their_pod(
         code, failures = asyncio.run(asyncio.wait_for(scenario(), 30))
     assert code is grpc.StatusCode.DEADLINE_EXCEEDED
     assert failures == 3
+    assert sum(p.stats().calls for p in fleet) == 3  # every hedge was sent
 
 
 def test_hedging_in_asyncio_takes_a_slow_pod_out_of_the_tail(
