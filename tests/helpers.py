@@ -129,3 +129,14 @@ def generic_servers(
     finally:
         for server in started:
             server.stop(None)
+
+
+def code_and_seconds(call: Callable[[], Any]) -> tuple[grpc.StatusCode, float]:
+    """A sync call's status (OK, or its RpcError's code) and how long it took."""
+    started = time.monotonic()
+    try:
+        call()
+        code = grpc.StatusCode.OK
+    except grpc.RpcError as error:
+        code = error.code()
+    return code, time.monotonic() - started

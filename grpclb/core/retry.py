@@ -40,6 +40,11 @@ _DEADLINE_SLACK = 0.005
 PREVIOUS_ATTEMPTS_KEY = "grpc-previous-rpc-attempts"
 
 
+def _reached(deadline: float | None, now: float) -> bool:
+    """Whether ``deadline`` has come, as grpcio's own deadline for it would say."""
+    return deadline is not None and now >= deadline - _DEADLINE_SLACK
+
+
 class Replayed(Protocol):
     """A request stream kept for retries (``core.request_buffer``)."""
 
@@ -260,13 +265,10 @@ class CallRun:
         """
         policy = self.policy
         hedged = policy.hedging_delay is not None
-        attempt_deadline = self.attempt_deadline
         # An attempt its perAttemptRecvTimeout ended is retried whatever the codes say, as
         # C core retries it (a server's own DEADLINE_EXCEEDED, sent sooner, is a status).
-        timed_out = (
-            attempt_deadline is not None
-            and code is grpc.StatusCode.DEADLINE_EXCEEDED
-            and now >= attempt_deadline - _DEADLINE_SLACK
+        timed_out = code is grpc.StatusCode.DEADLINE_EXCEEDED and _reached(
+            self.attempt_deadline, now
         )
         if (code not in policy.codes and not timed_out) or (policy.retrying is None and not hedged):
             return None
@@ -323,12 +325,7 @@ class CallRun:
         DEADLINE_EXCEEDED, as a lone attempt's would be (a cancelled hedge is no
         verdict on its pod, and which hedge ends first is a race).
         """
-        deadline = self.deadline
-        return (
-            code is grpc.StatusCode.DEADLINE_EXCEEDED
-            and deadline is not None
-            and now >= deadline - _DEADLINE_SLACK
-        )
+        return code is grpc.StatusCode.DEADLINE_EXCEEDED and _reached(self.deadline, now)
 
     def in_time(self, now: float, delay: float = 0.0) -> bool:
         """Whether an attempt starting ``delay`` seconds after ``now`` starts before the

@@ -22,7 +22,7 @@ import pytest
 
 import grpclb
 import grpclb.aio
-from tests.helpers import generic_servers, wait_until
+from tests.helpers import code_and_seconds, generic_servers, wait_until
 
 KEY = "grpc-previous-rpc-attempts"
 METHOD = "/demo.Attempts/Call"
@@ -104,16 +104,6 @@ def aio_run(target: str, config: str, body: Callable[[Any], Any]) -> Any:
             return await body(call_of(ch))
 
     return asyncio.run(run())
-
-
-def code_and_seconds(call: Callable[[], Any]) -> tuple[grpc.StatusCode, float]:
-    started = time.monotonic()
-    try:
-        call()
-        code = grpc.StatusCode.OK
-    except grpc.RpcError as error:
-        code = error.code()
-    return code, time.monotonic() - started
 
 
 async def aio_call_closed_after_its_first_attempt(

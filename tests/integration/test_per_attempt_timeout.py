@@ -24,7 +24,7 @@ import pytest
 
 import grpclb
 import grpclb.aio
-from tests.helpers import generic_servers
+from tests.helpers import code_and_seconds, generic_servers
 
 KEY = "grpc-previous-rpc-attempts"
 SERVICE = "demo.Slow"
@@ -99,16 +99,6 @@ def config(max_attempts: int = 3, codes: list[str] | None = None) -> str:
     return json.dumps({"methodConfig": [{"name": [{"service": SERVICE}], "retryPolicy": policy}]})
 
 
-def outcome(call: Any) -> tuple[grpc.StatusCode, float]:
-    started = time.monotonic()
-    try:
-        call()
-        code = grpc.StatusCode.OK
-    except grpc.RpcError as error:
-        code = error.code()
-    return code, time.monotonic() - started
-
-
 @pytest.mark.parametrize("style", ["blocking", "with_call", "future", "stream-unary"])
 @pytest.mark.parametrize("codes", [["UNAVAILABLE"], None])
 def test_sync_attempt_that_hangs_is_retried_on_another_pod(servers, style, codes):
@@ -124,7 +114,7 @@ def test_sync_attempt_that_hangs_is_retried_on_another_pod(servers, style, codes
             "future": lambda: unary.future(b"x", timeout=10).result(),
             "stream-unary": lambda: upload(iter([b"a", b"b"]), timeout=10),
         }
-        code, seconds = outcome(calls[style])
+        code, seconds = code_and_seconds(calls[style])
     assert code is grpc.StatusCode.OK
     assert script.seen == [None, "1"]  # the hung attempt, then one retry
     assert ATTEMPT_TIMEOUT * 0.9 <= seconds < ATTEMPT_TIMEOUT + 2.0
@@ -177,7 +167,9 @@ def test_every_attempt_hanging_fails_after_max_attempts_not_at_the_deadline(serv
     script.reset(hangs=10)
     with grpclb.channel(target, service_config=config(max_attempts=3), policy="round_robin") as ch:
         ch.wait_for_endpoints(min_ready=None, timeout=10)
-        code, seconds = outcome(lambda: ch.unary_unary(f"/{SERVICE}/Call")(b"x", timeout=10))
+        code, seconds = code_and_seconds(
+            lambda: ch.unary_unary(f"/{SERVICE}/Call")(b"x", timeout=10)
+        )
     assert code is grpc.StatusCode.DEADLINE_EXCEEDED
     assert script.seen == [None, "1", "2"]
     assert 3 * ATTEMPT_TIMEOUT * 0.9 <= seconds < 3 * ATTEMPT_TIMEOUT + 2.0  # not 10 s
@@ -209,7 +201,7 @@ def test_servers_own_deadline_exceeded_is_a_status_not_a_timeout(servers):
     policy = config(codes=["UNAVAILABLE"])
     with grpclb.channel(target, service_config=policy, policy="round_robin") as ch:
         ch.wait_for_endpoints(min_ready=None, timeout=10)
-        code, _ = outcome(lambda: ch.unary_unary(f"/{SERVICE}/Call")(b"x", timeout=10))
+        code, _ = code_and_seconds(lambda: ch.unary_unary(f"/{SERVICE}/Call")(b"x", timeout=10))
     assert code is grpc.StatusCode.DEADLINE_EXCEEDED
     assert script.seen == [None]  # answered at once: not retryable, not retried
 
@@ -220,7 +212,7 @@ def test_call_deadline_shorter_than_the_attempt_timeout_ends_the_call(servers):
     with grpclb.channel(target, service_config=config(), policy="round_robin") as ch:
         ch.wait_for_endpoints(min_ready=None, timeout=10)
         call = ch.unary_unary(f"/{SERVICE}/Call")
-        code, seconds = outcome(lambda: call(b"x", timeout=ATTEMPT_TIMEOUT / 2))
+        code, seconds = code_and_seconds(lambda: call(b"x", timeout=ATTEMPT_TIMEOUT / 2))
     assert code is grpc.StatusCode.DEADLINE_EXCEEDED
     assert script.seen == [None]  # the call's own deadline: no time left for a retry
     assert seconds < ATTEMPT_TIMEOUT + 1.0
@@ -253,7 +245,7 @@ def test_hung_attempts_are_charged_to_their_pod(servers):
     script.reset(hangs=1)
     with grpclb.channel(target, service_config=config(), policy="round_robin") as ch:
         ch.wait_for_endpoints(min_ready=None, timeout=10)
-        code, _ = outcome(lambda: ch.unary_unary(f"/{SERVICE}/Call")(b"x", timeout=10))
+        code, _ = code_and_seconds(lambda: ch.unary_unary(f"/{SERVICE}/Call")(b"x", timeout=10))
         failures = sum(e.failures for e in ch.stats().endpoints)
     assert code is grpc.StatusCode.OK
     assert failures == 1  # the pod that did not answer in time, as a deadline would charge it
